@@ -1,0 +1,167 @@
+# SPDX-License-Identifier: MIT
+# img: one non-recursive Makefile. Variants build out of tree: build/ (default),
+# build-asan/ (ASan+UBSan), build-fuzz/ (libFuzzer). Quiet unless V=1.
+
+PREFIX ?= /usr/local
+DESTDIR ?=
+B ?= build
+CC ?= cc
+VERSION := 0.1.0
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+PKGS := liburing libzstd zlib libcrypto
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)
+FUSE_LIBS := $(shell pkg-config --libs fuse3 2>/dev/null)
+
+WARN := -Wall -Wextra -Wshadow -Wformat=2 -Wmissing-prototypes -Wvla \
+	-Wimplicit-fallthrough -Wno-unused-parameter
+OPT ?= -O2 -g
+CFLAGS_ALL := -std=gnu11 $(OPT) $(WARN) -fPIC -D_GNU_SOURCE -Ilib \
+	$(PKG_CFLAGS) $(SAN_CFLAGS) $(CFLAGS)
+LDFLAGS_ALL := $(SAN_CFLAGS) $(LDFLAGS)
+LIBS := $(PKG_LIBS) -lpthread -lm
+
+LIB_SRC := $(sort $(wildcard lib/*.c) $(wildcard formats/*.c) \
+	$(wildcard formats/*/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(B)/%.o)
+IMG_SRC := $(sort $(wildcard tools/img/*.c))
+NBD_SRC := $(sort $(wildcard tools/nbd/*.c))
+FUSE_SRC := $(sort $(wildcard fuse/*.c))
+UNIT_SRC := $(sort $(wildcard tests/unit/test-*.c))
+UNIT_HELPER_SRC := $(filter-out $(UNIT_SRC),$(wildcard tests/unit/*.c))
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz-*.c))
+
+BINS := $(B)/img
+ifneq ($(NBD_SRC),)
+BINS += $(B)/img-nbd
+endif
+ifneq ($(FUSE_SRC),)
+BINS += $(B)/img-fuse
+endif
+UNIT_BINS := $(UNIT_SRC:tests/unit/%.c=$(B)/tests/%)
+FUZZ_REPLAY_BINS := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%)
+
+.PHONY: all deps demo check check-only asan tsan fuzz bench check-format \
+	format check-deps install clean tests
+.DEFAULT_GOAL := all
+
+all: $(B)/libimg.a $(B)/libimg.so $(BINS) $(B)/libimg.pc
+
+tests: all $(UNIT_BINS) $(FUZZ_REPLAY_BINS)
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  CC      $<")
+	$(Q)$(CC) $(CFLAGS_ALL) $(if $(filter fuse/%,$<),$(FUSE_CFLAGS)) \
+		-MMD -MP -c $< -o $@
+
+$(B)/libimg.a: $(LIB_OBJ)
+	@$(if $(Q),echo "  AR      $@")
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(B)/libimg.so: $(LIB_OBJ) lib/libimg.map
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) -shared -Wl,--version-script=lib/libimg.map \
+		-Wl,-soname,libimg.so.0 $(LDFLAGS_ALL) -o $@ $(LIB_OBJ) $(LIBS)
+
+$(B)/libimg.pc: lib/libimg.pc.in
+	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
+		-e 's|@LIBS@|$(PKG_LIBS) -lpthread -lm|' $< > $@
+
+$(B)/img: $(IMG_SRC:%.c=$(B)/%.o) $(B)/libimg.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(B)/libimg.a $(LIBS)
+
+$(B)/img-nbd: $(NBD_SRC:%.c=$(B)/%.o) $(B)/libimg.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(B)/libimg.a \
+		$(LIBS) -lssl
+
+$(B)/img-fuse: $(FUSE_SRC:%.c=$(B)/%.o) $(B)/libimg.a
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(B)/libimg.a \
+		$(FUSE_LIBS) $(LIBS)
+
+$(B)/tests/test-%: $(B)/tests/unit/test-%.o $(UNIT_HELPER_SRC:%.c=$(B)/%.o) \
+		$(B)/libimg.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(B)/libimg.a $(LIBS)
+
+# Fuzz targets link with a plain main() that replays their corpus.
+$(B)/tests/fuzz-%: $(B)/tests/fuzz/fuzz-%.o $(B)/tests/fuzz/replay.o \
+		$(B)/libimg.a
+	@mkdir -p $(dir $@)
+	@$(if $(Q),echo "  LD      $@")
+	$(Q)$(CC) $(LDFLAGS_ALL) -o $@ $(filter %.o,$^) $(B)/libimg.a $(LIBS)
+
+-include $(shell find $(B) -name '*.d' 2>/dev/null)
+
+deps:
+	$(Q)./scripts/install-deps.sh
+
+demo: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)./scripts/demo.sh $(B)
+
+check: deps
+	$(Q)$(MAKE) --no-print-directory check-only
+
+check-only: tests
+	$(Q)./tests/run.sh $(B)
+
+asan:
+	$(Q)$(MAKE) --no-print-directory B=build-asan OPT="-O1 -g" \
+		SAN_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+		check-only
+
+tsan:
+	$(Q)$(MAKE) --no-print-directory B=build-tsan OPT="-O1 -g" \
+		SAN_CFLAGS="-fsanitize=thread" check-only
+
+# libFuzzer builds: build-fuzz/fuzz-<target>, run with e.g.
+#   build-fuzz/fuzz-qcow2 -max_total_time=60 tests/fuzz/corpus/qcow2
+FUZZ_FLAGS := -fsanitize=fuzzer,address,undefined -fno-omit-frame-pointer
+fuzz:
+	$(Q)$(MAKE) --no-print-directory B=build-fuzz CC=clang OPT="-O1 -g" \
+		SAN_CFLAGS="-fsanitize=fuzzer-no-link,address,undefined" \
+		build-fuzz/libimg.a
+	$(Q)for f in $(FUZZ_SRC); do \
+		n=$$(basename $$f .c); \
+		echo "  FUZZ    build-fuzz/$$n"; \
+		clang -std=gnu11 -O1 -g -D_GNU_SOURCE -Ilib $(FUZZ_FLAGS) \
+			$$f build-fuzz/libimg.a $(LIBS) -o build-fuzz/$$n || exit 1; \
+	done
+
+bench: deps all
+	$(Q)./bench/run.sh $(B)
+
+CFORMAT_FILES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
+check-format:
+	$(Q)clang-format --dry-run --Werror $(CFORMAT_FILES)
+
+format:
+	$(Q)clang-format -i $(CFORMAT_FILES)
+
+check-deps:
+	$(Q)./scripts/check-deps.sh
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib \
+		$(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig
+	install -m 755 $(BINS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 lib/img.h $(DESTDIR)$(PREFIX)/include/
+	install -m 644 $(B)/libimg.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(B)/libimg.so $(DESTDIR)$(PREFIX)/lib/libimg.so.0
+	ln -sf libimg.so.0 $(DESTDIR)$(PREFIX)/lib/libimg.so
+	install -m 644 $(B)/libimg.pc $(DESTDIR)$(PREFIX)/lib/pkgconfig/
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz

@@ -1,0 +1,344 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The API between libimg's core and its format drivers: struct img_driver
+ * (what a format implements), struct img_io (the host-file I/O below every
+ * driver), the metadata table cache, create-option getters and endian helpers.
+ * A driver includes this header and lib/img.h, never lib/internal.h.
+ */
+#ifndef IMG_DRIVER_H
+#define IMG_DRIVER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "img.h"
+
+/* ---- host-file I/O ---- */
+
+/* img_io_open() flags */
+#define IMG_IO_RDONLY (1u << 0)
+#define IMG_IO_CREATE (1u << 1) /* create, truncating an existing file */
+#define IMG_IO_DIRECT (1u << 2) /* O_DIRECT; the backend bounces unaligned I/O */
+#define IMG_IO_NOFLUSH (1u << 3) /* flush is a no-op (cache=unsafe) */
+
+/* img_io_zero() flags */
+#define IMG_IO_ZERO_PUNCH (1u << 0) /* may deallocate (punch a hole) */
+
+struct img_io;
+
+/* One element of a batch: a read or write of one buffer. */
+struct img_io_vec {
+	void *buf;
+	uint64_t len;
+	uint64_t file_off;
+	bool write;
+};
+
+struct img_io_ops {
+	const char *name; /* "io_uring", "psync", "mem", "faulty" */
+	/* Full transfers or -errno; reads past EOF return zeroes. */
+	int (*pread)(struct img_io *io, void *buf, uint64_t len,
+		     uint64_t file_off);
+	int (*pwrite)(struct img_io *io, const void *buf, uint64_t len,
+		      uint64_t file_off);
+	/* Run n transfers, possibly in parallel; all done before return.
+	 * Returns 0 or the first -errno. NULL: done one by one. */
+	int (*submit)(struct img_io *io, struct img_io_vec *v, unsigned n);
+	int (*flush)(struct img_io *io);
+	/* Make the range read as zeroes; -ENOTSUP if it cannot be done cheaply. */
+	int (*zero)(struct img_io *io, uint64_t file_off, uint64_t len,
+		    unsigned flags);
+	/* Reserve space (fallocate mode 0); -ENOTSUP if not supported. */
+	int (*allocate)(struct img_io *io, uint64_t file_off, uint64_t len);
+	int (*get_size)(struct img_io *io, uint64_t *size);
+	int (*truncate)(struct img_io *io, uint64_t size);
+	/* SEEK_DATA/SEEK_HOLE: is file_off in data, and for how many bytes
+	 * (at most len). NULL: everything is data. */
+	int (*extent)(struct img_io *io, uint64_t file_off, uint64_t len,
+		      bool *data, uint64_t *extent_len);
+	/* Bytes the host allocates for the file (st_blocks * 512). */
+	int (*allocated)(struct img_io *io, uint64_t *bytes);
+	void (*close)(struct img_io *io);
+};
+
+struct img_io {
+	const struct img_io_ops *ops;
+	char *path; /* for messages; may be NULL */
+	unsigned flags; /* IMG_IO_* it was opened with */
+};
+
+/*
+ * Open a host file. kind selects the backend (IMG_IO_AUTO: io_uring if a ring
+ * can be set up on this thread, else psync).
+ */
+int img_io_open(const char *path, unsigned flags, enum img_io_kind kind,
+		struct img_io **out);
+/* A growable in-memory file initialised with a copy of data (may be NULL). */
+int img_io_mem_new(const void *data, size_t len, struct img_io **out);
+/* Contents of a mem backend (valid until the next write or close). */
+void img_io_mem_data(struct img_io *io, const uint8_t **data, size_t *len);
+
+/* Wrappers that validate arguments and supply defaults for NULL ops. */
+int img_io_pread(struct img_io *io, void *buf, uint64_t len,
+		 uint64_t file_off);
+int img_io_pwrite(struct img_io *io, const void *buf, uint64_t len,
+		  uint64_t file_off);
+int img_io_submit(struct img_io *io, struct img_io_vec *v, unsigned n);
+int img_io_flush(struct img_io *io);
+/* Zero a range: ops->zero, else writes of zeroes (unless IMG_IO_ZERO_PUNCH
+ * only was asked and the backend cannot: then writes too). */
+int img_io_zero(struct img_io *io, uint64_t file_off, uint64_t len,
+		unsigned flags);
+int img_io_allocate(struct img_io *io, uint64_t file_off, uint64_t len);
+int img_io_size(struct img_io *io, uint64_t *size);
+int img_io_truncate(struct img_io *io, uint64_t size);
+int img_io_extent(struct img_io *io, uint64_t file_off, uint64_t len,
+		  bool *data, uint64_t *extent_len);
+int img_io_allocated(struct img_io *io, uint64_t *bytes);
+void img_io_close(struct img_io *io);
+
+/* ---- create-time options (-o key=value) ---- */
+
+enum img_opt_type {
+	IMG_OPT_STR,
+	IMG_OPT_SIZE,
+	IMG_OPT_NUM,
+	IMG_OPT_BOOL,
+};
+
+struct img_opt_desc {
+	const char *name; /* "cluster_size" */
+	enum img_opt_type type;
+	const char *help;
+};
+
+/*
+ * Look up key in opts. Return 1 and set *out when present (the last one wins),
+ * 0 (leaving *out untouched) when absent, -EINVAL with a message when the value
+ * does not parse as the type.
+ */
+int img_opt_str(const struct img_create_opts *opts, const char *key,
+		const char **out);
+int img_opt_size(const struct img_create_opts *opts, const char *key,
+		 uint64_t *out);
+int img_opt_u64(const struct img_create_opts *opts, const char *key,
+		uint64_t *out);
+int img_opt_bool(const struct img_create_opts *opts, const char *key,
+		 bool *out);
+/* The preallocation option: off, metadata, falloc, full. */
+int img_opt_prealloc(const struct img_create_opts *opts,
+		     enum img_prealloc *out);
+
+/* ---- the driver interface ---- */
+
+/*
+ * A format driver. The core (lib/request.c) guarantees every I/O op that
+ * off + len <= size, len > 0, and no write/zero/discard on a read-only image.
+ * Ops are called under the image's lock unless .thread_safe is set.
+ * A NULL optional op means "not supported" and the core supplies a default.
+ */
+struct img_driver {
+	const char *name;
+	size_t priv_size; /* bytes the core allocates (zeroed) for img_priv() */
+	bool thread_safe; /* ops may be called concurrently */
+
+	/* 0..100: how sure the first bytes (len >= 512 unless the file is
+	 * shorter) are this format. raw returns 1. */
+	int (*probe)(const uint8_t *buf, size_t len);
+
+	/* Open img whose host file is img_file(img). Set the virtual size with
+	 * img_set_size() and the backing name with img_set_backing_name().
+	 * flags are IMG_OPEN_*. On failure, close is not called. */
+	int (*open)(struct img *img, unsigned flags);
+	/* Release everything the state holds. Write-back and flush happen in
+	 * .flush, which the core calls before close on a writable image. */
+	void (*close)(struct img *img);
+
+	int (*read)(struct img *img, void *buf, uint64_t off, uint64_t len);
+	/* NULL: the format is read-only. */
+	int (*write)(struct img *img, const void *buf, uint64_t off,
+		     uint64_t len, unsigned flags);
+	/* NULL: the core writes zero buffers (or -ENOTSUP for IMG_ZERO_FAST). */
+	int (*zero)(struct img *img, uint64_t off, uint64_t len,
+		    unsigned flags);
+	/* NULL: discard succeeds doing nothing. */
+	int (*discard)(struct img *img, uint64_t off, uint64_t len);
+	/* Write back cached metadata and flush the host file(s). NULL: flush
+	 * the host file. */
+	int (*flush)(struct img *img);
+	/* Status of this layer only: fill ext->len (1..len), ext->flags and,
+	 * with IMG_EXT_OFFSET_VALID, ext->file_off. A range the layer does
+	 * not allocate (backing shows through) has no IMG_EXT_ALLOCATED.
+	 * NULL: everything allocated data. */
+	int (*block_status)(struct img *img, uint64_t off, uint64_t len,
+			    struct img_extent *ext);
+
+	/* Create the image in file (already created and empty); path is its
+	 * name, for resolving relative names. opts->size is set. */
+	int (*create)(const char *path, struct img_io *file,
+		      const struct img_create_opts *opts);
+	const struct img_opt_desc *create_opts; /* NULL-name terminated */
+
+	/* Add cluster_size, dirty and format-specific fields to *info (the
+	 * core fills the generic ones first). */
+	int (*info)(struct img *img, struct img_info *info);
+	int (*check)(struct img *img, unsigned flags, struct img_check *res);
+	int (*resize)(struct img *img, uint64_t size, unsigned flags,
+		      enum img_prealloc prealloc);
+	/* Rewrite the backing name/format in the image (NULL name: none). */
+	int (*set_backing)(struct img *img, const char *name, const char *fmt);
+	int (*measure)(const struct img_create_opts *opts, struct img *src,
+		       struct img_measure *out);
+};
+
+/* The registered drivers, NULL-terminated (formats/formats.c). */
+extern const struct img_driver *const img_format_table[];
+
+/* ---- what drivers may ask of the core about an image ---- */
+
+void *img_priv(struct img *img);
+struct img_io *img_file(struct img *img);
+void img_set_size(struct img *img, uint64_t size);
+/* Open flags (IMG_OPEN_*) and the metadata cache size asked for (0 = default). */
+unsigned img_open_flags(const struct img *img);
+uint64_t img_cache_size_hint(const struct img *img);
+/* Record the backing file name (and format, may be NULL) the image names. */
+int img_set_backing_name(struct img *img, const char *name, const char *fmt);
+bool img_has_backing(const struct img *img);
+/* Read from the backing chain; zeroes past its end or without one. */
+int img_read_backing(struct img *img, void *buf, uint64_t off, uint64_t len);
+/* Open a file named relative to the image's directory (data files). */
+int img_io_open_relative(struct img *img, const char *name, unsigned io_flags,
+			 struct img_io **out);
+/* Resolve name relative to the directory of base_path; malloc'd result. */
+int img_path_relative(const char *base_path, const char *name, char **out);
+
+/* ---- metadata table cache (L2 tables, refcount blocks, BAT pages) ---- */
+
+struct img_cache;
+
+/*
+ * A cache of n tables of table_size bytes read from and written to io at
+ * table-aligned host offsets. Not thread-safe: callers hold their own lock.
+ */
+int img_cache_new(struct img_io *io, uint64_t table_size, unsigned n,
+		  struct img_cache **out);
+void img_cache_free(struct img_cache *c);
+/* Pin the table at file_off (read on a miss) until img_cache_put. */
+int img_cache_get(struct img_cache *c, uint64_t file_off, void **table);
+/* Pin a zero-filled table for file_off without reading the file. */
+int img_cache_get_empty(struct img_cache *c, uint64_t file_off, void **table);
+void img_cache_put(struct img_cache *c, void *table);
+void img_cache_mark_dirty(struct img_cache *c, void *table);
+/* Dirty tables of c are written only after dep has been written and the host
+ * file flushed (qcow2: L2 tables after the refcount blocks they rely on). */
+void img_cache_set_dependency(struct img_cache *c, struct img_cache *dep);
+/* Write every dirty table (dependency first). Does not flush io itself. */
+int img_cache_write_back(struct img_cache *c);
+/* Forget the table at file_off if cached, dirty or not (cluster was freed). */
+void img_cache_forget(struct img_cache *c, uint64_t file_off);
+
+/* ---- helpers ---- */
+
+static inline uint16_t img_be16(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint16_t)(b[0] << 8 | b[1]);
+}
+
+static inline uint32_t img_be32(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 |
+	       (uint32_t)b[2] << 8 | b[3];
+}
+
+static inline uint64_t img_be64(const void *p)
+{
+	return (uint64_t)img_be32(p) << 32 | img_be32((const uint8_t *)p + 4);
+}
+
+static inline void img_put_be16(void *p, uint16_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)(v >> 8);
+	b[1] = (uint8_t)v;
+}
+
+static inline void img_put_be32(void *p, uint32_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)(v >> 24);
+	b[1] = (uint8_t)(v >> 16);
+	b[2] = (uint8_t)(v >> 8);
+	b[3] = (uint8_t)v;
+}
+
+static inline void img_put_be64(void *p, uint64_t v)
+{
+	img_put_be32(p, (uint32_t)(v >> 32));
+	img_put_be32((uint8_t *)p + 4, (uint32_t)v);
+}
+
+static inline uint16_t img_le16(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint16_t)(b[0] | b[1] << 8);
+}
+
+static inline uint32_t img_le32(const void *p)
+{
+	const uint8_t *b = p;
+	return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+	       (uint32_t)b[3] << 24;
+}
+
+static inline uint64_t img_le64(const void *p)
+{
+	return img_le32(p) | (uint64_t)img_le32((const uint8_t *)p + 4) << 32;
+}
+
+static inline void img_put_le16(void *p, uint16_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)v;
+	b[1] = (uint8_t)(v >> 8);
+}
+
+static inline void img_put_le32(void *p, uint32_t v)
+{
+	uint8_t *b = p;
+	b[0] = (uint8_t)v;
+	b[1] = (uint8_t)(v >> 8);
+	b[2] = (uint8_t)(v >> 16);
+	b[3] = (uint8_t)(v >> 24);
+}
+
+static inline void img_put_le64(void *p, uint64_t v)
+{
+	img_put_le32(p, (uint32_t)v);
+	img_put_le32((uint8_t *)p + 4, (uint32_t)(v >> 32));
+}
+
+static inline bool img_is_pow2(uint64_t v)
+{
+	return v && !(v & (v - 1));
+}
+
+static inline uint64_t img_align_up(uint64_t v, uint64_t a)
+{
+	return (v + a - 1) / a * a;
+}
+
+static inline uint64_t img_min(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+/* True if len bytes at buf are all zero. */
+bool img_is_zero(const void *buf, size_t len);
+
+#define IMG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#endif

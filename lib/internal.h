@@ -1,0 +1,71 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Private to lib/ (and to tests): the image object, the faulty I/O backend
+ * for fault injection and crash replay, and opening images on an existing
+ * struct img_io.
+ */
+#ifndef IMG_INTERNAL_H
+#define IMG_INTERNAL_H
+
+#include <pthread.h>
+
+#include "img-driver.h"
+
+/* The deepest backing chain img_open follows before failing -ELOOP. */
+#define IMG_MAX_CHAIN_DEPTH 64
+/* The largest request passed to a driver in one call; the core splits. */
+#define IMG_MAX_REQUEST (32ull << 20)
+
+struct img {
+	const struct img_driver *drv;
+	void *priv;
+	struct img_io *file;
+	char *filename;
+	uint64_t size;
+	unsigned flags; /* IMG_OPEN_* */
+	enum img_io_kind io_kind;
+	uint64_t cache_size;
+	char *backing_name; /* as the image names it */
+	char *backing_fmt;
+	char *backing_path; /* resolved */
+	struct img *backing;
+	unsigned depth; /* 0 for the top image */
+	pthread_mutex_t lock; /* serialises driver calls unless thread_safe */
+};
+
+/*
+ * Open an image on io (taking ownership of io, also on failure). filename is
+ * used for messages and for resolving a relative backing name; may be NULL.
+ */
+int img_open_io(struct img_io *io, const char *filename,
+		const struct img_open_opts *opts, struct img **out);
+/* Create an image of opts->format in io (not taking ownership). */
+int img_create_io(struct img_io *io, const char *filename,
+		  const struct img_create_opts *opts);
+
+/* ---- the faulty backend: fault injection and write recording ---- */
+
+struct img_io_log_entry {
+	enum { IMG_LOG_WRITE, IMG_LOG_FLUSH, IMG_LOG_TRUNCATE, IMG_LOG_ZERO } kind;
+	uint64_t file_off; /* TRUNCATE: the new size */
+	uint64_t len;
+	uint8_t *data; /* WRITE: a copy of the data */
+};
+
+/*
+ * Wrap inner (taking ownership). Every op is counted; with a fault armed,
+ * the op numbered fail_at (1-based) fails with -err, and with sticky every
+ * later op fails too. Writes, zeroes, truncates and flushes are logged.
+ */
+int img_io_faulty_new(struct img_io *inner, struct img_io **out);
+void img_io_faulty_arm(struct img_io *io, uint64_t fail_at, int err,
+		       bool sticky);
+uint64_t img_io_faulty_ops(struct img_io *io);
+/* The log so far; valid until the next op on io. */
+void img_io_faulty_log(struct img_io *io,
+		       const struct img_io_log_entry **entries, size_t *n);
+/* Apply log entries [0, n) to a mem backend (crash replay). */
+int img_io_log_apply(struct img_io *mem, const struct img_io_log_entry *entries,
+		     size_t n);
+
+#endif
