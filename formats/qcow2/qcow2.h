@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Private to the qcow2 driver: on-disk constants from the qcow2 spec (QEMU
+ * docs/interop/qcow2.txt, versions 2 and 3), the driver state, and the
+ * functions its files share. Host-endian everywhere except in the on-disk
+ * byte buffers that qcow2-header.c encodes and decodes.
+ */
+#ifndef QCOW2_H
+#define QCOW2_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "img-driver.h"
+
+#define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
+#define QCOW2_V2_HEADER_SIZE 72
+#define QCOW2_V3_HEADER_SIZE 104 /* minimum header_length for version 3 */
+#define QCOW2_HEADER_LENGTH 112 /* what QEMU 7.2 writes (with compression_type) */
+
+#define QCOW2_MIN_CLUSTER_BITS 9
+#define QCOW2_MAX_CLUSTER_BITS 21
+#define QCOW2_MAX_REFCOUNT_ORDER 6
+#define QCOW2_MAX_BACKING_NAME 1023
+
+/* incompatible_features bits */
+#define QCOW2_INCOMPAT_DIRTY (1ull << 0)
+#define QCOW2_INCOMPAT_CORRUPT (1ull << 1)
+#define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
+#define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
+#define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
+#define QCOW2_INCOMPAT_KNOWN                                                   \
+	(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT |                       \
+	 QCOW2_INCOMPAT_DATA_FILE | QCOW2_INCOMPAT_COMPRESSION |               \
+	 QCOW2_INCOMPAT_EXTL2)
+/* compatible_features bits */
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
+/* autoclear_features bits */
+#define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
+#define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
+#define QCOW2_AUTOCLEAR_KNOWN QCOW2_AUTOCLEAR_DATA_FILE_RAW
+
+/* header extension types */
+#define QCOW2_EXT_END 0
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acau
+#define QCOW2_EXT_FEATURE_TABLE 0x6803f857u
+#define QCOW2_EXT_BITMAPS 0x23852875u
+#define QCOW2_EXT_CRYPTO 0x0537be77u
+#define QCOW2_EXT_DATA_FILE 0x44415441u
+
+#define QCOW2_CRYPT_NONE 0
+#define QCOW2_CRYPT_AES 1
+#define QCOW2_CRYPT_LUKS 2
+
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+/* L1 entry: bits 9-55 L2 table offset, bit 63 "copied" (refcount == 1). */
+#define QCOW2_L1E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_L1E_RESERVED 0x7f000000000001ffull
+/* L2 entry (first 64 bits of an extended entry too). */
+#define QCOW2_OFLAG_COPIED (1ull << 63)
+#define QCOW2_OFLAG_COMPRESSED (1ull << 62)
+#define QCOW2_OFLAG_ZERO (1ull << 0) /* v3: reads as zeroes */
+#define QCOW2_L2E_OFFSET_MASK 0x00fffffffffffe00ull
+#define QCOW2_L2E_STD_RESERVED 0x3f000000000001feull
+/* Refcount table entry: bits 9-63 refcount block offset. */
+#define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ull
+#define QCOW2_REFT_RESERVED 0x1ffull
+
+/* Extended L2: 32 subclusters; bitmap bit x = allocated, bit 32 + x = zero. */
+#define QCOW2_SUBCLUSTERS 32
+#define QCOW2_EXTL2_MIN_CLUSTER_BITS 14
+
+/* Caps on what a header may make us allocate (untrusted input). */
+#define QCOW2_MAX_L1_BYTES (32ull << 20)
+#define QCOW2_MAX_REFTABLE_BYTES (8ull << 20) /* QEMU's limit */
+#define QCOW2_MAX_VIRTUAL_SIZE (1ull << 61) /* keeps off + len in range */
+
+/* A header extension we do not interpret, kept to be written back. */
+struct qcow2_ext {
+	uint32_t type;
+	uint32_t len;
+	uint8_t *data;
+};
+
+/* One feature-name table entry (QCOW2_EXT_FEATURE_TABLE). */
+struct qcow2_feature_name {
+	uint8_t type; /* 0 incompatible, 1 compatible, 2 autoclear */
+	uint8_t bit;
+	char name[47]; /* NUL-terminated copy of the 46-byte field */
+};
+
+/* The decoded header, field names as in the spec. */
+struct qcow2_header {
+	uint32_t version;
+	uint64_t backing_file_offset;
+	uint32_t backing_file_size;
+	uint32_t cluster_bits;
+	uint64_t size;
+	uint32_t crypt_method;
+	uint32_t l1_size;
+	uint64_t l1_table_offset;
+	uint64_t refcount_table_offset;
+	uint32_t refcount_table_clusters;
+	uint32_t nb_snapshots;
+	uint64_t snapshots_offset;
+	uint64_t incompatible_features;
+	uint64_t compatible_features;
+	uint64_t autoclear_features;
+	uint32_t refcount_order;
+	uint32_t header_length;
+	uint8_t compression_type;
+};
+
+/* Classification of one guest cluster (or subcluster) in the active L2. */
+enum qcow2_cluster_type {
+	QCOW2_CLUSTER_UNALLOCATED, /* backing (or zero) shows through */
+	QCOW2_CLUSTER_ZERO_PLAIN, /* reads zero, no host cluster */
+	QCOW2_CLUSTER_ZERO_ALLOC, /* reads zero, host cluster kept */
+	QCOW2_CLUSTER_NORMAL, /* data at host offset */
+	QCOW2_CLUSTER_COMPRESSED,
+};
+
+struct qcow2 {
+	struct img *img;
+	struct img_io *file; /* the qcow2 file: metadata (and data without a data file) */
+	struct img_io *data_file; /* == file unless an external data file */
+	bool data_file_raw;
+	char *data_file_name; /* from QCOW2_EXT_DATA_FILE, or NULL */
+	char *backing_fmt; /* from QCOW2_EXT_BACKING_FORMAT, or NULL */
+
+	struct qcow2_header h;
+	unsigned cluster_bits;
+	uint64_t cluster_size;
+	unsigned l2_bits; /* log2 of entries per L2 table */
+	uint64_t l2_entries; /* entries per L2 table */
+	unsigned l2_entry_size; /* 8, or 16 with extended L2 */
+	bool extended_l2;
+	unsigned subcluster_bits; /* log2 subcluster size (== cluster_bits without extl2) */
+	unsigned refcount_bits; /* 1 << refcount_order */
+	uint64_t refcount_max;
+	uint64_t refblock_entries; /* refcounts per refcount block */
+
+	uint64_t *l1; /* l1_size entries, host endian */
+	uint32_t l1_size;
+	uint64_t *reftable; /* reftable_size entries, host endian */
+	uint64_t reftable_size;
+
+	struct img_cache *l2_cache;
+	struct img_cache *refblock_cache;
+
+	uint64_t free_cluster_hint; /* lowest cluster index that may be free */
+	uint64_t file_end; /* host offset past the last allocated cluster */
+
+	bool read_only;
+	bool lazy_refcounts;
+	bool dirty_set; /* we set the dirty bit in the file */
+	bool corrupt; /* the corrupt bit is set (read-only open) */
+
+	/* Clusters freed since the last flush: their refcount drops only
+	 * after the L2/L1 entries that referenced them are on disk. */
+	uint64_t *pending_free; /* host offsets of clusters */
+	uint64_t n_pending_free, cap_pending_free;
+
+	struct qcow2_ext *unknown_exts; /* preserved on header rewrite */
+	size_t n_unknown_exts;
+	struct qcow2_feature_name *feature_names;
+	size_t n_feature_names;
+	uint8_t *crypto_ext; /* QCOW2_EXT_CRYPTO payload, preserved (issue 4) */
+	uint32_t crypto_ext_len;
+	uint8_t *bitmaps_ext; /* QCOW2_EXT_BITMAPS payload, preserved (issue 3) */
+	uint32_t bitmaps_ext_len;
+};
+
+/* qcow2-header.c */
+/* Read, decode and validate the header and its extensions into s. */
+int qcow2_header_read(struct qcow2 *s);
+/* Encode s->h, the backing name and every extension into the first cluster
+ * (or clusters) of the file. Does not flush. */
+int qcow2_header_write(struct qcow2 *s, const char *backing_name);
+/* Set or clear incompatible bits in the file (dirty, corrupt), flushing
+ * before (clear) or after (set) as crash safety needs. */
+int qcow2_set_incompat(struct qcow2 *s, uint64_t bits, bool on);
+/* Mark the image corrupt (best effort) and return -IMG_ECORRUPT with msg. */
+int qcow2_signal_corruption(struct qcow2 *s, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Name of an incompatible feature bit (from the table, else "bit N"). */
+const char *qcow2_feature_name(const struct qcow2 *s, unsigned type,
+			       unsigned bit, char *buf, size_t buf_size);
+
+/* qcow2-refcount.c */
+int qcow2_refcount_init(struct qcow2 *s); /* load the refcount table */
+void qcow2_refcount_release(struct qcow2 *s);
+int qcow2_refcount_get(struct qcow2 *s, uint64_t cluster_idx, uint64_t *rc);
+/* Add delta to the refcount of the clusters covering [file_off, +len). */
+int qcow2_refcount_update(struct qcow2 *s, uint64_t file_off, uint64_t len,
+			  int64_t delta);
+/* Allocate n contiguous clusters (refcount 1); *file_off is the first. */
+int qcow2_alloc_clusters(struct qcow2 *s, uint64_t n, uint64_t *file_off);
+/* Queue a cluster to be released after the next metadata write-back. */
+int qcow2_free_cluster_deferred(struct qcow2 *s, uint64_t file_off);
+/* Write back L2 tables, then release pending frees, then refcounts. */
+int qcow2_metadata_write_back(struct qcow2 *s);
+
+/* qcow2-cluster.c */
+int qcow2_l2_init(struct qcow2 *s); /* load L1, create the L2 cache */
+void qcow2_l2_release(struct qcow2 *s);
+int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len);
+int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
+		unsigned flags);
+int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
+int qcow2_discard(struct img *img, uint64_t off, uint64_t len);
+int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
+		       struct img_extent *ext);
+/* Grow the L1 table to hold min_size entries (resize). */
+int qcow2_grow_l1(struct qcow2 *s, uint64_t min_size);
+/* Allocate L2 tables and data clusters for [off, off + len) (preallocation). */
+int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
+		      enum img_prealloc mode);
+
+/* qcow2-check.c */
+int qcow2_check(struct img *img, unsigned flags, struct img_check *res);
+/* Recompute every refcount from the metadata and rewrite the refcount
+ * structures (dirty image with lazy refcounts, check -r all). */
+int qcow2_rebuild_refcounts(struct qcow2 *s, struct img_check *res);
+
+/* qcow2-measure.c */
+int qcow2_measure(const struct img_create_opts *opts, struct img *src,
+		  struct img_measure *out);
+
+#endif
