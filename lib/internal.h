@@ -68,4 +68,19 @@ void img_io_faulty_log(struct img_io *io,
 int img_io_log_apply(struct img_io *mem, const struct img_io_log_entry *entries,
 		     size_t n);
 
+/* ---- layers and chains (image.c, chain.c) ---- */
+
+/*
+ * Open one layer of a chain on io (taking ownership of io, also on failure)
+ * at chain depth depth, without opening its backing chain.
+ */
+int img_open_layer(struct img_io *io, const char *filename,
+		   const struct img_open_opts *opts, unsigned depth,
+		   struct img **out);
+/*
+ * Open the backing chain img's driver recorded (img->backing_name), read-only,
+ * and attach it as img->backing. On failure img->backing stays NULL.
+ */
+int img_chain_open(struct img *img);
+
 #endif
