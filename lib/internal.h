@@ -83,4 +83,12 @@ int img_open_layer(struct img_io *io, const char *filename,
  */
 int img_chain_open(struct img *img);
 
+/* ---- host-file backends behind img_io_open (lib/io-psync.c, io-uring.c) ---- */
+
+int img_io_psync_open(const char *path, unsigned flags, struct img_io **out);
+/* The file descriptor of a psync backend, -1 for any other backend. */
+int img_io_psync_fd(struct img_io *io);
+/* -ENOSYS (or the setup error) when no io_uring ring can be set up here. */
+int img_io_uring_open(const char *path, unsigned flags, struct img_io **out);
+
 #endif
