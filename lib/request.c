@@ -1,0 +1,306 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The one choke point every request passes before a driver sees it: bounds
+ * (off + len within the virtual size, no overflow), read-only images, formats
+ * without write support, splitting into chunks of at most IMG_MAX_REQUEST,
+ * the image lock for drivers that are not thread-safe, and the defaults for
+ * optional driver ops that are NULL. Block status walks the backing chain the
+ * way qemu-img map does: each layer is asked in turn until one allocates the
+ * range, holds zeroes past its backing's end, or has no backing.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+enum req_op { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_DISCARD };
+
+static const char *const op_names[] = {
+	[REQ_READ] = "read",
+	[REQ_WRITE] = "write",
+	[REQ_ZERO] = "zero",
+	[REQ_DISCARD] = "discard",
+};
+
+static int check_request(struct img *img, enum req_op op, uint64_t off,
+			 uint64_t len)
+{
+	if (off > UINT64_MAX - len || off + len > img->size)
+		return img_error(-EINVAL,
+				 "%s at offset %" PRIu64 " length %" PRIu64
+				 " is past the end of the image (size %" PRIu64
+				 ")",
+				 op_names[op], off, len, img->size);
+	if (op != REQ_READ && img_read_only(img))
+		return img_error(-EROFS, "%s: cannot %s '%s': opened read-only",
+				 img->drv->name, op_names[op],
+				 img_filename(img));
+	if (op != REQ_READ && !img->drv->write)
+		return img_error(-ENOTSUP, "%s: format is read-only",
+				 img->drv->name);
+	return 0;
+}
+
+static void lock(struct img *img)
+{
+	if (!img->drv->thread_safe)
+		pthread_mutex_lock(&img->lock);
+}
+
+static void unlock(struct img *img)
+{
+	if (!img->drv->thread_safe)
+		pthread_mutex_unlock(&img->lock);
+}
+
+int img_read(struct img *img, void *buf, uint64_t off, uint64_t len)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = check_request(img, REQ_READ, off, len);
+	if (ret < 0)
+		return ret;
+	while (len) {
+		uint64_t n = img_min(len, IMG_MAX_REQUEST);
+
+		lock(img);
+		ret = img->drv->read(img, buf, off, n);
+		unlock(img);
+		if (ret < 0)
+			return ret;
+		buf = (uint8_t *)buf + n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int flush_locked(struct img *img)
+{
+	return img->drv->flush ? img->drv->flush(img) : img_io_flush(img->file);
+}
+
+int img_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
+	      unsigned flags)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = check_request(img, REQ_WRITE, off, len);
+	if (ret < 0)
+		return ret;
+	while (len) {
+		uint64_t n = img_min(len, IMG_MAX_REQUEST);
+
+		lock(img);
+		ret = img->drv->write(img, buf, off, n, flags & ~IMG_FUA);
+		unlock(img);
+		if (ret < 0)
+			return ret;
+		buf = (const uint8_t *)buf + n;
+		off += n;
+		len -= n;
+	}
+	if (flags & IMG_FUA) {
+		lock(img);
+		ret = flush_locked(img);
+		unlock(img);
+	}
+	return ret;
+}
+
+/* The default for drivers without .zero: write zero buffers. */
+static int zero_by_writing(struct img *img, uint64_t off, uint64_t len)
+{
+	uint64_t buf_len = img_min(len, 1u << 20);
+	void *zeroes = calloc(1, (size_t)buf_len);
+	int ret = 0;
+
+	if (!zeroes)
+		return img_error(-ENOMEM, "out of memory");
+	while (len) {
+		uint64_t n = img_min(len, buf_len);
+
+		ret = img->drv->write(img, zeroes, off, n, 0);
+		if (ret < 0)
+			break;
+		off += n;
+		len -= n;
+	}
+	free(zeroes);
+	return ret;
+}
+
+int img_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = check_request(img, REQ_ZERO, off, len);
+	if (ret < 0)
+		return ret;
+	if (!img->drv->zero && (flags & IMG_ZERO_FAST))
+		return img_error(-ENOTSUP, "%s: zeroing is not fast",
+				 img->drv->name);
+	while (len) {
+		uint64_t n = img_min(len, IMG_MAX_REQUEST);
+
+		lock(img);
+		if (img->drv->zero)
+			ret = img->drv->zero(img, off, n, flags & ~IMG_FUA);
+		else
+			ret = zero_by_writing(img, off, n);
+		unlock(img);
+		if (ret < 0)
+			return ret;
+		off += n;
+		len -= n;
+	}
+	if (flags & IMG_FUA) {
+		lock(img);
+		ret = flush_locked(img);
+		unlock(img);
+	}
+	return ret;
+}
+
+int img_discard(struct img *img, uint64_t off, uint64_t len)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = check_request(img, REQ_DISCARD, off, len);
+	if (ret < 0)
+		return ret;
+	if (!img->drv->discard)
+		return 0;
+	while (len) {
+		uint64_t n = img_min(len, IMG_MAX_REQUEST);
+
+		lock(img);
+		ret = img->drv->discard(img, off, n);
+		unlock(img);
+		if (ret < 0)
+			return ret;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int img_flush(struct img *img)
+{
+	int ret;
+
+	/* Nothing to write back on a read-only image. */
+	if (img_read_only(img))
+		return 0;
+	lock(img);
+	ret = flush_locked(img);
+	unlock(img);
+	return ret;
+}
+
+/* This layer's status of [off, off + len), len > 0 and within the image. */
+static int layer_status(struct img *img, uint64_t off, uint64_t len,
+			struct img_extent *ext)
+{
+	int ret;
+
+	memset(ext, 0, sizeof(*ext));
+	ext->off = off;
+	ext->depth = img->depth;
+	if (!img->drv->block_status) {
+		ext->len = len;
+		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED;
+		return 0;
+	}
+	lock(img);
+	ret = img->drv->block_status(img, off, len, ext);
+	unlock(img);
+	if (ret < 0)
+		return ret;
+	if (!ext->len || ext->len > len)
+		return img_error(-EIO,
+				 "%s: block status at offset %" PRIu64
+				 " returned length %" PRIu64
+				 " for a request of %" PRIu64,
+				 img->drv->name, off, ext->len, len);
+	ext->off = off;
+	ext->depth = img->depth;
+	if (ext->flags & IMG_EXT_OFFSET_VALID)
+		ext->file = img_filename(img);
+	return 0;
+}
+
+int img_block_status(struct img *img, uint64_t off, uint64_t len,
+		     unsigned flags, struct img_extent *ext)
+{
+	struct img *layer = img;
+	unsigned top_depth = img->depth;
+	int ret;
+
+	if (!len)
+		return img_error(
+			-EINVAL,
+			"block status of an empty range at offset %" PRIu64,
+			off);
+	ret = check_request(img, REQ_READ, off, len);
+	if (ret < 0)
+		return ret;
+	for (;;) {
+		struct img *b = layer->backing;
+
+		ret = layer_status(layer, off, len, ext);
+		if (ret < 0)
+			return ret;
+		if ((ext->flags & IMG_EXT_ALLOCATED) ||
+		    (flags & IMG_BS_NO_CHAIN))
+			break;
+		if (!b || off >= img_size(b)) {
+			/* Nothing below shows through: zeroes, unallocated,
+			 * reported at this layer as qemu-img map does. */
+			ext->flags = IMG_EXT_ZERO;
+			ext->file = NULL;
+			ext->file_off = 0;
+			break;
+		}
+		len = img_min(ext->len, img_size(b) - off);
+		layer = b;
+	}
+	ext->depth -= top_depth;
+	return 0;
+}
+
+int img_resize(struct img *img, uint64_t size, unsigned flags,
+	       enum img_prealloc prealloc)
+{
+	int ret;
+
+	if (!img->drv->resize)
+		return img_error(-ENOTSUP,
+				 "%s: format does not support resizing",
+				 img->drv->name);
+	if (img_read_only(img))
+		return img_error(-EROFS,
+				 "%s: cannot resize '%s': opened read-only",
+				 img->drv->name, img_filename(img));
+	if (size < img->size && !(flags & IMG_RESIZE_SHRINK))
+		return img_error(
+			-EINVAL,
+			"Use the --shrink option to perform a shrink operation.");
+	if (size == img->size)
+		return 0;
+	pthread_mutex_lock(&img->lock);
+	ret = img->drv->resize(img, size, flags, prealloc);
+	if (ret >= 0)
+		img->size = size;
+	pthread_mutex_unlock(&img->lock);
+	return ret < 0 ? ret : 0;
+}
