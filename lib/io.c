@@ -1,0 +1,470 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The front of struct img_io: img_io_open() picks a backend (io_uring when a
+ * ring can be set up, else psync), and the img_io_* wrappers check arguments,
+ * supply the documented behaviour for ops a backend leaves NULL, bounce
+ * unaligned transfers through aligned buffers for O_DIRECT files (so psync
+ * and io_uring only ever see aligned requests) and turn a backend's -errno
+ * into a message that names the file.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* O_DIRECT alignment of buffers, offsets and lengths. 4096 satisfies every
+ * logical block size Linux supports for files we are likely to meet. */
+#define IO_DIRECT_ALIGN 4096u
+/* Largest bounce buffer and largest zero write. */
+#define IO_CHUNK (1u << 20)
+
+static uint8_t io_zero_buf[IO_CHUNK] __attribute__((aligned(IO_DIRECT_ALIGN)));
+
+static const char *io_name(const struct img_io *io)
+{
+	return io->path ? io->path : io->ops->name;
+}
+
+static int io_fail(struct img_io *io, int ret, const char *what, uint64_t len,
+		   uint64_t file_off)
+{
+	return img_error(ret,
+			 "io: %s of %" PRIu64 " bytes at %#" PRIx64
+			 " in '%s' failed: %s",
+			 what, len, file_off, io_name(io), strerror(-ret));
+}
+
+static int io_check_range(struct img_io *io, const char *what, uint64_t len,
+			  uint64_t file_off)
+{
+	if (file_off > INT64_MAX || len > INT64_MAX - file_off)
+		return img_error(-EINVAL,
+				 "io: %s of %" PRIu64 " bytes at %#" PRIx64
+				 " in '%s' is beyond the largest file offset",
+				 what, len, file_off, io_name(io));
+	return 0;
+}
+
+static int io_check_writable(struct img_io *io)
+{
+	if (io->flags & IMG_IO_RDONLY)
+		return img_error(-EROFS, "io: '%s' is opened read-only",
+				 io_name(io));
+	return 0;
+}
+
+static bool io_direct(const struct img_io *io)
+{
+	return io->flags & IMG_IO_DIRECT;
+}
+
+static bool io_aligned(const void *buf, uint64_t len, uint64_t file_off)
+{
+	return !(((uintptr_t)buf | len | file_off) & (IO_DIRECT_ALIGN - 1));
+}
+
+static uint8_t *io_bounce_alloc(void)
+{
+	void *p = NULL;
+
+	if (posix_memalign(&p, IO_DIRECT_ALIGN, IO_CHUNK))
+		return NULL;
+	return p;
+}
+
+/* An unaligned read on an O_DIRECT file: read the covering aligned blocks. */
+static int io_bounce_read(struct img_io *io, void *buf, uint64_t len,
+			  uint64_t file_off)
+{
+	uint8_t *bounce = io_bounce_alloc();
+	uint8_t *dst = buf;
+	int ret = 0;
+
+	if (!bounce)
+		return -ENOMEM;
+	while (len) {
+		uint64_t start = file_off & ~(uint64_t)(IO_DIRECT_ALIGN - 1);
+		uint64_t skip = file_off - start;
+		uint64_t span = img_min(
+			img_align_up(skip + len, IO_DIRECT_ALIGN), IO_CHUNK);
+		uint64_t n = img_min(span - skip, len);
+
+		ret = io->ops->pread(io, bounce, span, start);
+		if (ret < 0)
+			break;
+		memcpy(dst, bounce + skip, n);
+		dst += n;
+		file_off += n;
+		len -= n;
+	}
+	free(bounce);
+	return ret;
+}
+
+/*
+ * An unaligned write on an O_DIRECT file: read-modify-write of the partial
+ * blocks at either end. Writing whole blocks may extend the file past the
+ * end of the data; the size is then cut back to what a plain write leaves.
+ */
+static int io_bounce_write(struct img_io *io, const void *buf, uint64_t len,
+			   uint64_t file_off)
+{
+	const uint64_t a = IO_DIRECT_ALIGN;
+	uint64_t end = file_off + len, old_size = UINT64_MAX;
+	const uint8_t *src = buf;
+	uint8_t *bounce;
+	int ret = 0;
+
+	if (end % a) {
+		if (!io->ops->get_size)
+			return -ENOTSUP;
+		ret = io->ops->get_size(io, &old_size);
+		if (ret < 0)
+			return ret;
+	}
+	bounce = io_bounce_alloc();
+	if (!bounce)
+		return -ENOMEM;
+	while (len) {
+		uint64_t start = file_off & ~(a - 1);
+		uint64_t skip = file_off - start;
+		uint64_t span = img_min(img_align_up(skip + len, a), IO_CHUNK);
+		uint64_t n = img_min(span - skip, len);
+
+		if (skip) {
+			ret = io->ops->pread(io, bounce, a, start);
+			if (ret < 0)
+				break;
+		}
+		if ((skip + n) % a && (span > a || !skip)) {
+			ret = io->ops->pread(io, bounce + span - a, a,
+					     start + span - a);
+			if (ret < 0)
+				break;
+		}
+		memcpy(bounce + skip, src, n);
+		ret = io->ops->pwrite(io, bounce, span, start);
+		if (ret < 0)
+			break;
+		src += n;
+		file_off += n;
+		len -= n;
+	}
+	free(bounce);
+	if (ret < 0)
+		return ret;
+	if (old_size != UINT64_MAX && old_size < img_align_up(end, a) &&
+	    io->ops->truncate)
+		ret = io->ops->truncate(io, old_size > end ? old_size : end);
+	return ret;
+}
+
+int img_io_pread(struct img_io *io, void *buf, uint64_t len, uint64_t file_off)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = io_check_range(io, "pread", len, file_off);
+	if (ret < 0)
+		return ret;
+	if (io_direct(io) && !io_aligned(buf, len, file_off))
+		ret = io_bounce_read(io, buf, len, file_off);
+	else
+		ret = io->ops->pread(io, buf, len, file_off);
+	if (ret < 0)
+		return io_fail(io, ret, "pread", len, file_off);
+	return 0;
+}
+
+int img_io_pwrite(struct img_io *io, const void *buf, uint64_t len,
+		  uint64_t file_off)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = io_check_range(io, "pwrite", len, file_off);
+	if (ret < 0)
+		return ret;
+	ret = io_check_writable(io);
+	if (ret < 0)
+		return ret;
+	if (io_direct(io) && !io_aligned(buf, len, file_off))
+		ret = io_bounce_write(io, buf, len, file_off);
+	else
+		ret = io->ops->pwrite(io, buf, len, file_off);
+	if (ret < 0)
+		return io_fail(io, ret, "pwrite", len, file_off);
+	return 0;
+}
+
+static int io_submit_one(struct img_io *io, struct img_io_vec *v)
+{
+	if (v->write)
+		return img_io_pwrite(io, v->buf, v->len, v->file_off);
+	return img_io_pread(io, v->buf, v->len, v->file_off);
+}
+
+/* O_DIRECT batch with some unaligned vecs: the aligned ones go in one
+ * batch, the others through the bounce path one by one. */
+static int io_submit_split(struct img_io *io, struct img_io_vec *v, unsigned n)
+{
+	struct img_io_vec *batch = malloc(sizeof(*batch) * n);
+	unsigned nb = 0;
+	int ret = 0, r;
+
+	if (!batch)
+		return img_error(-ENOMEM, "io: out of memory for a batch of %u",
+				 n);
+	for (unsigned i = 0; i < n; i++)
+		if (io_aligned(v[i].buf, v[i].len, v[i].file_off))
+			batch[nb++] = v[i];
+	if (nb) {
+		ret = io->ops->submit(io, batch, nb);
+		if (ret < 0)
+			ret = img_error(
+				ret,
+				"io: batch of %u transfers in '%s' failed: %s",
+				nb, io_name(io), strerror(-ret));
+	}
+	free(batch);
+	for (unsigned i = 0; i < n && ret >= 0; i++) {
+		if (io_aligned(v[i].buf, v[i].len, v[i].file_off))
+			continue;
+		r = io_submit_one(io, &v[i]);
+		if (r < 0 && ret >= 0)
+			ret = r;
+	}
+	return ret;
+}
+
+int img_io_submit(struct img_io *io, struct img_io_vec *v, unsigned n)
+{
+	bool writes = false, unaligned = false;
+	int ret;
+
+	for (unsigned i = 0; i < n; i++) {
+		ret = io_check_range(io, v[i].write ? "pwrite" : "pread",
+				     v[i].len, v[i].file_off);
+		if (ret < 0)
+			return ret;
+		writes |= v[i].write;
+		unaligned |= !io_aligned(v[i].buf, v[i].len, v[i].file_off);
+	}
+	if (writes) {
+		ret = io_check_writable(io);
+		if (ret < 0)
+			return ret;
+	}
+	if (!io->ops->submit || n == 1) {
+		for (unsigned i = 0; i < n; i++) {
+			ret = io_submit_one(io, &v[i]);
+			if (ret < 0)
+				return ret;
+		}
+		return 0;
+	}
+	if (!n)
+		return 0;
+	if (io_direct(io) && unaligned)
+		return io_submit_split(io, v, n);
+	ret = io->ops->submit(io, v, n);
+	if (ret < 0)
+		return img_error(ret,
+				 "io: batch of %u transfers in '%s' failed: %s",
+				 n, io_name(io), strerror(-ret));
+	return 0;
+}
+
+int img_io_flush(struct img_io *io)
+{
+	int ret;
+
+	if ((io->flags & IMG_IO_NOFLUSH) || !io->ops->flush)
+		return 0;
+	ret = io->ops->flush(io);
+	if (ret < 0)
+		return img_error(ret, "io: flush of '%s' failed: %s",
+				 io_name(io), strerror(-ret));
+	return 0;
+}
+
+static int io_write_zeroes(struct img_io *io, uint64_t file_off, uint64_t len)
+{
+	while (len) {
+		uint64_t n = img_min(len, IO_CHUNK);
+		int ret = img_io_pwrite(io, io_zero_buf, n, file_off);
+
+		if (ret < 0)
+			return ret;
+		file_off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int img_io_zero(struct img_io *io, uint64_t file_off, uint64_t len,
+		unsigned flags)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = io_check_range(io, "zero", len, file_off);
+	if (ret < 0)
+		return ret;
+	ret = io_check_writable(io);
+	if (ret < 0)
+		return ret;
+	if (io->ops->zero) {
+		ret = io->ops->zero(io, file_off, len, flags);
+		if (ret != -ENOTSUP) {
+			if (ret < 0)
+				return io_fail(io, ret, "zero", len, file_off);
+			return 0;
+		}
+		/* A punch the backend cannot do may still be a zeroing. */
+		if (flags & IMG_IO_ZERO_PUNCH) {
+			ret = io->ops->zero(io, file_off, len, 0);
+			if (ret >= 0)
+				return 0;
+			if (ret != -ENOTSUP)
+				return io_fail(io, ret, "zero", len, file_off);
+		}
+	}
+	return io_write_zeroes(io, file_off, len);
+}
+
+int img_io_allocate(struct img_io *io, uint64_t file_off, uint64_t len)
+{
+	int ret;
+
+	if (!len)
+		return 0;
+	ret = io_check_range(io, "allocate", len, file_off);
+	if (ret < 0)
+		return ret;
+	ret = io_check_writable(io);
+	if (ret < 0)
+		return ret;
+	if (!io->ops->allocate)
+		return img_error(-ENOTSUP,
+				 "io: '%s' (%s) cannot preallocate space",
+				 io_name(io), io->ops->name);
+	ret = io->ops->allocate(io, file_off, len);
+	if (ret == -ENOTSUP)
+		return img_error(
+			ret,
+			"io: the file system of '%s' cannot preallocate space",
+			io_name(io));
+	if (ret < 0)
+		return io_fail(io, ret, "allocate", len, file_off);
+	return 0;
+}
+
+int img_io_size(struct img_io *io, uint64_t *size)
+{
+	int ret;
+
+	if (!io->ops->get_size)
+		return img_error(-ENOTSUP, "io: size of '%s' is unknown",
+				 io_name(io));
+	ret = io->ops->get_size(io, size);
+	if (ret < 0)
+		return img_error(ret, "io: cannot get the size of '%s': %s",
+				 io_name(io), strerror(-ret));
+	return 0;
+}
+
+int img_io_truncate(struct img_io *io, uint64_t size)
+{
+	int ret;
+
+	if (size > INT64_MAX)
+		return img_error(-EINVAL,
+				 "io: cannot truncate '%s' to %" PRIu64
+				 " bytes: too large",
+				 io_name(io), size);
+	ret = io_check_writable(io);
+	if (ret < 0)
+		return ret;
+	if (!io->ops->truncate)
+		return img_error(-ENOTSUP, "io: '%s' (%s) cannot be resized",
+				 io_name(io), io->ops->name);
+	ret = io->ops->truncate(io, size);
+	if (ret < 0)
+		return img_error(ret,
+				 "io: truncate of '%s' to %" PRIu64
+				 " bytes failed: %s",
+				 io_name(io), size, strerror(-ret));
+	return 0;
+}
+
+int img_io_extent(struct img_io *io, uint64_t file_off, uint64_t len,
+		  bool *data, uint64_t *extent_len)
+{
+	int ret;
+
+	if (!len)
+		return img_error(-EINVAL, "io: extent query of 0 bytes in '%s'",
+				 io_name(io));
+	ret = io_check_range(io, "extent query", len, file_off);
+	if (ret < 0)
+		return ret;
+	if (!io->ops->extent) {
+		*data = true;
+		*extent_len = len;
+		return 0;
+	}
+	ret = io->ops->extent(io, file_off, len, data, extent_len);
+	if (ret < 0)
+		return io_fail(io, ret, "extent query", len, file_off);
+	if (*extent_len == 0 || *extent_len > len)
+		*extent_len = len;
+	return 0;
+}
+
+int img_io_allocated(struct img_io *io, uint64_t *bytes)
+{
+	int ret;
+
+	if (!io->ops->allocated)
+		return img_io_size(io, bytes);
+	ret = io->ops->allocated(io, bytes);
+	if (ret < 0)
+		return img_error(
+			ret, "io: cannot get the allocated size of '%s': %s",
+			io_name(io), strerror(-ret));
+	return 0;
+}
+
+void img_io_close(struct img_io *io)
+{
+	if (io)
+		io->ops->close(io);
+}
+
+int img_io_open(const char *path, unsigned flags, enum img_io_kind kind,
+		struct img_io **out)
+{
+	int ret;
+
+	if (!path || !*path)
+		return img_error(-EINVAL, "io: empty file name");
+	switch (kind) {
+	case IMG_IO_AUTO:
+		ret = img_io_uring_open(path, flags, out);
+		/* No ring here (seccomp, old kernel, io_uring_disabled):
+		 * psync does the same job, one syscall at a time. */
+		if (ret == -ENOSYS)
+			ret = img_io_psync_open(path, flags, out);
+		return ret;
+	case IMG_IO_URING:
+		return img_io_uring_open(path, flags, out);
+	case IMG_IO_PSYNC:
+		return img_io_psync_open(path, flags, out);
+	}
+	return img_error(-EINVAL, "io: unknown backend kind %d", (int)kind);
+}
