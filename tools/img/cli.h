@@ -8,6 +8,7 @@
 #define IMG_CLI_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "img.h"
@@ -39,7 +40,7 @@ int cli_parse_cache(const char *mode, unsigned *flags);
 /* IMG_IO_* kind from "io_uring", "native", "threads"/"psync"; NULL = auto. */
 int cli_parse_aio(const char *mode, enum img_io_kind *kind);
 
-/* A progress bar on stderr ("    (42.00/100%)\r" as qemu-img -p prints). */
+/* A progress bar ("    (42.00/100%)\r" on stdout, as qemu-img -p prints). */
 struct cli_progress {
 	bool enabled;
 	uint64_t total;
@@ -55,5 +56,48 @@ void cli_human_size(uint64_t bytes, char *buf, size_t buf_size);
 
 /* Print s as a JSON string literal (quotes and escapes) to stdout. */
 void cli_json_string(const char *s);
+
+/* ---- additions (tools/img/cli.c) ---- */
+
+enum { CLI_OUTPUT_HUMAN, CLI_OUTPUT_JSON };
+
+/* img_last_error() if set, else strerror(-err). */
+const char *cli_errmsg(int err);
+/* "img: <message>" then "Try 'img --help' ..." on stderr; returns exit_code. */
+int cli_usage_error(int exit_code, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Report getopt's '?' or ':' result (opt) for argv[optind - 1]; returns 1. */
+int cli_bad_option(char **argv, int opt);
+/* --output=human|json; prints qemu-img's error and returns -EINVAL if bad. */
+int cli_parse_output(const char *s, int *fmt);
+/* Parse a size; on error prints qemu-img's "Invalid <what> specified..." */
+int cli_parse_size_msg(const char *s, uint64_t *out, const char *what);
+/* img_open printing "img: Could not open 'path': <reason>" on failure. */
+int cli_open(const char *path, const char *fmt, unsigned flags,
+	     enum img_io_kind io, struct img **out);
+/* qemu's path_combine: name relative to base's directory (malloc'd). */
+char *cli_path_combine(const char *base, const char *name);
+/* qemu-io's cvtstr: "4 KiB", "1.062 MiB", "40 bytes". */
+void cli_cvtstr(double value, char *buf, size_t buf_size);
+
+/*
+ * JSON values printed as qemu-img prints them: objects list their members in
+ * QEMU's QDict iteration order, pretty-printed with 4-space indentation.
+ * Adding a child transfers ownership to the parent. Out of memory exits.
+ */
+struct cli_json;
+struct cli_json *cli_json_object(void);
+struct cli_json *cli_json_array(void);
+/* key is NULL when parent is an array. */
+void cli_json_add(struct cli_json *parent, const char *key,
+		  struct cli_json *child);
+void cli_json_add_str(struct cli_json *parent, const char *key, const char *v);
+void cli_json_add_int(struct cli_json *parent, const char *key, int64_t v);
+void cli_json_add_bool(struct cli_json *parent, const char *key, bool v);
+/* Print pretty JSON and a newline to stdout. */
+void cli_json_print(const struct cli_json *j);
+/* qemu's dump_qdict: "<indent>key with spaces: value" lines to stdout. */
+void cli_json_dump_human(const struct cli_json *obj, int level);
+void cli_json_free(struct cli_json *j);
 
 #endif

@@ -1,0 +1,213 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * img info: describe an image (and with --backing-chain every layer below
+ * it) in qemu-img info's human text or JSON, with the same field names, key
+ * order and layout, built from img_info().
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+/* The "data" object of "format-specific". */
+static struct cli_json *fields_object(const struct img_info *in)
+{
+	struct cli_json *data = cli_json_object();
+	size_t i;
+
+	for (i = 0; i < in->n_fields && i < IMG_INFO_MAX_FIELDS; i++) {
+		const struct img_field *f = &in->fields[i];
+
+		switch (f->type) {
+		case IMG_VAL_STR:
+			cli_json_add_str(data, f->key, f->str);
+			break;
+		case IMG_VAL_U64:
+			cli_json_add_int(data, f->key, (int64_t)f->u64);
+			break;
+		case IMG_VAL_BOOL:
+			cli_json_add_bool(data, f->key, f->b);
+			break;
+		}
+	}
+	return data;
+}
+
+/* The image's description as qemu-img's ImageInfo object. */
+static struct cli_json *info_object(const struct img_info *in,
+				    const char *filename)
+{
+	struct cli_json *o = cli_json_object();
+
+	/* added in QAPI order, which decides ties inside a QDict bucket */
+	cli_json_add_str(o, "filename", filename);
+	cli_json_add_str(o, "format", in->format);
+	cli_json_add_bool(o, "dirty-flag", in->dirty);
+	cli_json_add_int(o, "actual-size", (int64_t)in->actual_size);
+	cli_json_add_int(o, "virtual-size", (int64_t)in->virtual_size);
+	if (in->cluster_size)
+		cli_json_add_int(o, "cluster-size", (int64_t)in->cluster_size);
+	if (in->encrypted)
+		cli_json_add_bool(o, "encrypted", true);
+	if (in->backing_file) {
+		char *full = cli_path_combine(filename, in->backing_file);
+
+		cli_json_add_str(o, "backing-filename", in->backing_file);
+		if (full)
+			cli_json_add_str(o, "full-backing-filename", full);
+		free(full);
+		if (in->backing_fmt)
+			cli_json_add_str(o, "backing-filename-format",
+					 in->backing_fmt);
+	}
+	if (in->n_fields) {
+		struct cli_json *spec = cli_json_object();
+		struct cli_json *data = fields_object(in);
+
+		cli_json_add_str(spec, "type", in->format);
+		cli_json_add(spec, "data", data);
+		cli_json_add(o, "format-specific", spec);
+	}
+	return o;
+}
+
+static void print_human(const struct img_info *in, const char *filename)
+{
+	char vsize[32], dsize[32];
+
+	cli_human_size(in->virtual_size, vsize, sizeof(vsize));
+	cli_human_size(in->actual_size, dsize, sizeof(dsize));
+	printf("image: %s\n"
+	       "file format: %s\n"
+	       "virtual size: %s (%" PRIu64 " bytes)\n"
+	       "disk size: %s\n",
+	       filename, in->format, vsize, in->virtual_size, dsize);
+	if (in->encrypted)
+		printf("encrypted: yes\n");
+	if (in->cluster_size)
+		printf("cluster_size: %" PRIu64 "\n", in->cluster_size);
+	if (in->dirty)
+		printf("cleanly shut down: no\n");
+	if (in->backing_file) {
+		char *full = cli_path_combine(filename, in->backing_file);
+
+		printf("backing file: %s", in->backing_file);
+		if (!full)
+			printf(" (cannot determine actual path)");
+		else if (strcmp(full, in->backing_file))
+			printf(" (actual path: %s)", full);
+		printf("\n");
+		free(full);
+		if (in->backing_fmt)
+			printf("backing file format: %s\n", in->backing_fmt);
+	}
+	if (in->n_fields) {
+		struct cli_json *data = fields_object(in);
+
+		printf("Format specific information:\n");
+		cli_json_dump_human(data, 1);
+		cli_json_free(data);
+	}
+}
+
+int cmd_info(int argc, char **argv)
+{
+	enum {
+		OPT_OUTPUT = 256,
+		OPT_BACKING_CHAIN,
+		OPT_IMAGE_OPTS,
+		OPT_OBJECT
+	};
+	static const struct option longopts[] = {
+		{ "help", no_argument, NULL, 'h' },
+		{ "format", required_argument, NULL, 'f' },
+		{ "output", required_argument, NULL, OPT_OUTPUT },
+		{ "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
+		{ "force-share", no_argument, NULL, 'U' },
+		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
+		{ "object", required_argument, NULL, OPT_OBJECT },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *fmt = NULL, *filename;
+	int output = CLI_OUTPUT_HUMAN;
+	bool chain = false;
+	unsigned flags = IMG_OPEN_RDONLY;
+	struct cli_json *list = NULL;
+	struct img *img, *cur;
+	int c, ret;
+
+	optind = 1;
+	opterr = 0;
+	while ((c = getopt_long(argc, argv, ":f:hU", longopts, NULL)) != -1) {
+		switch (c) {
+		case 'f':
+			fmt = optarg;
+			break;
+		case 'U':
+			flags |= IMG_OPEN_SHARED;
+			break;
+		case OPT_OUTPUT:
+			if (cli_parse_output(optarg, &output) < 0)
+				return 1;
+			break;
+		case OPT_BACKING_CHAIN:
+			chain = true;
+			break;
+		case OPT_IMAGE_OPTS:
+			return cli_fail(1, "--image-opts is not supported");
+		case OPT_OBJECT:
+			return cli_fail(1, "--object is not supported");
+		default:
+			return cli_bad_option(argv, c);
+		}
+	}
+	if (optind != argc - 1)
+		return cli_usage_error(1, "Expecting one image file name");
+	filename = argv[optind];
+	if (!chain)
+		flags |= IMG_OPEN_NO_BACKING;
+
+	ret = cli_open(filename, fmt, flags, IMG_IO_AUTO, &img);
+	if (ret < 0)
+		return 1;
+	if (chain && output == CLI_OUTPUT_JSON)
+		list = cli_json_array();
+	for (cur = img; cur; cur = chain ? img_backing(cur) : NULL) {
+		struct img_info in;
+		const char *name = cur == img ? filename : img_filename(cur);
+
+		memset(&in, 0, sizeof(in));
+		img_clear_error();
+		ret = img_info(cur, &in);
+		if (ret < 0) {
+			cli_json_free(list);
+			img_close(img);
+			return cli_fail_img(1, ret, name);
+		}
+		if (!in.format)
+			in.format = img_format(cur);
+		if (output == CLI_OUTPUT_JSON) {
+			struct cli_json *o = info_object(&in, name);
+
+			if (list) {
+				cli_json_add(list, NULL, o);
+			} else {
+				cli_json_print(o);
+				cli_json_free(o);
+			}
+		} else {
+			if (cur != img)
+				printf("\n");
+			print_human(&in, name);
+		}
+	}
+	if (list) {
+		cli_json_print(list);
+		cli_json_free(list);
+	}
+	img_close(img);
+	return 0;
+}
