@@ -137,7 +137,7 @@ static inline int test_sh(const char *fmt, ...)
 	__attribute__((format(printf, 1, 2)));
 static inline int test_sh(const char *fmt, ...)
 {
-	char cmd[4096];
+	char cmd[16384];
 	va_list ap;
 	int st;
 
