@@ -266,14 +266,14 @@ static void test_errors(void)
 		 0);
 	CHECK_ERR(img_open(test_path("a.qcow2"), NULL, &img), -ELOOP);
 	CHECK_STR_HAS(img_last_error(), "a.qcow2");
-	if (SH("qemu-img create -q -f qcow2 -u -b self.qcow2 -F qcow2 "
-	       "self.qcow2 1M") == 0) {
-		struct img_open_opts ro = { .flags = IMG_OPEN_RDONLY };
-
-		CHECK_ERR(img_open(test_path("self.qcow2"), &ro, &img), -ELOOP);
-	} else {
-		test_note("qemu-img refuses a self-referencing image");
-	}
+	/* An image that names itself through a symlink (qemu-img refuses
+	 * the plain self-reference). */
+	CHECK_EQ(SH("ln -sf self.qcow2 link.qcow2 && "
+		    "qemu-img create -q -f qcow2 -u -b link.qcow2 -F qcow2 "
+		    "self.qcow2 1M"),
+		 0);
+	CHECK_ERR(img_open(test_path("self.qcow2"), NULL, &img), -ELOOP);
+	CHECK_STR_HAS(img_last_error(), "link.qcow2");
 
 	/* The depth limit: 64 backing files open, 65 do not. */
 	len = (size_t)snprintf(cmd, sizeof(cmd),
@@ -305,6 +305,7 @@ static void test_errors(void)
 
 static void test_no_probe(void)
 {
+	struct img_info info;
 	struct img *img = NULL;
 	uint8_t magic[4];
 
@@ -323,22 +324,27 @@ static void test_no_probe(void)
 		img_close(img);
 	}
 
-	/* No format in the header: the backing is probed. */
-	if (SH("qemu-img create -q -f qcow2 -u -b fmt-base.qcow2 -F qcow2 "
-	       "probe.qcow2 1M && "
-	       "qemu-img rebase -u -b fmt-base.qcow2 probe.qcow2 && "
-	       "! qemu-img info probe.qcow2 | grep -q 'backing file format'") ==
-	    0) {
-		CHECK_OK(img_open(test_path("probe.qcow2"), NULL, &img));
-		if (img) {
-			CHECK(img_backing(img) &&
-			      !strcmp(img_format(img_backing(img)), "qcow2"));
-			CHECK(byte_at(img, 0, 9));
-			img_close(img);
-		}
-	} else {
-		test_note(
-			"qemu-img cannot write a backing name without a format");
+	/* No format in the header: the backing is probed. qemu-img 7.2
+	 * insists on a format, so the backing format extension's type is
+	 * overwritten with an unknown one (ignored by readers). */
+	CHECK_EQ(
+		SH("qemu-img create -q -f qcow2 -u -b fmt-base.qcow2 "
+		   "-F qcow2 probe.qcow2 1M && "
+		   "off=$(LC_ALL=C grep -obUaP '\\xe2\\x79\\x2a\\xca' "
+		   "probe.qcow2 | head -n1 | cut -d: -f1) && "
+		   "test -n \"$off\" && "
+		   "printf '\\x12\\x34\\x56\\x78' | "
+		   "dd of=probe.qcow2 bs=1 seek=$off conv=notrunc && "
+		   "! qemu-img info probe.qcow2 | grep -q 'backing file format'"),
+		0);
+	CHECK_OK(img_open(test_path("probe.qcow2"), NULL, &img));
+	if (img) {
+		CHECK(img_backing(img) &&
+		      !strcmp(img_format(img_backing(img)), "qcow2"));
+		CHECK_OK(img_info(img, &info));
+		CHECK(!info.backing_fmt);
+		CHECK(byte_at(img, 0, 9));
+		img_close(img);
 	}
 }
 
