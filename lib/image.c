@@ -289,6 +289,11 @@ static int create_check_backing(const char *filename, struct img_create_opts *o)
 	free(path);
 	if (!o->size)
 		o->size = img_size(b);
+	/* Record what was probed, so that the new image never has its
+	 * backing probed again (QEMU did this, with a warning, before it
+	 * made -F mandatory). Driver names are static strings. */
+	if (!o->backing_fmt)
+		o->backing_fmt = img_format(b);
 	img_close(b);
 	return 0;
 }
