@@ -1,0 +1,234 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Tests for the async worker pool: 1000 random reads, writes, zeroes,
+ * discards and flushes on a raw image, submitted in rounds of requests on
+ * distinct slots (so their completion order does not matter), checked in the
+ * done() callbacks and against a flat reference after every round and after
+ * reopening; errors reach done() with req->error set; drain and free with
+ * requests still queued.
+ */
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "internal.h"
+#include "tap.h"
+
+#define SLOT (32u << 10)
+#define NSLOTS 256
+#define IMG_SIZE ((uint64_t)SLOT * NSLOTS)
+#define PER_ROUND 50
+
+struct treq {
+	struct img_aio_req req;
+	uint8_t *expect; /* READ: what the slot holds (NULL: unknown) */
+	unsigned slot;
+};
+
+static uint8_t *ref;
+static bool unknown[NSLOTS]; /* discarded: contents unspecified */
+static atomic_int done_count, bad_count;
+static uint64_t rng = 88172645463325252ull;
+
+static uint64_t rnd(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng;
+}
+
+static void on_done(struct img_aio_req *req, int ret)
+{
+	struct treq *t = (struct treq *)req;
+
+	if (ret < 0) {
+		fprintf(stderr, "request %d at %" PRIu64 " failed: %s\n",
+			req->op, req->off, req->error ? req->error : "?");
+		atomic_fetch_add(&bad_count, 1);
+	} else if (req->op == IMG_AIO_READ && t->expect &&
+		   memcmp(req->buf, t->expect, req->len)) {
+		fprintf(stderr, "read at %" PRIu64 "+%" PRIu64 " differs\n",
+			req->off, req->len);
+		atomic_fetch_add(&bad_count, 1);
+	}
+	atomic_fetch_add(&done_count, 1);
+}
+
+static void verify_image(struct img *img, const char *when)
+{
+	uint8_t *buf = malloc(SLOT);
+	unsigned bad = 0;
+
+	for (unsigned s = 0; s < NSLOTS; s++) {
+		if (img_read(img, buf, (uint64_t)s * SLOT, SLOT) < 0 ||
+		    (!unknown[s] &&
+		     memcmp(buf, ref + (uint64_t)s * SLOT, SLOT)))
+			bad++;
+	}
+	if (bad)
+		fprintf(stderr, "%u slots differ %s\n", bad, when);
+	CHECK_EQ(bad, 0);
+	free(buf);
+}
+
+static void run_rounds(struct img_aio *aio, struct img *img)
+{
+	static struct treq reqs[PER_ROUND];
+	static uint8_t bufs[PER_ROUND][SLOT];
+	static uint8_t expect[PER_ROUND][SLOT];
+	unsigned submitted = 0;
+
+	for (unsigned round = 0; round < 1000 / PER_ROUND; round++) {
+		bool used[NSLOTS] = { false };
+
+		atomic_store(&done_count, 0);
+		for (unsigned i = 0; i < PER_ROUND; i++) {
+			struct treq *t = &reqs[i];
+			unsigned slot, kind = (unsigned)(rnd() % 10);
+			uint64_t off, len;
+
+			do
+				slot = (unsigned)(rnd() % NSLOTS);
+			while (used[slot]);
+			used[slot] = true;
+			off = (uint64_t)slot * SLOT + rnd() % 4096;
+			len = 1 + rnd() % (SLOT - 4096);
+			memset(t, 0, sizeof(*t));
+			t->req.off = off;
+			t->req.len = len;
+			t->req.buf = bufs[i];
+			t->req.done = on_done;
+			t->slot = slot;
+			if (kind < 4) {
+				t->req.op = IMG_AIO_WRITE;
+				t->req.flags = kind == 0 ? IMG_FUA : 0;
+				for (uint64_t j = 0; j < len; j++)
+					bufs[i][j] = (uint8_t)rnd();
+				memcpy(ref + off, bufs[i], len);
+			} else if (kind < 7) {
+				t->req.op = IMG_AIO_READ;
+				if (!unknown[slot]) {
+					memcpy(expect[i], ref + off, len);
+					t->expect = expect[i];
+				}
+			} else if (kind < 8) {
+				t->req.op = IMG_AIO_ZERO;
+				t->req.flags = rnd() % 2 ? IMG_ZERO_MAY_UNMAP :
+							   0;
+				memset(ref + off, 0, len);
+			} else if (kind < 9) {
+				t->req.op = IMG_AIO_DISCARD;
+				unknown[slot] = true;
+			} else {
+				t->req.op = IMG_AIO_FLUSH;
+			}
+			CHECK_OK(img_aio_submit(aio, img, &t->req));
+			submitted++;
+		}
+		img_aio_drain(aio);
+		CHECK_EQ(atomic_load(&done_count), PER_ROUND);
+		/* A write after a discard makes only part of the slot known;
+		 * refresh the reference from the image for those slots. */
+		for (unsigned s = 0; s < NSLOTS; s++) {
+			if (!unknown[s])
+				continue;
+			CHECK_OK(img_read(img, ref + (uint64_t)s * SLOT,
+					  (uint64_t)s * SLOT, SLOT));
+			unknown[s] = false;
+		}
+		verify_image(img, "after a round");
+	}
+	CHECK_EQ(submitted, 1000);
+	CHECK_EQ(atomic_load(&bad_count), 0);
+}
+
+static atomic_int err_seen;
+
+static void on_err_done(struct img_aio_req *req, int ret)
+{
+	if (ret == -EINVAL && req->error && strlen(req->error) > 0)
+		atomic_fetch_add(&err_seen, 1);
+	else
+		fprintf(stderr, "bad error completion: %d '%s'\n", ret,
+			req->error ? req->error : "(null)");
+}
+
+static void test_errors(struct img_aio *aio, struct img *img)
+{
+	static uint8_t buf[512];
+	struct img_aio_req r = {
+		.op = IMG_AIO_READ,
+		.buf = buf,
+		.off = IMG_SIZE,
+		.len = sizeof(buf),
+		.done = on_err_done,
+	};
+	struct img_aio_req bad = { .op = 99, .done = on_err_done };
+
+	CHECK_OK(img_aio_submit(aio, img, &r));
+	img_aio_drain(aio);
+	CHECK_EQ(atomic_load(&err_seen), 1);
+	CHECK_ERR(img_aio_submit(aio, img, &bad), -EINVAL);
+	bad.op = IMG_AIO_FLUSH;
+	bad.done = NULL;
+	CHECK_ERR(img_aio_submit(aio, img, &bad), -EINVAL);
+}
+
+/* free with requests still queued completes them all first. */
+static void test_free_queued(struct img *img)
+{
+	static struct treq reqs[200];
+	static uint8_t buf[200][4096];
+	struct img_aio *aio;
+
+	atomic_store(&done_count, 0);
+	CHECK_OK(img_aio_new(0, &aio));
+	for (unsigned i = 0; i < 200; i++) {
+		reqs[i] = (struct treq){ .req = {
+						 .op = IMG_AIO_READ,
+						 .buf = buf[i],
+						 .off = (uint64_t)i * 4096,
+						 .len = 4096,
+						 .done = on_done,
+					 } };
+		CHECK_OK(img_aio_submit(aio, img, &reqs[i].req));
+	}
+	img_aio_free(aio);
+	CHECK_EQ(atomic_load(&done_count), 200);
+	img_aio_free(NULL);
+}
+
+int main(void)
+{
+	const char *path = test_path("aio.raw");
+	struct img_create_opts copts = { .format = "raw", .size = IMG_SIZE };
+	struct img_open_opts oopts = { .format = "raw" };
+	struct img_aio *aio;
+	struct img *img;
+
+	ref = calloc(1, IMG_SIZE);
+	if (img_create(path, &copts) < 0 || img_open(path, &oopts, &img) < 0) {
+		fprintf(stderr, "cannot create a raw image: %s\n",
+			img_last_error());
+		return 1;
+	}
+	CHECK_OK(img_aio_new(4, &aio));
+	run_rounds(aio, img);
+	test_errors(aio, img);
+	img_aio_free(aio);
+	CHECK_OK(img_close(img));
+
+	/* Everything written is there after reopening. */
+	if (img_open(path, &oopts, &img) >= 0) {
+		verify_image(img, "after reopen");
+		img_close(img);
+	} else {
+		CHECK(0);
+	}
+	if (img_open(path, &oopts, &img) >= 0) {
+		test_free_queued(img);
+		img_close(img);
+	}
+	free(ref);
+	return test_done();
+}
