@@ -366,6 +366,14 @@ int img_create(const char *path, const struct img_create_opts *opts)
 	return ret;
 }
 
+static int opt_desc_cmp(const void *a, const void *b)
+{
+	const struct img_opt_desc *const *x = a, *const *y = b;
+
+	return strcmp((*x)->name, (*y)->name);
+}
+
+/* One line per option, sorted by name, in qemu-img's -o help layout. */
 int img_create_help(const char *format, char *buf, size_t buf_size)
 {
 	static const char *const types[] = {
@@ -374,9 +382,10 @@ int img_create_help(const char *format, char *buf, size_t buf_size)
 		[IMG_OPT_NUM] = "num",
 		[IMG_OPT_BOOL] = "bool (on/off)",
 	};
+	const struct img_opt_desc *sorted[128];
 	const struct img_driver *drv;
-	size_t used = 0;
-	int n;
+	size_t used = 0, n = 0;
+	int len;
 
 	drv = get_driver(format);
 	if (!drv)
@@ -384,22 +393,26 @@ int img_create_help(const char *format, char *buf, size_t buf_size)
 	if (!buf || !buf_size)
 		return img_error(-EINVAL, "create help: no buffer");
 	buf[0] = '\0';
-	for (const struct img_opt_desc *d = drv->create_opts; d && d->name;
-	     d++) {
+	for (const struct img_opt_desc *d = drv->create_opts;
+	     d && d->name && n < IMG_ARRAY_SIZE(sorted); d++)
+		sorted[n++] = d;
+	qsort(sorted, n, sizeof(sorted[0]), opt_desc_cmp);
+	for (size_t i = 0; i < n; i++) {
+		const struct img_opt_desc *d = sorted[i];
 		char lhs[128];
 
 		snprintf(lhs, sizeof(lhs), "%s=<%s>", d->name,
 			 (size_t)d->type < IMG_ARRAY_SIZE(types) ?
 				 types[d->type] :
 				 "str");
-		n = snprintf(buf + used, buf_size - used, "  %-22s - %s\n", lhs,
-			     d->help ? d->help : "");
-		if (n < 0 || (size_t)n >= buf_size - used)
+		len = snprintf(buf + used, buf_size - used, "  %-22s - %s\n",
+			       lhs, d->help ? d->help : "");
+		if (len < 0 || (size_t)len >= buf_size - used)
 			return img_error(
 				-ENOSPC,
 				"create help: buffer of %zu bytes is too small",
 				buf_size);
-		used += (size_t)n;
+		used += (size_t)len;
 	}
 	return 0;
 }

@@ -14,13 +14,12 @@
 
 #include "internal.h"
 
-enum req_op { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_DISCARD };
+enum req_op { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_DISCARD, REQ_STATUS };
 
 static const char *const op_names[] = {
-	[REQ_READ] = "read",
-	[REQ_WRITE] = "write",
-	[REQ_ZERO] = "zero",
-	[REQ_DISCARD] = "discard",
+	[REQ_READ] = "read",	       [REQ_WRITE] = "write",
+	[REQ_ZERO] = "zero",	       [REQ_DISCARD] = "discard",
+	[REQ_STATUS] = "block status",
 };
 
 static int check_request(struct img *img, enum req_op op, uint64_t off,
@@ -32,11 +31,11 @@ static int check_request(struct img *img, enum req_op op, uint64_t off,
 				 " is past the end of the image (size %" PRIu64
 				 ")",
 				 op_names[op], off, len, img->size);
-	if (op != REQ_READ && img_read_only(img))
+	if (op != REQ_READ && op != REQ_STATUS && img_read_only(img))
 		return img_error(-EROFS, "%s: cannot %s '%s': opened read-only",
 				 img->drv->name, op_names[op],
 				 img_filename(img));
-	if (op != REQ_READ && !img->drv->write)
+	if (op != REQ_READ && op != REQ_STATUS && !img->drv->write)
 		return img_error(-ENOTSUP, "%s: format is read-only",
 				 img->drv->name);
 	return 0;
@@ -251,7 +250,7 @@ int img_block_status(struct img *img, uint64_t off, uint64_t len,
 			-EINVAL,
 			"block status of an empty range at offset %" PRIu64,
 			off);
-	ret = check_request(img, REQ_READ, off, len);
+	ret = check_request(img, REQ_STATUS, off, len);
 	if (ret < 0)
 		return ret;
 	for (;;) {
