@@ -260,21 +260,39 @@ int img_opt_size(const struct img_create_opts *opts, const char *key,
 int img_opt_u64(const struct img_create_opts *opts, const char *key,
 		uint64_t *out)
 {
-	const char *v = opt_find(opts, key);
-	unsigned long long num;
-	char *end;
+	const char *v = opt_find(opts, key), *p;
+	unsigned base = 10;
+	uint64_t num = 0;
 
 	if (!v)
 		return 0;
-	errno = 0;
-	num = strtoull(v, &end, 0);
-	if (!isdigit((unsigned char)v[0]) || *end || errno)
-		return img_error(
-			-EINVAL,
-			"options: parameter '%s' expects a number, not '%s'",
-			key, v);
+	/* Decimal, or hex with 0x; a leading 0 is not octal. */
+	p = v;
+	if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X')) {
+		base = 16;
+		p += 2;
+	}
+	if (!*p)
+		goto bad;
+	for (; *p; p++) {
+		unsigned d;
+
+		if (isdigit((unsigned char)*p))
+			d = (unsigned)(*p - '0');
+		else if (base == 16 && isxdigit((unsigned char)*p))
+			d = (unsigned)(tolower((unsigned char)*p) - 'a' + 10);
+		else
+			goto bad;
+		if (num > (UINT64_MAX - d) / base)
+			goto bad;
+		num = num * base + d;
+	}
 	*out = num;
 	return 1;
+bad:
+	return img_error(-EINVAL,
+			 "options: parameter '%s' expects a number, not '%s'",
+			 key, v);
 }
 
 int img_opt_bool(const struct img_create_opts *opts, const char *key, bool *out)

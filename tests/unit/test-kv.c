@@ -135,6 +135,27 @@ static void test_opts(void)
 	CHECK_ERR(img_opt_bool(&o, "bad_bool", &b), -EINVAL);
 	CHECK_STR_HAS(img_last_error(), "maybe");
 	CHECK_ERR(img_opt_u64(&o, "n2", &u), -EINVAL);
+	{
+		struct img_kv nums[] = { { "a", "010" },
+					 { "b", "0x1F" },
+					 { "c", "18446744073709551615" },
+					 { "d", "18446744073709551616" },
+					 { "e", "0x" },
+					 { "f", " 1" },
+					 { "g", "" } };
+		struct img_create_opts on = { .opts = nums, .n_opts = 7 };
+
+		CHECK_EQ(img_opt_u64(&on, "a", &u), 1);
+		CHECK_EQ(u, 10);
+		CHECK_EQ(img_opt_u64(&on, "b", &u), 1);
+		CHECK_EQ(u, 31);
+		CHECK_EQ(img_opt_u64(&on, "c", &u), 1);
+		CHECK(u == UINT64_MAX);
+		CHECK_ERR(img_opt_u64(&on, "d", &u), -EINVAL);
+		CHECK_ERR(img_opt_u64(&on, "e", &u), -EINVAL);
+		CHECK_ERR(img_opt_u64(&on, "f", &u), -EINVAL);
+		CHECK_ERR(img_opt_u64(&on, "g", &u), -EINVAL);
+	}
 	CHECK_EQ(img_opt_prealloc(&o, &pa), 1);
 	CHECK_EQ(pa, IMG_PREALLOC_FALLOC);
 
