@@ -48,9 +48,23 @@ static void ring_destroy(void *p)
 	free(p);
 }
 
+/* A forked child shares the parent's ring until it drops its copy: forget
+ * it there, so the child's first I/O sets up a ring of its own. */
+static void ring_atfork_child(void)
+{
+	if (tls_ring) {
+		if (ring_key_ok)
+			pthread_setspecific(ring_key, NULL);
+		ring_destroy(tls_ring);
+		tls_ring = NULL;
+	}
+	tls_ring_err = 0;
+}
+
 static void ring_key_init(void)
 {
 	ring_key_ok = pthread_key_create(&ring_key, ring_destroy) == 0;
+	pthread_atfork(NULL, NULL, ring_atfork_child);
 }
 
 /* This thread's ring, or NULL (and *err) if none can be set up here. */

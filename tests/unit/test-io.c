@@ -8,8 +8,14 @@
  * threads sharing one io_uring file.
  */
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 
 #include "internal.h"
 #include "tap.h"
@@ -331,6 +337,58 @@ static void run_file(const char *name, unsigned flags, enum img_io_kind kind)
 	img_io_close(io);
 }
 
+/* In a child where io_uring_setup fails (as under a container's seccomp
+ * policy): AUTO falls back to psync silently, URING fails -ENOSYS. The
+ * parent's ring, if any, must not leak into the child. */
+static int child_without_uring(void)
+{
+	struct sock_filter filter[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS,
+			 offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog = { IMG_ARRAY_SIZE(filter), filter };
+	struct img_io *io;
+	uint8_t buf[100];
+
+	if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0 ||
+	    prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0)
+		return 77;
+	CHECK_ERR(img_io_open(test_path("noring"), IMG_IO_CREATE, IMG_IO_URING,
+			      &io),
+		  -ENOSYS);
+	CHECK_STR_HAS(img_last_error(), "io_uring");
+	CHECK_OK(img_io_open(test_path("noring"), IMG_IO_CREATE, IMG_IO_AUTO,
+			     &io));
+	if (tap_failures)
+		return 1;
+	CHECK_STR_HAS(io->ops->name, "psync");
+	memset(buf, 3, sizeof(buf));
+	CHECK_OK(img_io_pwrite(io, buf, sizeof(buf), 10));
+	CHECK_OK(img_io_pread(io, buf, sizeof(buf), 0));
+	CHECK(img_is_zero(buf, 10) && buf[10] == 3);
+	img_io_close(io);
+	return tap_failures ? 1 : 0;
+}
+
+static void test_no_uring(void)
+{
+	int st;
+	pid_t pid;
+
+	fflush(NULL);
+	pid = fork();
+	if (pid == 0)
+		_exit(child_without_uring());
+	CHECK(pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st));
+	if (WEXITSTATUS(st) == 77)
+		test_note("seccomp unavailable: io_uring fallback not tested");
+	else
+		CHECK_EQ(WEXITSTATUS(st), 0);
+}
+
 int main(void)
 {
 	struct img_io *io;
@@ -364,6 +422,7 @@ int main(void)
 	}
 
 	test_wrappers();
+	test_no_uring();
 	free(ref);
 	return test_done();
 }
