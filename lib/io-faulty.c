@@ -135,6 +135,8 @@ static int faulty_submit(struct img_io *io, struct img_io_vec *v, unsigned n)
 	int first = 0, ret;
 
 	for (unsigned i = 0; i < n; i++) {
+		if (!v[i].len)
+			continue;
 		if (v[i].write)
 			ret = faulty_do_pwrite(f, v[i].buf, v[i].len,
 					       v[i].file_off);
