@@ -52,6 +52,13 @@ static void test_counting(void)
 	/* Zero-length requests never reach the backend. */
 	CHECK_OK(img_io_pwrite(io, buf, 0, 0));
 	CHECK_EQ(img_io_faulty_ops(io), 9);
+	/* cache=unsafe: flush is a no-op above the backend. */
+	io->flags |= IMG_IO_NOFLUSH;
+	CHECK_OK(img_io_flush(io));
+	CHECK_EQ(img_io_faulty_ops(io), 9);
+	io->flags &= ~IMG_IO_NOFLUSH;
+	CHECK_OK(img_io_flush(io));
+	CHECK_EQ(img_io_faulty_ops(io), 10);
 	img_io_close(io);
 }
 
