@@ -171,7 +171,23 @@ struct qcow2 {
 	uint32_t crypto_ext_len;
 	uint8_t *bitmaps_ext; /* QCOW2_EXT_BITMAPS payload, preserved (issue 3) */
 	uint32_t bitmaps_ext_len;
+
+	char *backing_name; /* as the header names it, or NULL */
+	uint8_t *header_tail; /* header bytes [112, header_length), preserved */
+	uint32_t header_tail_len;
+	bool has_backing_fmt_ext; /* write the backing format extension */
+
+	/* Scratch space reused by every request (no malloc in the hot path). */
+	struct img_io_vec *vecs;
+	unsigned n_vecs, cap_vecs;
+	uint8_t *cow_head; /* cluster-sized copy-on-write buffers */
+	uint8_t *cow_tail;
+	uint8_t *zero_buf; /* QCOW2_ZERO_BUF_SIZE bytes of zeroes */
 };
+
+#define QCOW2_ZERO_BUF_SIZE (1u << 20)
+/* Pending frees above this count force a metadata write-back cycle. */
+#define QCOW2_MAX_PENDING_FREE 4096
 
 /* qcow2-header.c */
 /* Read, decode and validate the header and its extensions into s. */
@@ -202,6 +218,16 @@ int qcow2_alloc_clusters(struct qcow2 *s, uint64_t n, uint64_t *file_off);
 int qcow2_free_cluster_deferred(struct qcow2 *s, uint64_t file_off);
 /* Write back L2 tables, then release pending frees, then refcounts. */
 int qcow2_metadata_write_back(struct qcow2 *s);
+/* Make sure refcount changes reach the disk before the L2/L1 entries that
+ * depend on them (write back the refcount blocks and flush); no-op with
+ * lazy refcounts. */
+int qcow2_refcount_sync(struct qcow2 *s);
+/* Index of the first cluster past every cluster with a non-zero refcount
+ * (the end of the used part of the file, in clusters). */
+int qcow2_refcount_end(struct qcow2 *s, uint64_t *cluster_end);
+/* Free clusters now (refcount -1 each), without deferral: only for
+ * clusters no metadata on disk references any more. */
+int qcow2_free_clusters_now(struct qcow2 *s, uint64_t file_off, uint64_t len);
 
 /* qcow2-cluster.c */
 int qcow2_l2_init(struct qcow2 *s); /* load L1, create the L2 cache */
@@ -215,6 +241,13 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 		       struct img_extent *ext);
 /* Grow the L1 table to hold min_size entries (resize). */
 int qcow2_grow_l1(struct qcow2 *s, uint64_t min_size);
+/* Shrink: free every cluster mapped at or past guest offset new_size (which
+ * is cluster aligned) and the L2 tables wholly past it. */
+int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size);
+/* Classify the L2 entry (and extended bitmap) of one subcluster. */
+enum qcow2_cluster_type qcow2_subcluster_type(const struct qcow2 *s,
+					      uint64_t l2e, uint64_t bitmap,
+					      unsigned sc);
 /* Allocate L2 tables and data clusters for [off, off + len) (preallocation). */
 int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
 		      enum img_prealloc mode);
