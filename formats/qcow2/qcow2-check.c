@@ -1285,6 +1285,9 @@ static int check_refcounts(struct check *c, unsigned fix, bool force_rebuild)
 		}
 		res->corruptions = 0;
 		res->leaks = 0;
+		res->allocated_clusters = 0;
+		res->fragmented_clusters = 0;
+		res->compressed_clusters = 0;
 		rebuild = false;
 		ret = calculate_refcounts(c, 0, &rebuild);
 		if (ret < 0)
