@@ -21,6 +21,7 @@ run_one() {
 	shift
 	[ -n "$pattern" ] && [[ "$name" != *$pattern* ]] && return
 	local log=$logs/$name.log start end rc
+	mkdir -p "$(dirname "$log")"
 	start=$EPOCHREALTIME
 	(cd "$top" && timeout -k 10 "$TEST_TIMEOUT" "$@") >"$log" 2>&1 </dev/null
 	rc=$?
