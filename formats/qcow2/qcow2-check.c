@@ -67,6 +67,7 @@ struct check {
 	struct qcow2 *s;
 	struct img_check *res;
 	uint64_t cs; /* cluster size */
+	uint64_t file_size; /* of the image file */
 	bool has_data_file;
 	uint32_t rc_max; /* largest expected refcount we store */
 
@@ -184,8 +185,18 @@ static void inc_refs(struct check *c, uint64_t off, uint64_t len)
 
 	if (!len)
 		return;
-	if (off > UINT64_MAX - len)
-		len = UINT64_MAX - off;
+	/* The last cluster may be partly past the end of the file; a region
+	 * reaching a whole cluster past it is corrupt (QEMU's rule). */
+	if (off > UINT64_MAX - len ||
+	    (off + len > c->file_size && off + len - c->file_size >= c->cs)) {
+		report(c,
+		       "ERROR: counting reference for region exceeding the end "
+		       "of the file by one cluster or more: offset 0x%" PRIx64
+		       " size 0x%" PRIx64,
+		       off, len);
+		c->res->corruptions++;
+		return;
+	}
 	first = off / c->cs;
 	last = (off + len - 1) / c->cs;
 	for (uint64_t k = first; k <= last; k++) {
@@ -204,7 +215,7 @@ static void inc_refs(struct check *c, uint64_t off, uint64_t len)
 			return;
 		}
 		if (c->rc[k] >= c->rc_max) {
-			report(c, "ERROR: overflow cluster offset=%#" PRIx64,
+			report(c, "ERROR: overflow cluster offset=0x%" PRIx64,
 			       k * c->cs);
 			c->res->corruptions++;
 			continue;
@@ -407,7 +418,7 @@ static int check_l2(struct check *c, uint64_t l2_off, bool active, unsigned fix)
 				compressed_range(c, l2e & ~QCOW2_OFLAG_COPIED,
 						 &off, &len);
 				report(c,
-				       "ERROR: coffset=%#" PRIx64
+				       "ERROR: coffset=0x%" PRIx64
 				       ": copied flag must never be set for "
 				       "compressed clusters",
 				       off);
@@ -417,7 +428,7 @@ static int check_l2(struct check *c, uint64_t l2_off, bool active, unsigned fix)
 			if (c->has_data_file) {
 				report(c,
 				       "ERROR compressed cluster %" PRIu64
-				       " with data file, entry=%#" PRIx64,
+				       " with data file, entry=0x%" PRIx64,
 				       i, l2e);
 				res->corruptions++;
 				break;
@@ -426,7 +437,7 @@ static int check_l2(struct check *c, uint64_t l2_off, bool active, unsigned fix)
 				report(c,
 				       "ERROR compressed cluster %" PRIu64
 				       " with non-zero subcluster allocation "
-				       "bitmap, entry=%#" PRIx64,
+				       "bitmap, entry=0x%" PRIx64,
 				       i, l2e);
 				res->corruptions++;
 				break;
@@ -783,6 +794,8 @@ static void check_refblocks(struct check *c, unsigned fix, bool *rebuild)
 			if (ret == 0 && size < off + c->cs)
 				ret = -EIO;
 			if (ret == 0)
+				c->file_size = size;
+			if (ret == 0)
 				ret = rc_grow(c, img_align_up(size, c->cs) /
 							 c->cs);
 			if (ret < 0) {
@@ -822,6 +835,7 @@ static int calculate_refcounts(struct check *c, unsigned fix, bool *rebuild)
 	ret = img_io_size(s->file, &file_size);
 	if (ret < 0)
 		return ret;
+	c->file_size = file_size;
 	c->nb = 0;
 	memset(c->rc, 0, c->cap * sizeof(*c->rc));
 	ret = rc_grow(c, img_align_up(file_size, c->cs) / c->cs);
