@@ -20,6 +20,7 @@ done <<CASES
 |1M
 |1.5M
 |4096
+|1000
 -o preallocation=off|1G
 -o size=2M|
 CASES

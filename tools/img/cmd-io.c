@@ -324,7 +324,7 @@ static int write_f(struct io_ctx *ctx, int argc, char **argv)
 		}
 	}
 	if (zero && has_pattern) {
-		printf("-z and -P cannot be specified at the same time\n");
+		printf("Only one of -z, -P, and -s can be specified at the same time\n");
 		return -EINVAL;
 	}
 	if (unmap && !zero) {
