@@ -5,9 +5,11 @@
  */
 #include "img-driver.h"
 
+extern const struct img_driver qcow2_driver;
 extern const struct img_driver raw_driver;
 
 const struct img_driver *const img_format_table[] = {
+	&qcow2_driver,
 	&raw_driver,
 	NULL,
 };

@@ -322,6 +322,7 @@ static void test_no_probe(void)
 		CHECK_OK(img_read(img, magic, 0, 4));
 		CHECK(!memcmp(magic, "QFI\xfb", 4));
 		img_close(img);
+		img = NULL;
 	}
 
 	/* No format in the header: the backing is probed. qemu-img 7.2
@@ -333,7 +334,7 @@ static void test_no_probe(void)
 		   "off=$(LC_ALL=C grep -obUaP '\\xe2\\x79\\x2a\\xca' "
 		   "probe.qcow2 | head -n1 | cut -d: -f1) && "
 		   "test -n \"$off\" && "
-		   "printf '\\x12\\x34\\x56\\x78' | "
+		   "printf '\\022\\064\\126\\170' | "
 		   "dd of=probe.qcow2 bs=1 seek=$off conv=notrunc && "
 		   "! qemu-img info probe.qcow2 | grep -q 'backing file format'"),
 		0);
