@@ -74,6 +74,15 @@ PY
 "$IMG" check c.qcow2 >/dev/null 2>&1
 [ $? = 2 ] || fail "corruption exit code"
 same_check --output=json c.qcow2
+same_check c.qcow2
+cp c.qcow2 d.qcow2
+"$IMG" check -r all c.qcow2 >img.out 2>&1
+rc=$?
+qemu-img check -r all d.qcow2 >q.out 2>&1
+[ $rc = $? ] || fail "check -r all exit code"
+diff -u <(grep -v '^Repairing\|^ERROR\|^Rebuilding' q.out) \
+	<(grep -v '^Repairing\|^ERROR\|^Rebuilding' img.out) || fail "check -r all output differs"
+same_check c.qcow2
 
 expect_exit 1 "$IMG" check missing.qcow2
 exit 0
