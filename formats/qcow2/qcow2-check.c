@@ -664,8 +664,10 @@ static int check_bitmaps(struct check *c)
 	uint8_t *dir = NULL;
 	int ret = 0;
 
-	if (!s->bitmaps_ext || s->bitmaps_ext_len < 24 ||
-	    !(s->h.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS))
+	/* QEMU ignores the bitmaps when the autoclear bit is clear, but a
+	 * read-write open by this driver clears it itself: count them as long
+	 * as the extension exists, so that a repair never frees them. */
+	if (!s->bitmaps_ext || s->bitmaps_ext_len < 24)
 		return 0;
 	nb = img_be32(s->bitmaps_ext);
 	dir_size = img_be64(s->bitmaps_ext + 8);
@@ -837,7 +839,8 @@ static int calculate_refcounts(struct check *c, unsigned fix, bool *rebuild)
 		return ret;
 	c->file_size = file_size;
 	c->nb = 0;
-	memset(c->rc, 0, c->cap * sizeof(*c->rc));
+	if (c->rc)
+		memset(c->rc, 0, c->cap * sizeof(*c->rc));
 	ret = rc_grow(c, img_align_up(file_size, c->cs) / c->cs);
 	if (ret < 0)
 		return ret;
