@@ -6,6 +6,7 @@
  * on the image they serve. I/O requests go through lib/request.c and backing
  * chains through lib/chain.c.
  */
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -254,6 +255,11 @@ static int create_merge_opts(const struct img_driver *drv,
 		o->backing_file = NULL;
 	if (o->backing_fmt && !o->backing_fmt[0])
 		o->backing_fmt = NULL;
+	if (o->size > UINT64_MAX - 511)
+		return img_error(-EINVAL, "%s: size %" PRIu64 " is too large",
+				 drv->name, o->size);
+	/* qemu-img creates and measures whole 512-byte sectors. */
+	o->size = img_align_up(o->size, 512);
 	if (o->backing_file && !opt_listed(drv, "backing_file"))
 		return img_error(
 			-EINVAL,
@@ -288,7 +294,7 @@ static int create_check_backing(const char *filename, struct img_create_opts *o)
 	}
 	free(path);
 	if (!o->size)
-		o->size = img_size(b);
+		o->size = img_align_up(img_size(b), 512);
 	/* Record what was probed, so that the new image never has its
 	 * backing probed again (QEMU did this, with a warning, before it
 	 * made -F mandatory). Driver names are static strings. */

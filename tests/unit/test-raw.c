@@ -94,6 +94,12 @@ static void test_create(void)
 				      .n_opts = 1 };
 	CHECK_OK(img_create(test_path("sz.raw"), &os));
 	CHECK_EQ(file_size(test_path("sz.raw")), 65536);
+	/* Sizes round up to whole sectors, as with qemu-img. */
+	os.opts = NULL;
+	os.n_opts = 0;
+	os.size = 1000;
+	CHECK_OK(img_create(test_path("sz.raw"), &os));
+	CHECK_EQ(file_size(test_path("sz.raw")), 1024);
 
 	char help[1024];
 	CHECK_OK(img_create_help("raw", help, sizeof(help)));
