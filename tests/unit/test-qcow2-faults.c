@@ -5,8 +5,9 @@
  * zeroes, discards, flushes, close) runs once cleanly on the faulty backend to
  * count its host I/O ops, N; then for every n in 1..N it runs again with op n
  * failing, once with a single -EIO (the workload carries on after the error)
- * and once sticky (every later op fails too, as a dead disk), and on some runs
- * with a torn write. Each run must report the injected error through some call
+ * and once sticky (every later op fails too, as a dead disk). Torn writes are
+ * left out: they tear 8-byte table entries, which a sector-atomic disk never
+ * does and which QEMU does not survive either. Each run must report the injected error through some call
  * as a clean -errno with a one-line message, never crash, and leave a file
  * that (if create got through) opens read-only and checks with no corruption;
  * leaked clusters are allowed, since a failed request may strand a cluster
@@ -20,7 +21,15 @@
 #include "tap.h"
 
 #define SIZE (4ull << 20)
-#define OPTS "cluster_size=512,refcount_bits=64"
+/* 512-byte clusters: an L2 table per 32 KiB of guest space and a refcount
+ * block per 128 KiB of file; with 64-bit refcounts one refcount table
+ * cluster covers only 2 MiB of file, so the workload grows the table. */
+static const char *const configs[] = {
+	"cluster_size=512",
+	"cluster_size=512,refcount_bits=64",
+};
+/* A clean run needs a few thousand ops; past this the driver ran away. */
+#define MAX_CLEAN_OPS 200000
 
 struct outcome {
 	bool created;
@@ -44,7 +53,8 @@ static void note_error(struct outcome *o, const char *what, int ret)
 	}
 }
 
-static void run_workload(struct img_io *faulty, struct outcome *o)
+static void run_workload(const char *opts, struct img_io *faulty,
+			 struct outcome *o)
 {
 	struct img_create_opts co = { .format = "qcow2", .size = SIZE };
 	struct img_kv *kv = NULL;
@@ -56,7 +66,7 @@ static void run_workload(struct img_io *faulty, struct outcome *o)
 	memset(o, 0, sizeof(*o));
 	for (size_t i = 0; buf && i < (320 << 10); i++)
 		buf[i] = (uint8_t)(i * 13 + (i >> 9));
-	if (!buf || img_kv_parse(OPTS, &kv, &n) < 0) {
+	if (!buf || img_kv_parse(opts, &kv, &n) < 0) {
 		note_error(o, "setup", -ENOMEM);
 		free(buf);
 		return;
@@ -134,7 +144,8 @@ static bool inspect(struct img_io *mem, const char *what)
 }
 
 /* One run with op fail_at failing (0: none); returns the ops counted. */
-static uint64_t run(uint64_t fail_at, int err, bool sticky, bool *ok)
+static uint64_t run(const char *opts, uint64_t fail_at, int err, bool sticky,
+		    bool *ok)
 {
 	struct img_io *mem, *b, *faulty;
 	struct outcome o;
@@ -148,8 +159,11 @@ static uint64_t run(uint64_t fail_at, int err, bool sticky, bool *ok)
 		img_io_close(mem);
 		return 0;
 	}
-	img_io_faulty_arm(faulty, fail_at, err, sticky);
-	run_workload(faulty, &o);
+	if (fail_at)
+		img_io_faulty_arm(faulty, fail_at, err, sticky);
+	else
+		img_io_faulty_arm(faulty, MAX_CLEAN_OPS, ENOSPC, true);
+	run_workload(opts, faulty, &o);
 	nops = img_io_faulty_ops(faulty);
 	img_io_close(faulty);
 
@@ -161,7 +175,9 @@ static uint64_t run(uint64_t fail_at, int err, bool sticky, bool *ok)
 		*ok = false;
 	}
 	if (!fail_at && o.n_errors) {
-		printf("# clean run failed: %s\n", o.first_error);
+		printf("# clean run failed%s: %s\n",
+		       nops >= MAX_CLEAN_OPS ? " (runaway host I/O)" : "",
+		       o.first_error);
 		*ok = false;
 	}
 	if (o.created && !inspect(mem, what))
@@ -174,32 +190,30 @@ static uint64_t run(uint64_t fail_at, int err, bool sticky, bool *ok)
 
 int main(void)
 {
-	uint64_t n;
-	bool ok;
-	unsigned bad = 0;
-
 	if (!qt_have_qcow2())
 		test_skip("no qcow2 driver in this build");
-	n = run(0, 0, false, &ok);
-	CHECK(ok);
-	test_note("clean run: %" PRIu64 " host ops", n);
-	if (!ok)
-		return test_done();
-	for (uint64_t i = 1; i <= n; i++) {
-		run(i, EIO, false, &ok);
-		bad += !ok;
-		run(i, ENOSPC, true, &ok);
-		bad += !ok;
-		/* Torn writes: only every few ops, to keep the run short. */
-		if (i % 7 == 0) {
-			run(i, 0, true, &ok);
+	for (size_t c = 0; c < IMG_ARRAY_SIZE(configs); c++) {
+		const char *opts = configs[c];
+		unsigned bad = 0;
+		uint64_t n;
+		bool ok;
+
+		n = run(opts, 0, 0, false, &ok);
+		CHECK(ok);
+		test_note("%s: clean run: %" PRIu64 " host ops", opts, n);
+		if (!ok)
+			continue;
+		for (uint64_t i = 1; i <= n && bad <= 20; i++) {
+			run(opts, i, EIO, false, &ok);
+			bad += !ok;
+			run(opts, i, ENOSPC, true, &ok);
 			bad += !ok;
 		}
-		if (bad > 20) {
-			printf("# stopping after 20 failing runs\n");
-			break;
-		}
+		if (bad > 20)
+			printf("# %s: stopped after 20 failing runs\n", opts);
+		CHECK_EQ(bad, 0);
+		printf("%s - %s: %" PRIu64 " x 2 fault runs\n",
+		       bad ? "not ok" : "ok", opts, n);
 	}
-	CHECK_EQ(bad, 0);
 	return test_done();
 }
