@@ -1046,14 +1046,20 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
 						 n_cl << s->cluster_bits :
 						 n << s->cluster_bits;
 
-			if (mode == IMG_PREALLOC_FALLOC)
+			uint64_t fsize;
+
+			/* Reused clusters inside the file hold old data. */
+			ret = img_io_size(s->data_file, &fsize);
+			if (ret == 0 && r_off < fsize && !has_data_file(s))
+				ret = img_io_zero(s->data_file, r_off,
+						  img_min(r_len, fsize - r_off),
+						  0);
+			if (ret == 0 && mode == IMG_PREALLOC_FALLOC)
 				ret = img_io_allocate(s->data_file, r_off,
 						      r_len);
-			else if (mode == IMG_PREALLOC_FULL)
+			else if (ret == 0 && mode == IMG_PREALLOC_FULL)
 				ret = img_io_zero(s->data_file, r_off, r_len,
 						  0);
-			else
-				ret = 0;
 			if (ret < 0)
 				return ret;
 			if (r_off + r_len > data_end)

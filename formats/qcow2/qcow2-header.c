@@ -549,7 +549,7 @@ int qcow2_header_write(struct qcow2 *s, const char *backing_name)
 		need += ext_size((uint32_t)strlen(s->data_file_name));
 	if (s->crypto_ext)
 		need += ext_size(s->crypto_ext_len);
-	if (v3)
+	if (v3 && cs > 4096)
 		need += ext_size(IMG_ARRAY_SIZE(qemu_features) *
 				 FEATURE_ENTRY_SIZE);
 	if (s->bitmaps_ext)
@@ -605,7 +605,8 @@ int qcow2_header_write(struct qcow2 *s, const char *backing_name)
 	if (s->crypto_ext)
 		p = put_ext(p, QCOW2_EXT_CRYPTO, s->crypto_ext,
 			    s->crypto_ext_len);
-	if (v3) {
+	/* QEMU leaves the table out of small clusters (room for names). */
+	if (v3 && cs > 4096) {
 		uint8_t *ft = p + 8;
 
 		p = put_ext(p, QCOW2_EXT_FEATURE_TABLE, NULL,

@@ -226,11 +226,11 @@ int qcow2_refcount_update(struct qcow2 *s, uint64_t file_off, uint64_t len,
 	return 0;
 }
 
-/* Find n free clusters in a row at or after the hint. */
-static int find_free(struct qcow2 *s, uint64_t n, uint64_t *start,
-		     uint64_t *first_free)
+/* Find n free clusters in a row at or after cluster from. */
+static int find_free(struct qcow2 *s, uint64_t from, uint64_t n,
+		     uint64_t *start, uint64_t *first_free)
 {
-	uint64_t c = s->free_cluster_hint ? s->free_cluster_hint : 1;
+	uint64_t c = from ? from : 1;
 	uint64_t run_start = c, run = 0;
 	bool have_first = false;
 	uint64_t limit = (QCOW2_L2E_OFFSET_MASK >> s->cluster_bits) + 1;
@@ -290,17 +290,27 @@ static int write_reftable_entry(struct qcow2 *s, uint64_t ri)
 			     s->h.refcount_table_offset + ri * 8);
 }
 
-/* A new refcount block at cluster x (inside the range it describes). */
+/*
+ * A new refcount block for range ri at the free cluster x. The block counts
+ * itself when x is in its own range; otherwise x's range must have a block.
+ */
 static int create_refblock(struct qcow2 *s, uint64_t ri, uint64_t x)
 {
 	uint64_t off = x << s->cluster_bits;
+	bool self = x / s->refblock_entries == ri;
 	uint8_t *rb;
 	int ret;
 
+	if (!self) {
+		ret = qcow2_refcount_update(s, off, s->cluster_size, 1);
+		if (ret < 0)
+			return ret;
+	}
 	ret = img_cache_get_empty(s->refblock_cache, off, (void **)&rb);
 	if (ret < 0)
 		return ret;
-	rb_set(s, rb, x % s->refblock_entries, 1);
+	if (self)
+		rb_set(s, rb, x % s->refblock_entries, 1);
 	img_cache_mark_dirty(s->refblock_cache, rb);
 	img_cache_put(s->refblock_cache, rb);
 	/* The block must be on disk before the table names it. */
@@ -447,13 +457,13 @@ int qcow2_alloc_clusters(struct qcow2 *s, uint64_t n, uint64_t *file_off)
 	for (;;) {
 		bool again = false;
 
-		ret = find_free(s, n, &c, &first_free);
+		ret = find_free(s, s->free_cluster_hint, n, &c, &first_free);
 		if (ret < 0)
 			return ret;
 		end = c + n;
 		for (uint64_t ri = c / s->refblock_entries;
 		     ri <= (end - 1) / s->refblock_entries; ri++) {
-			uint64_t x;
+			uint64_t x, unused, rx;
 
 			if (ri >= s->reftable_size) {
 				ret = grow_reftable(s, end);
@@ -464,10 +474,17 @@ int qcow2_alloc_clusters(struct qcow2 *s, uint64_t n, uint64_t *file_off)
 			}
 			if (s->reftable[ri])
 				continue;
-			x = ri * s->refblock_entries;
-			if (x < c)
-				x = c;
-			ret = create_refblock(s, ri, x);
+			/* Put the block past the run so the run stays free. */
+			ret = find_free(s, end, 1, &x, &unused);
+			if (ret < 0)
+				return ret;
+			rx = x / s->refblock_entries;
+			if (rx >= s->reftable_size)
+				ret = grow_reftable(s, x + 1);
+			else if (rx != ri && !s->reftable[rx])
+				ret = create_refblock(s, rx, x);
+			else
+				ret = create_refblock(s, ri, x);
 			if (ret < 0)
 				return ret;
 			again = true;
