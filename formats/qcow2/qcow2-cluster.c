@@ -185,6 +185,12 @@ static int l2_get(struct qcow2 *s, uint64_t i, bool alloc, uint8_t **t)
 	if (!alloc || (off && (l1e & QCOW2_OFLAG_COPIED))) {
 		if (!off)
 			return 0;
+		if (alloc) {
+			ret = qcow2_overlap_check(s, QCOW2_OL_L2, off,
+						  s->cluster_size);
+			if (ret < 0)
+				return ret;
+		}
 		return img_cache_get(s->l2_cache, off, (void **)t);
 	}
 
@@ -560,6 +566,14 @@ static int write_chunk(struct qcow2 *s, uint64_t i, const uint8_t *p,
 				      true);
 		if (ret < 0)
 			goto out;
+	}
+	for (unsigned v = 0; v < s->n_vecs && !has_data_file(s); v++) {
+		ret = qcow2_overlap_check(s, 0, s->vecs[v].file_off,
+					  s->vecs[v].len);
+		if (ret < 0) {
+			s->n_vecs = 0;
+			goto out;
+		}
 	}
 	ret = img_io_submit(s->data_file, s->vecs, s->n_vecs);
 	s->n_vecs = 0;

@@ -494,6 +494,22 @@ int qcow2_header_read(struct qcow2 *s)
 			  "L1 table");
 	if (ret < 0)
 		goto out;
+	{
+		uint64_t l1_end = h->l1_table_offset + (uint64_t)h->l1_size * 8;
+		uint64_t rt_end = h->refcount_table_offset +
+				  ((uint64_t)h->refcount_table_clusters
+				   << h->cluster_bits);
+
+		if (h->l1_size && h->l1_table_offset < rt_end &&
+		    h->refcount_table_offset < l1_end) {
+			ret = img_error(
+				-IMG_ECORRUPT,
+				"qcow2: L1 table at %#" PRIx64
+				" overlaps the refcount table at %#" PRIx64,
+				h->l1_table_offset, h->refcount_table_offset);
+			goto out;
+		}
+	}
 	if (h->nb_snapshots > MAX_SNAPSHOTS) {
 		ret = img_error(-IMG_ECORRUPT,
 				"qcow2: nb_snapshots %u is too large",

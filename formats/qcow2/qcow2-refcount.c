@@ -97,7 +97,22 @@ int qcow2_refcount_init(struct qcow2 *s)
 					i, e);
 			goto out;
 		}
+		if (e > QCOW2_L2E_OFFSET_MASK || (e && e < s->cluster_size) ||
+		    (e && e >= s->h.refcount_table_offset &&
+		     e < s->h.refcount_table_offset + bytes) ||
+		    (e && e + s->cluster_size > s->h.l1_table_offset &&
+		     e < s->h.l1_table_offset + (uint64_t)s->h.l1_size * 8)) {
+			ret = img_error(
+				-IMG_ECORRUPT,
+				"qcow2: refcount table entry %" PRIu64
+				" (%#" PRIx64
+				") points outside the file or into other metadata",
+				i, e);
+			goto out;
+		}
 		s->reftable[i] = e;
+		if (e)
+			s->reftable_used = i + 1;
 	}
 	if (s->img && img_cache_size_hint(s->img)) {
 		uint64_t want =
@@ -321,6 +336,8 @@ static int create_refblock(struct qcow2 *s, uint64_t ri, uint64_t x)
 	if (ret < 0)
 		return ret;
 	s->reftable[ri] = off;
+	if (ri >= s->reftable_used)
+		s->reftable_used = ri + 1;
 	ret = write_reftable_entry(s, ri);
 	if (ret < 0) {
 		s->reftable[ri] = 0;
@@ -418,6 +435,7 @@ static int grow_reftable(struct qcow2 *s, uint64_t need_clusters)
 	free(s->reftable);
 	s->reftable = mem;
 	s->reftable_size = entries;
+	s->reftable_used = first_rb + nb;
 	s->h.refcount_table_offset = (start + nb) * cs;
 	s->h.refcount_table_clusters = (uint32_t)tc;
 	free(blocks);
@@ -495,6 +513,10 @@ int qcow2_alloc_clusters(struct qcow2 *s, uint64_t n, uint64_t *file_off)
 	}
 	ret = qcow2_refcount_update(s, c << s->cluster_bits,
 				    n << s->cluster_bits, 1);
+	if (ret < 0)
+		return ret;
+	ret = qcow2_overlap_check(s, 0, c << s->cluster_bits,
+				  n << s->cluster_bits);
 	if (ret < 0)
 		return ret;
 	s->free_cluster_hint = first_free == c ? end : first_free;
@@ -591,4 +613,53 @@ int qcow2_refcount_end(struct qcow2 *s, uint64_t *cluster_end)
 	}
 	*cluster_end = 0;
 	return 0;
+}
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+	return alen && blen && a < b + blen && b < a + alen;
+}
+
+int qcow2_overlap_check(struct qcow2 *s, unsigned ignore, uint64_t file_off,
+			uint64_t len)
+{
+	uint64_t cs = s->cluster_size;
+	const char *what = NULL;
+
+	if (overlaps(file_off, len, 0, cs))
+		what = "the header";
+	else if (overlaps(file_off, len, s->h.l1_table_offset,
+			  (uint64_t)s->l1_size * 8))
+		what = "the L1 table";
+	else if (overlaps(file_off, len, s->h.refcount_table_offset,
+			  (uint64_t)s->h.refcount_table_clusters * cs))
+		what = "the refcount table";
+	else if (s->h.nb_snapshots &&
+		 overlaps(file_off, len, s->h.snapshots_offset, cs))
+		what = "the snapshot table";
+	if (!what && !(ignore & QCOW2_OL_REFBLOCK)) {
+		for (uint64_t i = 0; i < s->reftable_used; i++) {
+			if (overlaps(file_off, len, s->reftable[i], cs)) {
+				what = "a refcount block";
+				break;
+			}
+		}
+	}
+	if (!what && !(ignore & QCOW2_OL_L2) && s->l1) {
+		for (uint64_t i = 0; i < s->l1_size; i++) {
+			uint64_t l2 = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+
+			if (l2 && overlaps(file_off, len, l2, cs)) {
+				what = "an L2 table";
+				break;
+			}
+		}
+	}
+	if (!what)
+		return 0;
+	return qcow2_signal_corruption(s,
+				       "qcow2: write of %" PRIu64
+				       " bytes at %#" PRIx64
+				       " would overwrite %s",
+				       len, file_off, what);
 }

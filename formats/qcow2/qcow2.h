@@ -183,6 +183,7 @@ struct qcow2 {
 	uint8_t *cow_head; /* cluster-sized copy-on-write buffers */
 	uint8_t *cow_tail;
 	uint8_t *zero_buf; /* QCOW2_ZERO_BUF_SIZE bytes of zeroes */
+	uint64_t reftable_used; /* 1 + index of the last non-zero entry */
 };
 
 #define QCOW2_ZERO_BUF_SIZE (1u << 20)
@@ -225,6 +226,14 @@ int qcow2_refcount_sync(struct qcow2 *s);
 /* Index of the first cluster past every cluster with a non-zero refcount
  * (the end of the used part of the file, in clusters). */
 int qcow2_refcount_end(struct qcow2 *s, uint64_t *cluster_end);
+/* qcow2_overlap_check() ignore bits: metadata kinds a write may overlap. */
+#define QCOW2_OL_L2 (1u << 0)
+#define QCOW2_OL_REFBLOCK (1u << 1)
+/* Refuse (marking the image corrupt) a write of [file_off, +len) to the
+ * image file that would overwrite the header, the L1 table, the refcount
+ * table, a refcount block, an active L2 table or the snapshot table. */
+int qcow2_overlap_check(struct qcow2 *s, unsigned ignore, uint64_t file_off,
+			uint64_t len);
 /* Free clusters now (refcount -1 each), without deferral: only for
  * clusters no metadata on disk references any more. */
 int qcow2_free_clusters_now(struct qcow2 *s, uint64_t file_off, uint64_t len);
