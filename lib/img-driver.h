@@ -19,7 +19,8 @@
 /* img_io_open() flags */
 #define IMG_IO_RDONLY (1u << 0)
 #define IMG_IO_CREATE (1u << 1) /* create, truncating an existing file */
-#define IMG_IO_DIRECT (1u << 2) /* O_DIRECT; the backend bounces unaligned I/O */
+#define IMG_IO_DIRECT \
+	(1u << 2) /* O_DIRECT; the backend bounces unaligned I/O */
 #define IMG_IO_NOFLUSH (1u << 3) /* flush is a no-op (cache=unsafe) */
 
 /* img_io_zero() flags */
@@ -80,8 +81,7 @@ int img_io_mem_new(const void *data, size_t len, struct img_io **out);
 void img_io_mem_data(struct img_io *io, const uint8_t **data, size_t *len);
 
 /* Wrappers that validate arguments and supply defaults for NULL ops. */
-int img_io_pread(struct img_io *io, void *buf, uint64_t len,
-		 uint64_t file_off);
+int img_io_pread(struct img_io *io, void *buf, uint64_t len, uint64_t file_off);
 int img_io_pwrite(struct img_io *io, const void *buf, uint64_t len,
 		  uint64_t file_off);
 int img_io_submit(struct img_io *io, struct img_io_vec *v, unsigned n);

@@ -84,11 +84,13 @@ enum img_io_kind {
 #define IMG_OPEN_NO_REPAIR (1u << 5) /* no automatic repair on open */
 
 struct img_open_opts {
-	const char *format; /* NULL: probe (refused for backing files named in a header) */
+	const char *
+		format; /* NULL: probe (refused for backing files named in a header) */
 	unsigned flags; /* IMG_OPEN_* */
 	enum img_io_kind io;
 	uint64_t cache_size; /* metadata cache in bytes, 0 = default */
-	const struct img_kv *opts; /* format options (--image-opts), may be NULL */
+	const struct img_kv
+		*opts; /* format options (--image-opts), may be NULL */
 	size_t n_opts;
 };
 

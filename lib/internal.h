@@ -46,7 +46,12 @@ int img_create_io(struct img_io *io, const char *filename,
 /* ---- the faulty backend: fault injection and write recording ---- */
 
 struct img_io_log_entry {
-	enum { IMG_LOG_WRITE, IMG_LOG_FLUSH, IMG_LOG_TRUNCATE, IMG_LOG_ZERO } kind;
+	enum {
+		IMG_LOG_WRITE,
+		IMG_LOG_FLUSH,
+		IMG_LOG_TRUNCATE,
+		IMG_LOG_ZERO
+	} kind;
 	uint64_t file_off; /* TRUNCATE: the new size */
 	uint64_t len;
 	uint8_t *data; /* WRITE: a copy of the data */
