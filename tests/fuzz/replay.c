@@ -55,8 +55,8 @@ static int read_file(const char *path, uint8_t **data, size_t *size)
 
 static int replay_file(const char *path, unsigned long *count)
 {
-	uint8_t *data;
-	size_t size;
+	uint8_t *data = NULL;
+	size_t size = 0;
 	int ret;
 
 	ret = read_file(path, &data, &size);
