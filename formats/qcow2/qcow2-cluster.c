@@ -275,8 +275,11 @@ int qcow2_l2_init(struct qcow2 *s)
 			    &s->l2_cache);
 	if (ret < 0)
 		return ret;
-	if (!s->lazy_refcounts)
-		img_cache_set_dependency(s->l2_cache, s->refblock_cache);
+	/* Also with lazy refcounts: an allocation dirties a refcount block,
+	 * so the flush this dependency brings before an L2 write-back also
+	 * makes the copy-on-write data of new clusters stable before the L2
+	 * entries that expose it. */
+	img_cache_set_dependency(s->l2_cache, s->refblock_cache);
 	return 0;
 }
 
@@ -577,6 +580,9 @@ static int write_chunk(struct qcow2 *s, uint64_t i, const uint8_t *p,
 	}
 	ret = img_io_submit(s->data_file, s->vecs, s->n_vecs);
 	s->n_vecs = 0;
+	if (ret == 0 && n_alloc && has_data_file(s))
+		/* No refcount orders these: flush before L2 names them. */
+		ret = img_io_flush(s->data_file);
 	if (ret < 0)
 		goto out;
 

@@ -36,10 +36,16 @@
  *     the same way.
  *  3. Frees are deferred: a refcount drops only after the L2/L1 entries that
  *     dropped the reference are written and flushed (qcow2_metadata_write_back).
+ * The refcount-before-L2 flush of rule 1 also makes the data (and the
+ * copy-on-write of partial clusters) of newly allocated clusters stable
+ * before an L2 entry exposes them, so a crash never shows stale contents of
+ * a reused cluster; with an external data file (not refcounted) the data
+ * file is flushed before new L2 entries are made instead.
  * With lazy refcounts, the dirty bit is set (and flushed) before the first
- * allocation, the ordering of rule 1 is skipped, and the bit is cleared
- * after a clean write-back when the image is closed; a dirty image gets its
- * refcounts rebuilt when opened read-write (unless IMG_OPEN_NO_REPAIR).
+ * allocation and cleared after a clean write-back when the image is closed;
+ * a dirty image gets its refcounts rebuilt when opened read-write (unless
+ * IMG_OPEN_NO_REPAIR). The L2-after-refcount dependency is kept for the sake
+ * of the data ordering above.
  */
 #include <inttypes.h>
 #include <stdlib.h>
