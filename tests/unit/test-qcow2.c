@@ -568,6 +568,82 @@ out:
 	free(buf);
 }
 
+/* set_backing rewrites the header: the backing name and format change, an
+ * unknown header extension survives. */
+static void test_set_backing(void)
+{
+	const char *base = test_path("sb-base.qcow2");
+	const char *top = test_path("sb-top.qcow2");
+	static const uint8_t ext[16] = { 0x12, 0x34, 0x56, 0x78, 0,   0,  0,
+					 5,    'h',  'e',  'l',	 'l', 'o' };
+	uint8_t *hdr = malloc(65536), buf[4096];
+	struct img *img;
+	int fd;
+
+	test_note("set_backing and unknown extensions");
+	CHECK_OK(create(base, 1 << 20, NULL, NULL, NULL));
+	img = open_img(base, 0);
+	CHECK(img != NULL);
+	if (!img)
+		goto out;
+	memset(buf, 0x6b, sizeof(buf));
+	CHECK_OK(img_write(img, buf, 8192, sizeof(buf), 0));
+	CHECK_OK(img_close(img));
+	CHECK_OK(create(top, 1 << 20, NULL, NULL, NULL));
+	/* Insert an unknown extension before the end marker (0x1f8). */
+	fd = open(top, O_RDWR);
+	CHECK(fd >= 0);
+	if (fd < 0)
+		goto out;
+	CHECK_EQ(pwrite(fd, ext, sizeof(ext), 0x1f8), sizeof(ext));
+	close(fd);
+	img = open_img(top, 0);
+	CHECK(img != NULL);
+	if (!img)
+		goto out;
+	CHECK_OK(img_set_backing(img, "sb-base.qcow2", "qcow2"));
+	CHECK_OK(img_close(img));
+	img = open_img(top, IMG_OPEN_RDONLY);
+	CHECK(img != NULL);
+	if (img) {
+		CHECK(img_backing(img) != NULL);
+		CHECK_OK(img_read(img, buf, 8192, sizeof(buf)));
+		CHECK(buf[0] == 0x6b && buf[4095] == 0x6b);
+		img_close(img);
+	}
+	fd = open(top, O_RDONLY);
+	CHECK(fd >= 0);
+	if (fd >= 0) {
+		CHECK_EQ(pread(fd, hdr, 65536, 0), 65536);
+		close(fd);
+		CHECK(memmem(hdr, 65536, ext, 13) != NULL);
+		CHECK(memmem(hdr, 65536, "sb-base.qcow2", 13) != NULL);
+	}
+	qemu_check(top);
+	if (have_qemu)
+		CHECK_EQ(test_sh("qemu-img info '%s' | grep -q "
+				 "'backing file format: qcow2'",
+				 top),
+			 0);
+	img = open_img(top, 0);
+	CHECK(img != NULL);
+	if (img) {
+		CHECK_OK(img_set_backing(img, NULL, NULL));
+		CHECK_OK(img_close(img));
+	}
+	img = open_img(top, IMG_OPEN_RDONLY);
+	CHECK(img != NULL);
+	if (img) {
+		CHECK(img_backing(img) == NULL);
+		CHECK_OK(img_read(img, buf, 8192, sizeof(buf)));
+		CHECK(img_is_zero(buf, sizeof(buf)));
+		img_close(img);
+	}
+	qemu_check(top);
+out:
+	free(hdr);
+}
+
 /* The mem backend: create and use an image without touching a disk. */
 static void test_mem(void)
 {
@@ -633,6 +709,7 @@ int main(void)
 	test_data_file();
 	test_resize();
 	test_header_features();
+	test_set_backing();
 	test_snapshot_cow();
 	test_qemu_made();
 	test_mem();
