@@ -511,6 +511,9 @@ static int cv_run(struct cv *cv)
 		cv_start_writes(cv);
 		if (!cv->n_busy && (cv->eof || cv->err))
 			break;
+		/* Writes that had nothing to write freed their slot. */
+		if (!cv->eof && !cv->err && cv->n_busy < cv->n_slots)
+			continue;
 		/* Slots that are READY but cannot start (error) are dropped. */
 		if (cv->err) {
 			for (unsigned i = 0; i < cv->n_slots; i++) {
