@@ -1,0 +1,175 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# make bench: img against qemu-img on a generated disk-like sample (2 GiB by
+# default: ~40% holes, ~30% compressible, ~30% random; see gen-sample.c).
+# Rows: convert raw->qcow2, qcow2->raw, a two-image qcow2 chain (base +
+# overlay with ~10% rewritten) flattened to qcow2, and 4 KiB reads and writes
+# spread over the image through each library (img bench / qemu-img bench,
+# same count, depth and stride). The two tools run alternately in the same
+# run, RUNS times each; the table shows medians. Every convert result is
+# compared with its source (qemu-img compare) and every write run's image with
+# the other tool's, so a fast wrong answer fails the run.
+#
+# usage: bench/run.sh [BUILD_DIR]
+# env: BENCH_DIR (work dir, default $TMPDIR/img-bench), BENCH_SIZE_MIB (2048),
+#      BENCH_RUNS (3), BENCH_COUNT (bench requests, 75000 as qemu-img bench),
+#      BENCH_STRICT=1 (exit 1 when img is slower on a row)
+set -u
+top=$(cd "$(dirname "$0")/.." && pwd)
+B=${1:-build}
+case "$B" in /*) ;; *) B=$top/$B ;; esac
+IMG=$B/img
+W=${BENCH_DIR:-${TMPDIR:-/tmp}/img-bench}
+SIZE_MIB=${BENCH_SIZE_MIB:-2048}
+RUNS=${BENCH_RUNS:-3}
+COUNT=${BENCH_COUNT:-75000}
+DEPTH=64
+# 65521 blocks (prime, so odd): the offsets, taken modulo the image size as
+# qemu-img bench does, visit 4 KiB blocks all over the image in a scattered,
+# repeatable order that both tools can follow.
+STEP=$((4096 * 65521))
+
+die() {
+	echo "bench: $*" >&2
+	exit 1
+}
+for c in qemu-img qemu-io cc; do
+	command -v $c >/dev/null || die "needs $c"
+done
+[ -x "$IMG" ] || die "$IMG not built (make B=... all)"
+"$IMG" --help | grep -q '^Supported formats:.* qcow2' || die "img has no qcow2"
+mkdir -p "$W" || die "cannot create $W"
+cd "$W" || exit 1
+start_all=$EPOCHREALTIME
+
+# ---- inputs (regenerated when the generator or the size changes) ----
+stamp="$(md5sum <"$top/bench/gen-sample.c" | cut -c1-16)-$SIZE_MIB"
+if [ ! -f sample.raw ] || [ "$(cat sample.stamp 2>/dev/null)" != "$stamp" ]; then
+	rm -f sample.* base.qcow2 overlay.qcow2
+	cc -std=gnu11 -O2 -o gen-sample "$top/bench/gen-sample.c" || die "cc gen-sample"
+	./gen-sample sample.raw "$SIZE_MIB" || die "gen-sample failed"
+	# The qcow2 inputs are made by qemu-img, the reference tool.
+	qemu-img convert -f raw -O qcow2 sample.raw base.qcow2 || die "base.qcow2"
+	qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 overlay.qcow2 || die "overlay"
+	# ~10% of the disk rewritten: 2 MiB data writes and some zeroed
+	# ranges at scattered cluster-aligned offsets.
+	n=$((SIZE_MIB * 10 / 100 / 2))
+	awk -v n="$n" -v size=$((SIZE_MIB << 20)) 'BEGIN {
+		x = 12345
+		for (i = 0; i < n; i++) {
+			x = (x * 1103515245 + 12345) % 2147483648
+			off = int(x / 2147483648 * (size / 65536 - 32)) * 65536
+			if (i % 8 == 7)
+				printf "write -z %d 1M\n", off
+			else
+				printf "write -P %d %d 2M\n", 1 + i % 250, off
+		}
+	}' | sed "s/^/-c\n/" | tr '\n' '\0' |
+		xargs -0 qemu-io -f qcow2 overlay.qcow2 >/dev/null || die "overlay writes"
+	echo "$stamp" >sample.stamp
+fi
+echo "sample: $(du -h sample.raw | cut -f1) allocated of ${SIZE_MIB} MiB in $W"
+
+now() { echo "$EPOCHREALTIME"; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+rows=()
+img_t=()
+qemu_t=()
+failed=0
+
+add_row() {
+	rows+=("$1")
+	img_t+=("$(echo "$2" | median)")
+	qemu_t+=("$(echo "$3" | median)")
+}
+
+# convert_row NAME SRC SRC_FMT OUT_FMT: time both tools (wall clock, target
+# cache unsafe for both: qemu-img's default and ours), verify each result.
+convert_row() {
+	local name=$1 src=$2 sfmt=$3 ofmt=$4 r tool t0 t1 a="" q=""
+	for r in $(seq "$RUNS"); do
+		for tool in img qemu; do
+			# alternate who goes first
+			[ $((r % 2)) = 0 ] && tool=$([ $tool = img ] && echo qemu || echo img)
+			rm -f out.$ofmt
+			sync
+			t0=$(now)
+			if [ $tool = img ]; then
+				"$IMG" convert -f "$sfmt" -O "$ofmt" "$src" out.$ofmt
+			else
+				qemu-img convert -f "$sfmt" -O "$ofmt" "$src" out.$ofmt
+			fi || die "$tool convert $src failed"
+			t1=$(now)
+			if ! qemu-img compare -q -f "$sfmt" -F "$ofmt" "$src" out.$ofmt; then
+				echo "bench: $name: $tool's result differs from $src" >&2
+				failed=1
+			fi
+			if [ $tool = img ]; then a+=" $(elapsed "$t0" "$t1")"; else q+=" $(elapsed "$t0" "$t1")"; fi
+		done
+	done
+	rm -f out.$ofmt
+	add_row "$name" "$a" "$q"
+}
+
+# bench_row NAME WRITE(0/1): same requests for both tools; the time is the
+# tool's own "Run completed in" figure (open and close excluded for both).
+bench_row() {
+	local name=$1 write=$2 r tool a="" q="" out t args
+	args=(-f qcow2 -c "$COUNT" -d "$DEPTH" -s 4096 -S "$STEP")
+	[ "$write" = 1 ] && args+=(-w --pattern=90)
+	for r in $(seq "$RUNS"); do
+		for tool in img qemu; do
+			[ $((r % 2)) = 0 ] && tool=$([ $tool = img ] && echo qemu || echo img)
+			if [ "$write" = 1 ]; then
+				rm -f w-$tool.qcow2
+				cp --sparse=always base.qcow2 w-$tool.qcow2
+				img_file=w-$tool.qcow2
+			else
+				img_file=base.qcow2
+			fi
+			sync
+			if [ $tool = img ]; then
+				out=$("$IMG" bench "${args[@]}" $img_file)
+			else
+				out=$(qemu-img bench "${args[@]}" $img_file)
+			fi || die "$tool bench failed"
+			t=$(echo "$out" | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
+			[ -n "$t" ] || die "$tool bench printed no time: $out"
+			if [ $tool = img ]; then a+=" $t"; else q+=" $t"; fi
+		done
+		if [ "$write" = 1 ] && ! qemu-img compare -q w-img.qcow2 w-qemu.qcow2; then
+			echo "bench: $name: img's and qemu-img's written images differ" >&2
+			failed=1
+		fi
+	done
+	rm -f w-img.qcow2 w-qemu.qcow2
+	add_row "$name" "$a" "$q"
+}
+
+convert_row "convert raw -> qcow2" sample.raw raw qcow2
+convert_row "convert qcow2 -> raw" base.qcow2 qcow2 raw
+convert_row "convert chain(2) -> qcow2 (flatten)" overlay.qcow2 qcow2 qcow2
+bench_row "bench 4k read, q$DEPTH, stride 65521 blk" 0
+bench_row "bench 4k write, q$DEPTH, stride 65521 blk" 1
+
+echo
+echo "img $B vs $(qemu-img --version | head -1); median of $RUNS, seconds"
+echo "bench rows: $COUNT requests of 4 KiB, $DEPTH in flight, offset += $STEP"
+echo "  modulo the image size (both tools; qemu-img bench has no random mode)"
+printf '%-40s %9s %9s %7s\n' row img qemu-img ratio
+slower=()
+for i in "${!rows[@]}"; do
+	ratio=$(awk -v a="${img_t[$i]}" -v q="${qemu_t[$i]}" 'BEGIN { printf "%.2f", (a > 0 ? q / a : 0) }')
+	printf '%-40s %9s %9s %7s\n' "${rows[$i]}" "${img_t[$i]}" "${qemu_t[$i]}" "$ratio"
+	awk -v r="$ratio" 'BEGIN { exit !(r < 1) }' && slower+=("${rows[$i]}")
+done
+echo "ratio = qemu-img / img: above 1 means img is faster"
+echo "total bench time: $(elapsed "$start_all" "$(now)") s"
+[ $failed = 0 ] || die "a result did not verify"
+if [ ${#slower[@]} -gt 0 ]; then
+	echo "img slower on: ${slower[*]}"
+	[ "${BENCH_STRICT:-0}" = 1 ] && exit 1
+fi
+exit 0
