@@ -3,8 +3,13 @@
 # same operations through img and through qemu-img/qemu-io and compare the
 # results. On top of tests/cli/functions.sh it provides:
 #   need_format FMT             skip unless this img build has the FMT driver
+#   tcase CMD...                run one case (a function and its arguments) in
+#                               a subshell: a failure is recorded, and the next
+#                               case still runs
+#   finish                      exit 1 listing the failed cases, or print ok
 #   ctx                         a variable naming the current case (in messages)
-#   must CMD...                 run CMD; on failure print its output and fail
+#   must CMD...                 run CMD (at most $STEP_TIMEOUT seconds, default 60);
+#                               on failure print its output and fail
 #   qcheck FILE [ARGS]          `qemu-img check` must exit 0 (no corruption, no leak)
 #   icheck FILE [ARGS]          `img check` must exit 0
 #   qcompare A B [ARGS]         `qemu-img compare` must say identical
@@ -24,6 +29,25 @@
 requires qemu-img qemu-io cmp
 
 ctx=""
+STEP_TIMEOUT=${STEP_TIMEOUT:-60}
+_failed=()
+
+tcase() {
+	(
+		"$@"
+	) && return
+	_failed+=("$*")
+	echo "FAILED CASE: $*" >&2
+}
+
+finish() {
+	if [ ${#_failed[@]} -gt 0 ]; then
+		echo "${#_failed[@]} case(s) failed:" >&2
+		printf '  %s\n' "${_failed[@]}" >&2
+		exit 1
+	fi
+	echo "ok"
+}
 
 need_format() {
 	"$IMG" --help 2>/dev/null | grep '^Supported formats:' | grep -qw -- "$1" ||
@@ -32,10 +56,11 @@ need_format() {
 
 must() {
 	local rc
-	"$@" >"$T/.must" 2>&1
+	timeout -k 5 "$STEP_TIMEOUT" "$@" >"$T/.must" 2>&1
 	rc=$?
 	if [ $rc != 0 ]; then
 		tail -n 30 "$T/.must" >&2
+		[ $rc = 124 ] && echo "(timed out after ${STEP_TIMEOUT}s)" >&2
 		fail "${ctx:+[$ctx] }exit $rc: $*"
 	fi
 }
@@ -43,7 +68,7 @@ must() {
 qcheck() {
 	local f=$1 rc
 	shift
-	qemu-img check "$@" "$f" >"$T/.qcheck" 2>&1
+	timeout -k 5 "$STEP_TIMEOUT" qemu-img check "$@" "$f" >"$T/.qcheck" 2>&1
 	rc=$?
 	if [ $rc != 0 ]; then
 		cat "$T/.qcheck" >&2
@@ -54,7 +79,7 @@ qcheck() {
 icheck() {
 	local f=$1 rc
 	shift
-	"$IMG" check "$@" "$f" >"$T/.icheck" 2>&1
+	timeout -k 5 "$STEP_TIMEOUT" "$IMG" check "$@" "$f" >"$T/.icheck" 2>&1
 	rc=$?
 	if [ $rc != 0 ]; then
 		cat "$T/.icheck" >&2
@@ -65,7 +90,7 @@ icheck() {
 qcompare() {
 	local a=$1 b=$2 rc
 	shift 2
-	qemu-img compare "$@" "$a" "$b" >"$T/.qcmp" 2>&1
+	timeout -k 5 "$STEP_TIMEOUT" qemu-img compare "$@" "$a" "$b" >"$T/.qcmp" 2>&1
 	rc=$?
 	if [ $rc != 0 ]; then
 		cat "$T/.qcmp" >&2
@@ -76,7 +101,7 @@ qcompare() {
 icompare() {
 	local a=$1 b=$2 rc
 	shift 2
-	"$IMG" compare "$@" "$a" "$b" >"$T/.icmp" 2>&1
+	timeout -k 5 "$STEP_TIMEOUT" "$IMG" compare "$@" "$a" "$b" >"$T/.icmp" 2>&1
 	rc=$?
 	if [ $rc != 0 ]; then
 		cat "$T/.icmp" >&2

@@ -106,21 +106,21 @@ run_case() {
 }
 
 for maker in qemu img alt; do
-	run_case $maker "qcow2::$((32 * M))" "qcow2::$((32 * M))"
-	run_case $maker "qcow2:cluster_size=4k:$((32 * M))" \
+	tcase run_case $maker "qcow2::$((32 * M))" "qcow2::$((32 * M))"
+	tcase run_case $maker "qcow2:cluster_size=4k:$((32 * M))" \
 		"qcow2:cluster_size=64k:$((32 * M))" "qcow2:cluster_size=512:$((32 * M))"
-	run_case $maker "qcow2:compat=0.10:$((16 * M))" "qcow2:compat=0.10,cluster_size=4k:$((16 * M))" \
+	tcase run_case $maker "qcow2:compat=0.10:$((16 * M))" "qcow2:compat=0.10,cluster_size=4k:$((16 * M))" \
 		"qcow2:compat=0.10:$((16 * M))"
-	run_case $maker "qcow2:cluster_size=64k:$((16 * M))" \
+	tcase run_case $maker "qcow2:cluster_size=64k:$((16 * M))" \
 		"qcow2:extended_l2=on,cluster_size=64k:$((16 * M))" \
 		"qcow2:extended_l2=on,cluster_size=32k:$((16 * M))"
 	# Each overlay larger than its backing.
-	run_case $maker "qcow2:cluster_size=4k:$((8 * M))" "qcow2:cluster_size=4k:$((12 * M))" \
+	tcase run_case $maker "qcow2:cluster_size=4k:$((8 * M))" "qcow2:cluster_size=4k:$((12 * M))" \
 		"qcow2::$((24 * M))"
-	run_case $maker "raw::$((16 * M))" "qcow2:cluster_size=4k:$((16 * M))" \
+	tcase run_case $maker "raw::$((16 * M))" "qcow2:cluster_size=4k:$((16 * M))" \
 		"qcow2:lazy_refcounts=on:$((16 * M))"
 done
 # Depth 3: three backing files under the top.
-run_case alt "qcow2:cluster_size=4k:$((8 * M))" "qcow2:cluster_size=4k:$((8 * M))" \
+tcase run_case alt "qcow2:cluster_size=4k:$((8 * M))" "qcow2:cluster_size=4k:$((8 * M))" \
 	"qcow2:cluster_size=64k:$((8 * M))" "qcow2:compat=1.1:$((8 * M))"
-echo "ok"
+finish

@@ -86,13 +86,13 @@ qemu_made() {
 	esac
 }
 
-img_made "data_file=$d/img.data" $((64 * M)) 65536 ""
-img_made "data_file=$d/img.data,data_file_raw=on" $((64 * M)) 65536 raw
-img_made "data_file=$d/img.data,cluster_size=4k" $((64 * M)) 4096 ""
-img_made "data_file=$d/img.data,data_file_raw=on,cluster_size=512" $((16 * M)) 512 raw
-img_made "data_file=$d/img.data,data_file_raw=on,extended_l2=on,cluster_size=64k" $((64 * M)) 65536 raw
-qemu_made "data_file=$d/img.data" $((64 * M)) 65536
-qemu_made "data_file=$d/img.data,data_file_raw=on" $((64 * M)) 65536
-qemu_made "data_file=$d/img.data,cluster_size=4k,refcount_bits=4" $((64 * M)) 4096
-qemu_made "data_file=$d/img.data,data_file_raw=on,extended_l2=on,cluster_size=32k" $((64 * M)) 32768
-echo "ok"
+tcase img_made "data_file=$d/img.data" $((64 * M)) 65536 ""
+tcase img_made "data_file=$d/img.data,data_file_raw=on" $((64 * M)) 65536 raw
+tcase img_made "data_file=$d/img.data,cluster_size=4k" $((64 * M)) 4096 ""
+tcase img_made "data_file=$d/img.data,data_file_raw=on,cluster_size=512" $((16 * M)) 512 raw
+tcase img_made "data_file=$d/img.data,data_file_raw=on,extended_l2=on,cluster_size=64k" $((64 * M)) 65536 raw
+tcase qemu_made "data_file=$d/img.data" $((64 * M)) 65536
+tcase qemu_made "data_file=$d/img.data,data_file_raw=on" $((64 * M)) 65536
+tcase qemu_made "data_file=$d/img.data,cluster_size=4k,refcount_bits=4" $((64 * M)) 4096
+tcase qemu_made "data_file=$d/img.data,data_file_raw=on,extended_l2=on,cluster_size=32k" $((64 * M)) 32768
+finish

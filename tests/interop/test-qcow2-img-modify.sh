@@ -66,34 +66,41 @@ one() {
 	step "write -P 0xb5 $((size / 2 - cs)) $((cs + 3 * 512))"
 }
 
-one "cluster_size=64k" $((16 * M)) 65536
-one "cluster_size=512" $((4 * M)) 512
-one "cluster_size=4k,refcount_bits=1" $((16 * M)) 4096
-one "cluster_size=4k,refcount_bits=64" $((16 * M)) 4096
-one "compat=0.10,cluster_size=4k" $((16 * M)) 4096
-one "extended_l2=on,cluster_size=32k" $((16 * M)) 32768
-one "lazy_refcounts=on,cluster_size=2M" $((128 * M)) $((2 * M))
+tcase one "cluster_size=64k" $((16 * M)) 65536
+tcase one "cluster_size=512" $((4 * M)) 512
+tcase one "cluster_size=4k,refcount_bits=1" $((16 * M)) 4096
+tcase one "cluster_size=4k,refcount_bits=64" $((16 * M)) 4096
+tcase one "compat=0.10,cluster_size=4k" $((16 * M)) 4096
+tcase one "extended_l2=on,cluster_size=32k" $((16 * M)) 32768
+tcase one "lazy_refcounts=on,cluster_size=2M" $((128 * M)) $((2 * M))
 
-ctx="internal snapshot"
-echo "== $ctx"
-setup "cluster_size=4k" $((16 * M)) 4096
-cp "$ref" "$T/snap.raw"
-must qemu-img snapshot -c s1 "$f"
-step "write -P 0xc1 $((4096 + 7)) 10000" "write -z 0 4096" "discard $((20 * 4096)) 8192" \
-	"write -P 0xc2 $((8 * M - 100)) 200"
-rm -f "$T/s1.raw"
-must qemu-img convert -l snapshot.name=s1 -O raw "$f" "$T/s1.raw"
-cmp "$T/s1.raw" "$T/snap.raw" || fail "[$ctx] img's writes changed the snapshot's contents"
+snapshot_case() {
+	ctx="internal snapshot"
+	echo "== $ctx"
+	setup "cluster_size=4k" $((16 * M)) 4096
+	cp "$ref" "$T/snap.raw"
+	must qemu-img snapshot -c s1 "$f"
+	step "write -P 0xc1 $((4096 + 7)) 10000" "write -z 0 4096" "discard $((20 * 4096)) 8192" \
+		"write -P 0xc2 $((8 * M - 100)) 200"
+	rm -f "$T/s1.raw"
+	must qemu-img convert -l snapshot.name=s1 -O raw "$f" "$T/s1.raw"
+	cmp "$T/s1.raw" "$T/snap.raw" || fail "[$ctx] img's writes changed the snapshot's contents"
+}
 
-ctx="lazy refcounts, left dirty by qemu"
-echo "== $ctx"
-rm -f "$f"
-must qemu-img create -q -f qcow2 -o lazy_refcounts=on,cluster_size=4k "$f" $((16 * M))
-# (an inner shell waits for the aborting qemu-io, so its report goes nowhere)
-bash -c 'ulimit -c 0; qemu-io -c "$1" -c "$2" -c abort "$3"; true' sh \
-	"write -P 0xd1 0 $M" "write -P 0xd2 $((5 * M + 3)) 5000" "$f" >/dev/null 2>&1
-qemu-img check "$f" >/dev/null 2>&1 && fail "[$ctx] qemu-io abort did not leave the image dirty"
-ref_new "$ref" $((16 * M))
-qemu_ops "$ref" raw "write -P 0xd1 0 $M" "write -P 0xd2 $((5 * M + 3)) 5000"
-step "write -P 0xd3 $((2 * M)) 4096"
-echo "ok"
+dirty_case() {
+	ctx="lazy refcounts, left dirty by qemu"
+	echo "== $ctx"
+	rm -f "$f"
+	must qemu-img create -q -f qcow2 -o lazy_refcounts=on,cluster_size=4k "$f" $((16 * M))
+	# (an inner shell waits for the aborting qemu-io, so its report goes nowhere)
+	bash -c 'ulimit -c 0; qemu-io -c "$1" -c "$2" -c abort "$3"; true' sh \
+		"write -P 0xd1 0 $M" "write -P 0xd2 $((5 * M + 3)) 5000" "$f" >/dev/null 2>&1
+	qemu-img check "$f" >/dev/null 2>&1 && fail "[$ctx] qemu-io abort did not leave the image dirty"
+	ref_new "$ref" $((16 * M))
+	qemu_ops "$ref" raw "write -P 0xd1 0 $M" "write -P 0xd2 $((5 * M + 3)) 5000"
+	step "write -P 0xd3 $((2 * M)) 4096"
+}
+
+tcase snapshot_case
+tcase dirty_case
+finish

@@ -59,26 +59,26 @@ one() {
 
 M=1048576
 for cs in 512 4k 64k 2M; do
-	one "cluster_size=$cs" $((64 * M))
+	tcase one "cluster_size=$cs" $((64 * M))
 done
 # 64 KiB clusters: one L2 table maps 512 MiB, so cross it on a 1 GiB image.
-one "cluster_size=64k" $((1024 * M)) "write -P 0x5b $((512 * M - 65536)) $((3 * 65536))"
+tcase one "cluster_size=64k" $((1024 * M)) "write -P 0x5b $((512 * M - 65536)) $((3 * 65536))"
 for rb in 1 2 4 8 16 32 64; do
-	one "cluster_size=4k,refcount_bits=$rb" $((64 * M))
+	tcase one "cluster_size=4k,refcount_bits=$rb" $((64 * M))
 done
 # Many clusters per refcount block entry width: the refcount table must grow
 # (6 MiB of 512 B clusters at 64 bits is ~190 refcount blocks).
-one "cluster_size=512,refcount_bits=64" $((64 * M)) "write -P 0x5a $M $((6 * M))"
-one "cluster_size=512,refcount_bits=1" $((64 * M)) "write -P 0x5a $M $((6 * M))"
-one "compat=0.10,cluster_size=512" $((64 * M))
-one "compat=0.10" $((64 * M))
-one "compat=0.10,cluster_size=2M" $((64 * M))
+tcase one "cluster_size=512,refcount_bits=64" $((64 * M)) "write -P 0x5a $M $((6 * M))"
+tcase one "cluster_size=512,refcount_bits=1" $((64 * M)) "write -P 0x5a $M $((6 * M))"
+tcase one "compat=0.10,cluster_size=512" $((64 * M))
+tcase one "compat=0.10" $((64 * M))
+tcase one "compat=0.10,cluster_size=2M" $((64 * M))
 for cs in 16k 64k 2M; do
-	one "extended_l2=on,cluster_size=$cs" $((64 * M))
+	tcase one "extended_l2=on,cluster_size=$cs" $((64 * M))
 done
-one "extended_l2=on,cluster_size=32k,refcount_bits=8" $((128 * M))
-one "lazy_refcounts=on" $((64 * M))
-one "lazy_refcounts=on,cluster_size=4k,refcount_bits=2" $((64 * M))
+tcase one "extended_l2=on,cluster_size=32k,refcount_bits=8" $((128 * M))
+tcase one "lazy_refcounts=on" $((64 * M))
+tcase one "lazy_refcounts=on,cluster_size=4k,refcount_bits=2" $((64 * M))
 # A virtual size that is not a multiple of the cluster size.
-one "cluster_size=4k" $((64 * M + 4096 * 3 + 512))
-echo "ok"
+tcase one "cluster_size=4k" $((64 * M + 4096 * 3 + 512))
+finish

@@ -85,13 +85,13 @@ one() {
 }
 
 for p in off metadata falloc full; do
-	one "preallocation=$p" $((16 * M)) $((8 * M)) 65536
-	one "preallocation=$p,cluster_size=4k" $((16 * M)) $((3 * M + 4096)) 4096
+	tcase one "preallocation=$p" $((16 * M)) $((8 * M)) 65536
+	tcase one "preallocation=$p,cluster_size=4k" $((16 * M)) $((3 * M + 4096)) 4096
 done
-one "preallocation=metadata,cluster_size=512" $((8 * M)) $M 512
-one "preallocation=metadata,compat=0.10" $((32 * M)) $((4 * M)) 65536
-one "preallocation=falloc,compat=0.10,cluster_size=2M" $((64 * M)) $((4 * M)) $((2 * M))
-one "preallocation=metadata,extended_l2=on" $((32 * M)) $((4 * M)) 65536
-one "preallocation=full,extended_l2=on,cluster_size=16k" $((16 * M)) $((2 * M)) 16384
-one "preallocation=metadata,lazy_refcounts=on,refcount_bits=1" $((32 * M)) $M 65536
-echo "ok"
+tcase one "preallocation=metadata,cluster_size=512" $((8 * M)) $M 512
+tcase one "preallocation=metadata,compat=0.10" $((32 * M)) $((4 * M)) 65536
+tcase one "preallocation=falloc,compat=0.10,cluster_size=2M" $((64 * M)) $((4 * M)) $((2 * M))
+tcase one "preallocation=metadata,extended_l2=on" $((32 * M)) $((4 * M)) 65536
+tcase one "preallocation=full,extended_l2=on,cluster_size=16k" $((16 * M)) $((2 * M)) 16384
+tcase one "preallocation=metadata,lazy_refcounts=on,refcount_bits=1" $((32 * M)) $M 65536
+finish

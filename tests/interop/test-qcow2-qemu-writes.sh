@@ -51,28 +51,28 @@ one() {
 
 M=1048576
 for cs in 512 4k 64k 2M; do
-	one "cluster_size=$cs" $((64 * M))
+	tcase one "cluster_size=$cs" $((64 * M))
 done
-one "cluster_size=64k" $((1024 * M)) "write -P 0x5b $((512 * M - 65536)) $((3 * 65536))" \
+tcase one "cluster_size=64k" $((1024 * M)) "write -P 0x5b $((512 * M - 65536)) $((3 * 65536))" \
 	"write -z $((512 * M - 100)) 200"
 for rb in 1 2 4 8 16 32 64; do
-	one "cluster_size=4k,refcount_bits=$rb" $((64 * M))
+	tcase one "cluster_size=4k,refcount_bits=$rb" $((64 * M))
 done
-one "cluster_size=512,refcount_bits=64" $((64 * M)) "write -P 0x5a $M $((6 * M))" \
+tcase one "cluster_size=512,refcount_bits=64" $((64 * M)) "write -P 0x5a $M $((6 * M))" \
 	"write -z -u $((2 * M)) $M" "discard $((5 * M + 100)) $M"
-one "compat=0.10,cluster_size=512" $((64 * M))
-one "compat=0.10" $((64 * M))
+tcase one "compat=0.10,cluster_size=512" $((64 * M))
+tcase one "compat=0.10" $((64 * M))
 for cs in 16k 64k 2M; do
 	# Subclusters: partial-cluster writes and zeroes allocate 1/32 of a cluster.
 	s=$(($(echo $cs | tr -d kM) * 1024 / 32))
 	[ $cs = 2M ] && s=65536
-	one "extended_l2=on,cluster_size=$cs" $((64 * M)) \
+	tcase one "extended_l2=on,cluster_size=$cs" $((64 * M)) \
 		"write -P 0x61 $((30 * s * 32 + 3 * s)) $s" \
 		"write -z $((30 * s * 32 + 5 * s)) $((2 * s))" \
 		"write -P 0x62 $((31 * s * 32 + s / 2)) $((s * 3))" \
 		"discard $((31 * s * 32 + s)) $s"
 done
-one "lazy_refcounts=on,cluster_size=4k" $((64 * M))
-one "cluster_size=4k,preallocation=metadata" $((64 * M))
-one "cluster_size=64k,preallocation=falloc" $((32 * M))
-echo "ok"
+tcase one "lazy_refcounts=on,cluster_size=4k" $((64 * M))
+tcase one "cluster_size=4k,preallocation=metadata" $((64 * M))
+tcase one "cluster_size=64k,preallocation=falloc" $((32 * M))
+finish
