@@ -436,8 +436,10 @@ static void print_report(void *opaque, const char *line)
 int qt_check(struct img *img, struct img_check *res, const char *prefix)
 {
 	memset(res, 0, sizeof(*res));
-	res->report = print_report;
-	res->opaque = (void *)(prefix ? prefix : "");
+	if (prefix) {
+		res->report = print_report;
+		res->opaque = (void *)prefix;
+	}
 	return img_check(img, 0, res);
 }
 

@@ -121,7 +121,7 @@ int qt_save_mem(struct img_io *mem, const char *path);
 
 /* Read the image (up to cap bytes of it) in chunks; 0 or the first error. */
 int qt_read_all(struct img *img, uint64_t cap);
-/* img_check with a report callback that prints the lines with prefix. */
+/* img_check, printing the lines it reports with prefix (NULL: quiet). */
 int qt_check(struct img *img, struct img_check *res, const char *prefix);
 /* Compare len bytes at off with ref; prints the first mismatch. */
 bool qt_compare(struct img *img, const uint8_t *ref, uint64_t off, uint64_t len,

@@ -222,7 +222,7 @@ static bool verify(struct state *s, struct img_io *mem, unsigned f,
 		printf("# %s: does not open: %s\n", what, img_last_error());
 		return false;
 	}
-	ret = qt_check(img, &res, "check: ");
+	ret = qt_check(img, &res, NULL);
 	if (ret < 0 || res.corruptions) {
 		printf("# %s: check: %d, %" PRIu64 " corruptions: %s\n", what,
 		       ret, ret < 0 ? 0 : res.corruptions, img_last_error());
