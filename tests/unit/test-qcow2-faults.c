@@ -109,6 +109,9 @@ static void run_workload(const char *opts, struct img_io *faulty,
 	note_error(o, "close", img_close(img));
 }
 
+/* refcount_table_clusters after the clean run (did the table grow?). */
+static uint32_t clean_reftable_clusters;
+
 /* The file left behind must open read-only and check without corruption. */
 static bool inspect(struct img_io *mem, const char *what)
 {
@@ -146,7 +149,7 @@ static uint64_t run(const char *opts, uint64_t fail_at, int err, bool sticky,
 {
 	struct img_io *mem, *b, *faulty;
 	struct outcome o;
-	char what[96];
+	char what[160];
 	uint64_t nops;
 
 	*ok = false;
@@ -163,9 +166,16 @@ static uint64_t run(const char *opts, uint64_t fail_at, int err, bool sticky,
 	run_workload(opts, faulty, &o);
 	nops = img_io_faulty_ops(faulty);
 	img_io_close(faulty);
+	if (!fail_at) {
+		const uint8_t *data;
+		size_t len;
 
-	snprintf(what, sizeof(what), "fault at op %" PRIu64 " (%s%s)", fail_at,
-		 err ? strerror(err) : "torn write", sticky ? ", sticky" : "");
+		img_io_mem_data(mem, &data, &len);
+		clean_reftable_clusters = len >= 60 ? img_be32(data + 56) : 0;
+	}
+
+	snprintf(what, sizeof(what), "%s: fault at op %" PRIu64 " (%s%s)", opts,
+		 fail_at, strerror(err), sticky ? ", sticky" : "");
 	*ok = !o.unclean;
 	if (fail_at && !o.n_errors) {
 		printf("# %s: no call reported the error\n", what);
@@ -197,7 +207,11 @@ int main(void)
 
 		n = run(opts, 0, 0, false, &ok);
 		CHECK(ok);
-		test_note("%s: clean run: %" PRIu64 " host ops", opts, n);
+		test_note("%s: clean run: %" PRIu64
+			  " host ops, refcount table of %u clusters",
+			  opts, n, clean_reftable_clusters);
+		if (strstr(opts, "refcount_bits=64"))
+			CHECK(clean_reftable_clusters > 1);
 		if (!ok)
 			continue;
 		for (uint64_t i = 1; i <= n && bad <= 20; i++) {
