@@ -87,10 +87,10 @@ static int guest_flush(struct state *s, struct img *img, struct img_io *faulty,
 	return 0;
 }
 
-static int workload(struct state *s, struct img_io *faulty)
+static int workload(struct state *s, struct img_io *faulty, uint64_t seed)
 {
 	uint64_t size = s->c->size;
-	struct qt_rng rng = { 77 };
+	struct qt_rng rng = { seed ^ 0x5eed };
 	uint8_t *buf = malloc(320 << 10);
 	struct img *img;
 	int ret;
@@ -366,7 +366,7 @@ static void run_config(const struct config *c, uint64_t seed)
 		goto out;
 	}
 	img_io_faulty_arm(faulty, MAX_OPS, ENOSPC, true);
-	ret = workload(&s, faulty);
+	ret = workload(&s, faulty, seed);
 	CHECK_OK(ret);
 	if (ret < 0) {
 		if (img_io_faulty_ops(faulty) >= MAX_OPS)
@@ -375,8 +375,10 @@ static void run_config(const struct config *c, uint64_t seed)
 		goto out;
 	}
 	img_io_faulty_log(faulty, &log, &n_log);
-	test_note("%s: %zu log entries, %u guest flushes", c->name, n_log,
-		  s.epoch);
+	img_io_mem_data(mem, &data, &len);
+	test_note("%s: %zu log entries, %u guest flushes, refcount table of "
+		  "%u clusters",
+		  c->name, n_log, s.epoch, len >= 60 ? img_be32(data + 56) : 0);
 	replay(&s, log, n_log, seed);
 	CHECK_EQ(s.n_bad, 0);
 	printf("%s - %s: %lu crash states checked, %lu bad\n",
