@@ -407,9 +407,15 @@ int cmd_bench(int argc, char **argv)
 	}
 	b->free_reqs = &reqs[0];
 
-	/* Two workers: one per core of the machines this was tuned on; the
-	 * pool keeps them fed from the queue of depth requests. */
-	ret = img_aio_new(0, &b->aio);
+	/*
+	 * One worker per CPU, except for writes to formats other than raw:
+	 * their drivers serialise writes, and handing the image lock between
+	 * workers made 75000 4 KiB qcow2 writes take 1.7-1.8 s with two
+	 * workers against 0.9-1.0 s with one (raw: 0.8-1.0 s either way).
+	 */
+	ret = img_aio_new(write && strcmp(img_format(b->img), "raw") != 0 ? 1 :
+									    0,
+			  &b->aio);
 	if (ret < 0) {
 		cli_fail_img(1, ret, "bench: could not start the I/O pool");
 		goto out;
