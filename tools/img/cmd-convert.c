@@ -828,7 +828,7 @@ static int cv_print_help(const struct cv_args *a)
 	ret = img_create_help(a->out_fmt, buf, sizeof(buf));
 	if (ret < 0)
 		return cli_fail_img(-1, ret, a->out_fmt);
-	printf("%s", buf);
+	printf("Supported %s options:\n%s", a->out_fmt, buf);
 	return 1;
 }
 
