@@ -34,5 +34,15 @@ err "unrecognized option" --bogus src.raw out.raw
 err "cache" -t bogus src.raw out.raw
 err "backing format" -O qcow2 -B src.raw src.raw out.qcow2
 [ -e out.raw ] && fail "a failed convert left out.raw"
+# a write failing mid-way (file size limit at 2 MiB): exit 1, one line
+head -c 8M /dev/urandom >data.raw
+truncate -s 8M full.raw
+for w in "" -W; do
+	(trap '' XFSZ; ulimit -f 2048; exec "$IMG" convert $w -n data.raw full.raw) \
+		>/dev/null 2>"$T/.err"
+	[ $? = 1 ] || fail "convert $w past the file size limit did not fail"
+	grep -q '^img: error while writing at byte [0-9]*: .*' "$T/.err" ||
+		{ cat "$T/.err"; fail "write error message"; }
+done
 expect_exit 0 "$IMG" convert -h
 exit 0

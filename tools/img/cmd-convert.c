@@ -118,8 +118,9 @@ struct cv {
 	pthread_cond_t cond;
 	struct cv_slot *done_head; /* completions, under lock */
 
-	int err; /* first error */
-	char errmsg[512];
+	int err; /* first error, under lock */
+	char errmsg[512]; /* under lock */
+	bool failed; /* main thread's copy of err != 0 */
 	struct cli_progress progress;
 };
 
@@ -133,10 +134,10 @@ struct cv_chunk {
 
 static void cv_usage(void)
 {
-	printf("usage: img convert [--object objectdef] [--target-is-zero] [-U] [-C] [-c]\n"
-	       "        [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]\n"
-	       "        [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param]\n"
-	       "        [-S sparse_size] [-r rate_limit] [-m num_coroutines] [-W]\n"
+	printf("usage: img convert [--target-is-zero] [-U] [-C] [-p] [-q] [-n]\n"
+	       "        [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]\n"
+	       "        [-B backing_file [-F backing_fmt]] [-o options]\n"
+	       "        [-S sparse_size] [-m num_coroutines] [-W]\n"
 	       "        filename [filename2 [...]] output_filename\n"
 	       "\n"
 	       "Convert one or more images (concatenated) to output_filename in\n"
@@ -310,8 +311,10 @@ static void cv_done(struct img_aio_req *req, int ret)
 	pthread_mutex_unlock(&cv->lock);
 }
 
+/* Main thread only. */
 static void cv_set_error(struct cv *cv, int ret, const char *msg)
 {
+	cv->failed = true;
 	pthread_mutex_lock(&cv->lock);
 	if (!cv->err) {
 		cv->err = ret;
@@ -417,12 +420,12 @@ static void cv_slot_write_next(struct cv *cv, struct cv_slot *slot)
 static void cv_start_writes(struct cv *cv)
 {
 	if (!cv->in_order) {
-		for (unsigned i = 0; i < cv->n_slots && !cv->err; i++)
+		for (unsigned i = 0; i < cv->n_slots && !cv->failed; i++)
 			if (cv->slots[i].state == SLOT_READY)
 				cv_slot_write_next(cv, &cv->slots[i]);
 		return;
 	}
-	while (!cv->n_writing && !cv->err) {
+	while (!cv->n_writing && !cv->failed) {
 		struct cv_slot *slot = NULL;
 
 		for (unsigned i = 0; i < cv->n_slots; i++) {
@@ -441,7 +444,7 @@ static void cv_start_writes(struct cv *cv)
 /* Start reads (or queue zero ranges) until every slot is busy. */
 static void cv_fill(struct cv *cv)
 {
-	while (!cv->eof && !cv->err && cv->n_busy < cv->n_slots) {
+	while (!cv->eof && !cv->failed && cv->n_busy < cv->n_slots) {
 		struct cv_chunk c = { 0 };
 		struct cv_slot *slot = NULL;
 		int ret = cv_next(cv, &c);
@@ -487,7 +490,7 @@ static void cv_fill(struct cv *cv)
 
 static void cv_handle_done(struct cv *cv, struct cv_slot *slot)
 {
-	if (slot->ret < 0 || cv->err) {
+	if (slot->ret < 0 || cv->failed) {
 		/* Stop: the slot is released without writing more. */
 		if (slot->state == SLOT_WRITING)
 			cv->n_writing--;
@@ -504,18 +507,20 @@ static void cv_handle_done(struct cv *cv, struct cv_slot *slot)
 
 static int cv_run(struct cv *cv)
 {
+	int ret;
+
 	for (;;) {
 		struct cv_slot *done;
 
 		cv_fill(cv);
 		cv_start_writes(cv);
-		if (!cv->n_busy && (cv->eof || cv->err))
+		if (!cv->n_busy && (cv->eof || cv->failed))
 			break;
 		/* Writes that had nothing to write freed their slot. */
-		if (!cv->eof && !cv->err && cv->n_busy < cv->n_slots)
+		if (!cv->eof && !cv->failed && cv->n_busy < cv->n_slots)
 			continue;
 		/* Slots that are READY but cannot start (error) are dropped. */
-		if (cv->err) {
+		if (cv->failed) {
 			for (unsigned i = 0; i < cv->n_slots; i++) {
 				if (cv->slots[i].state == SLOT_READY) {
 					cv->slots[i].state = SLOT_FREE;
@@ -531,6 +536,8 @@ static int cv_run(struct cv *cv)
 			pthread_cond_wait(&cv->cond, &cv->lock);
 		done = cv->done_head;
 		cv->done_head = NULL;
+		if (cv->err)
+			cv->failed = true;
 		pthread_mutex_unlock(&cv->lock);
 
 		/* The list is newest first; handle oldest first. */
@@ -550,7 +557,10 @@ static int cv_run(struct cv *cv)
 			rev = n;
 		}
 	}
-	return cv->err;
+	pthread_mutex_lock(&cv->lock);
+	ret = cv->err;
+	pthread_mutex_unlock(&cv->lock);
+	return ret;
 }
 
 struct cv_args {
