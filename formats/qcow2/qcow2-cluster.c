@@ -860,14 +860,23 @@ int qcow2_discard(struct img *img, uint64_t off, uint64_t len)
 		return img_error(
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
-	if (s->data_file_raw)
-		return 0;
+	int ret;
+
 	a = img_align_up(off, cs);
 	b = end & ~(cs - 1);
 	if (end == img_size(img))
 		b = img_align_up(end, cs);
 	if (b <= a)
 		return 0;
+	if (s->data_file_raw) {
+		/* As QEMU, the clusters become zero clusters; the raw data
+		 * file must then read zeroes too. */
+		ret = img_io_zero(s->data_file, a,
+				  img_min(b, img_size(img)) - a,
+				  IMG_IO_ZERO_PUNCH);
+		if (ret < 0)
+			return ret;
+	}
 	return zero_entries(s, a, b - a, ZM_DISCARD);
 }
 
@@ -879,6 +888,7 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 	uint64_t end = img_min(off + len, (i + 1) << cover_bits(s));
 	uint64_t pos = off, host0 = 0;
 	enum qcow2_cluster_type type0 = QCOW2_CLUSTER_UNALLOCATED;
+	bool hosted0 = false;
 	uint8_t *t;
 	int ret;
 
@@ -900,6 +910,7 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 		uint64_t piece_end = img_min(end, (pos | (sc_size - 1)) + 1);
 		uint64_t host = (l2e & QCOW2_L2E_OFFSET_MASK) + in;
 		enum qcow2_cluster_type type;
+		bool hosted;
 
 		if (!(l2e & QCOW2_OFLAG_COMPRESSED)) {
 			ret = check_l2e(s, l2e, bm, pos);
@@ -908,13 +919,18 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 		}
 		type = qcow2_subcluster_type(
 			s, l2e, bm, (unsigned)(in >> s->subcluster_bits));
+		/* As QEMU: an unallocated subcluster of a cluster with a host
+		 * offset reports that offset. */
+		hosted =
+			type == QCOW2_CLUSTER_NORMAL ||
+			type == QCOW2_CLUSTER_ZERO_ALLOC ||
+			(type == QCOW2_CLUSTER_UNALLOCATED && has_host(s, l2e));
 		if (pos == off) {
 			type0 = type;
 			host0 = host;
-		} else if (type != type0 ||
-			   ((type == QCOW2_CLUSTER_NORMAL ||
-			     type == QCOW2_CLUSTER_ZERO_ALLOC) &&
-			    host != host0 + (pos - off)) ||
+			hosted0 = hosted;
+		} else if (type != type0 || hosted != hosted0 ||
+			   (hosted && host != host0 + (pos - off)) ||
 			   type == QCOW2_CLUSTER_COMPRESSED) {
 			break;
 		}
@@ -940,6 +956,10 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 			     IMG_EXT_COMPRESSED;
 		break;
 	default:
+		if (hosted0) {
+			ext->flags = IMG_EXT_OFFSET_VALID;
+			ext->file_off = host0;
+		}
 		break;
 	}
 	if (ext->flags & IMG_EXT_OFFSET_VALID)
@@ -1073,7 +1093,7 @@ int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
 			if (ret == 0 && r_off < fsize && !has_data_file(s))
 				ret = img_io_zero(s->data_file, r_off,
 						  img_min(r_len, fsize - r_off),
-						  0);
+						  IMG_IO_ZERO_PUNCH);
 			if (ret == 0 && mode == IMG_PREALLOC_FALLOC)
 				ret = img_io_allocate(s->data_file, r_off,
 						      r_len);
