@@ -16,7 +16,8 @@
 #define QCOW2_MAGIC 0x514649fbu /* "QFI\xfb" */
 #define QCOW2_V2_HEADER_SIZE 72
 #define QCOW2_V3_HEADER_SIZE 104 /* minimum header_length for version 3 */
-#define QCOW2_HEADER_LENGTH 112 /* what QEMU 7.2 writes (with compression_type) */
+/* What QEMU 7.2 writes (with compression_type). */
+#define QCOW2_HEADER_LENGTH 112
 
 #define QCOW2_MIN_CLUSTER_BITS 9
 #define QCOW2_MAX_CLUSTER_BITS 21
@@ -29,9 +30,9 @@
 #define QCOW2_INCOMPAT_DATA_FILE (1ull << 2)
 #define QCOW2_INCOMPAT_COMPRESSION (1ull << 3)
 #define QCOW2_INCOMPAT_EXTL2 (1ull << 4)
-#define QCOW2_INCOMPAT_KNOWN                                                   \
-	(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT |                       \
-	 QCOW2_INCOMPAT_DATA_FILE | QCOW2_INCOMPAT_COMPRESSION |               \
+#define QCOW2_INCOMPAT_KNOWN                                     \
+	(QCOW2_INCOMPAT_DIRTY | QCOW2_INCOMPAT_CORRUPT |         \
+	 QCOW2_INCOMPAT_DATA_FILE | QCOW2_INCOMPAT_COMPRESSION | \
 	 QCOW2_INCOMPAT_EXTL2)
 /* compatible_features bits */
 #define QCOW2_COMPAT_LAZY_REFCOUNTS (1ull << 0)
@@ -124,7 +125,8 @@ enum qcow2_cluster_type {
 
 struct qcow2 {
 	struct img *img;
-	struct img_io *file; /* the qcow2 file: metadata (and data without a data file) */
+	struct img_io *
+		file; /* the qcow2 file: metadata (and data without a data file) */
 	struct img_io *data_file; /* == file unless an external data file */
 	bool data_file_raw;
 	char *data_file_name; /* from QCOW2_EXT_DATA_FILE, or NULL */
