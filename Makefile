@@ -51,6 +51,9 @@ FUZZ_REPLAY_BINS := $(FUZZ_SRC:tests/fuzz/%.c=$(B)/tests/%)
 .PHONY: all deps demo check check-only asan tsan fuzz bench check-format \
 	format check-deps install clean tests
 .DEFAULT_GOAL := all
+# Keep the objects of pattern-rule chains (tests/unit/*.o): otherwise make
+# deletes them at exit and prints "rm ..." after the test summary.
+.SECONDARY:
 
 all: $(B)/libimg.a $(B)/libimg.so $(BINS) $(B)/libimg.pc
 
