@@ -12,7 +12,7 @@ pattern=${2:-}
 export BUILD
 logs=$BUILD/test-logs
 mkdir -p "$logs"
-pass=0 failn=0 skipn=0
+pass=0 failn=0 skipn=0 xfail=0
 failed=()
 TEST_TIMEOUT=${TEST_TIMEOUT:-300}
 
@@ -38,6 +38,11 @@ run_one() {
 		printf 'SKIP %-45s %s\n' "$name" "$(grep -m1 -i skip "$log" || tail -n1 "$log")"
 		;;
 	*)
+		if grep -qx "$name" "$top/tests/known-failures" 2>/dev/null; then
+			xfail=$((xfail + 1))
+			printf 'XFAIL %-44s (known, see tests/known-failures)\n' "$name"
+			return
+		fi
 		failn=$((failn + 1))
 		failed+=("$name")
 		printf 'FAIL %-45s (exit %d, log %s)\n' "$name" "$rc" "$log"
@@ -65,5 +70,6 @@ done
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "failed: ${failed[*]}"
 fi
+[ $xfail -gt 0 ] && echo "$xfail known failures (tests/known-failures)"
 echo "$pass passed, $failn failed, $skipn skipped"
 [ $failn -eq 0 ]
