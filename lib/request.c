@@ -233,7 +233,7 @@ static int layer_status(struct img *img, uint64_t off, uint64_t len,
 				 img->drv->name, off, ext->len, len);
 	ext->off = off;
 	ext->depth = img->depth;
-	if (ext->flags & IMG_EXT_OFFSET_VALID)
+	if ((ext->flags & IMG_EXT_OFFSET_VALID) && !ext->file)
 		ext->file = img_filename(img);
 	return 0;
 }
@@ -262,9 +262,16 @@ int img_block_status(struct img *img, uint64_t off, uint64_t len,
 		if ((ext->flags & IMG_EXT_ALLOCATED) ||
 		    (flags & IMG_BS_NO_CHAIN))
 			break;
-		if (!b || off >= img_size(b)) {
-			/* Nothing below shows through: zeroes, unallocated,
-			 * reported at this layer as qemu-img map does. */
+		if (!b) {
+			/* The bottom layer reads as zeroes here; as QEMU, a
+			 * host offset it reports (an unallocated subcluster of
+			 * a hosted cluster) is kept. */
+			ext->flags = IMG_EXT_ZERO |
+				     (ext->flags & IMG_EXT_OFFSET_VALID);
+			break;
+		}
+		if (off >= img_size(b)) {
+			/* Past the end of a short backing file: zeroes. */
 			ext->flags = IMG_EXT_ZERO;
 			ext->file = NULL;
 			ext->file_off = 0;

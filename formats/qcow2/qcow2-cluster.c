@@ -880,6 +880,40 @@ int qcow2_discard(struct img *img, uint64_t off, uint64_t len)
 	return zero_entries(s, a, b - a, ZM_DISCARD);
 }
 
+/*
+ * QEMU's heuristic, so that map output matches: the image is treated as
+ * metadata-preallocated when the clusters with a non-zero refcount number at
+ * least max(10/9 of, 2 more than) the clusters the host file allocates.
+ */
+static int detect_metadata_prealloc(struct qcow2 *s)
+{
+	uint64_t file_size, allocated, real_clusters, threshold, end, count = 0;
+	int ret;
+
+	ret = img_io_size(s->file, &file_size);
+	if (ret < 0)
+		return ret;
+	ret = img_io_allocated(s->file, &allocated);
+	if (ret < 0)
+		return ret;
+	real_clusters = allocated >> s->cluster_bits;
+	threshold = real_clusters * 10 / 9;
+	if (threshold < real_clusters + 2)
+		threshold = real_clusters + 2;
+	end = img_align_up(file_size, s->cluster_size) >> s->cluster_bits;
+	for (uint64_t i = 0; i < end && count < threshold; i++) {
+		uint64_t rc;
+
+		ret = qcow2_refcount_get(s, i, &rc);
+		if (ret < 0)
+			return ret;
+		count += rc != 0;
+	}
+	s->metadata_prealloc = count >= threshold;
+	s->metadata_prealloc_checked = true;
+	return 0;
+}
+
 int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 		       struct img_extent *ext)
 {
@@ -938,11 +972,31 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 	}
 	ext->len = pos - off;
 	switch (type0) {
-	case QCOW2_CLUSTER_NORMAL:
+	case QCOW2_CLUSTER_NORMAL: {
+		bool host_data;
+		uint64_t host_len;
+
 		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
 			     IMG_EXT_OFFSET_VALID;
 		ext->file_off = host0;
+		if (!s->metadata_prealloc_checked) {
+			ret = detect_metadata_prealloc(s);
+			if (ret < 0)
+				goto out;
+		}
+		if (!s->metadata_prealloc)
+			break;
+		/* A preallocated cluster over a hole in the host file reads
+		 * as zeroes and is reported so (as QEMU does). */
+		ret = img_io_extent(s->data_file, host0, ext->len, &host_data,
+				    &host_len);
+		if (ret < 0)
+			goto out;
+		ext->len = host_len;
+		if (!host_data)
+			ext->flags |= IMG_EXT_ZERO;
 		break;
+	}
 	case QCOW2_CLUSTER_ZERO_ALLOC:
 		ext->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED |
 			     IMG_EXT_OFFSET_VALID;

@@ -186,6 +186,12 @@ struct qcow2 {
 	uint8_t *cow_tail;
 	uint8_t *zero_buf; /* QCOW2_ZERO_BUF_SIZE bytes of zeroes */
 	uint64_t reftable_used; /* 1 + index of the last non-zero entry */
+	/* Whether the file looks metadata-preallocated (clusters in use
+	 * clearly outnumber the clusters the host allocates): block status
+	 * then asks the host file which clusters are holes, as QEMU does.
+	 * Decided on the first block status call. */
+	bool metadata_prealloc_checked;
+	bool metadata_prealloc;
 };
 
 #define QCOW2_ZERO_BUF_SIZE (1u << 20)
