@@ -104,6 +104,10 @@ int img_open_layer(struct img_io *io, const char *filename,
 	img->io_kind = opts->io;
 	img->cache_size = opts->cache_size;
 	img->depth = depth;
+	ret = img_secret_resolve(opts->opts, opts->n_opts, opts->secret,
+				 &img->secret);
+	if (ret < 0)
+		goto fail;
 	if (filename) {
 		img->filename = strdup(filename);
 		if (!img->filename) {
@@ -148,6 +152,16 @@ int img_open_io(struct img_io *io, const char *filename,
 	ret = img_open_layer(io, filename, opts, 0, &img);
 	if (ret < 0)
 		return ret;
+	if (opts && opts->snapshot) {
+		ret = img_snapshot_load(img, opts->snapshot);
+		if (ret < 0) {
+			char msg[1024];
+
+			snprintf(msg, sizeof(msg), "%s", img_last_error());
+			img_close(img);
+			return img_error(ret, "%s", msg);
+		}
+	}
 	if (img->backing_name && !(img->flags & IMG_OPEN_NO_BACKING)) {
 		ret = img_chain_open(img);
 		if (ret < 0) {

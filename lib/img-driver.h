@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "img.h"
+#include "img-crypto.h"
 
 /* ---- host-file I/O ---- */
 
@@ -190,6 +191,25 @@ struct img_driver {
 	int (*set_backing)(struct img *img, const char *name, const char *fmt);
 	int (*measure)(const struct img_create_opts *opts, struct img *src,
 		       struct img_measure *out);
+
+	/* Internal snapshots (see img.h; lib/snapshot.c checks read-only
+	 * and takes the image lock). NULL: -ENOTSUP. apply sets the size
+	 * with img_set_size(). */
+	int (*snapshot_list)(struct img *img, struct img_snapshot_info **out,
+			     size_t *n);
+	int (*snapshot_create)(struct img *img, const char *name);
+	int (*snapshot_apply)(struct img *img, const char *name_or_id);
+	int (*snapshot_delete)(struct img *img, const char *name_or_id);
+	/* Turn a just-opened read-only image into a view of the snapshot
+	 * (img_open_opts.snapshot): reads see its disk, size its disk size. */
+	int (*snapshot_load)(struct img *img, const char *name_or_id);
+
+	/* Compressed clusters (img_compress_params, img_write_compressed in
+	 * img.h; the core checks bounds and read-only). NULL: -ENOTSUP. */
+	int (*compress_params)(struct img *img, enum img_compress_type *type,
+			       uint64_t *cluster_size);
+	int (*write_compressed)(struct img *img, uint64_t off,
+				const void *cdata, size_t clen);
 };
 
 /* The registered drivers, NULL-terminated (formats/formats.c). */
@@ -338,6 +358,17 @@ static inline uint64_t img_min(uint64_t a, uint64_t b)
 
 /* True if len bytes at buf are all zero. */
 bool img_is_zero(const void *buf, size_t len);
+
+/* A random (version 4) UUID in on-disk byte order (lib/fmt-util.c). */
+int img_uuid_generate(uint8_t uuid[16]);
+/* UTF-8 s to UTF-16 (big or little endian), no terminator; malloc'd *out of
+ * *out_len bytes. -EINVAL if s is not valid UTF-8. */
+int img_utf8_to_utf16(const char *s, bool big_endian, uint8_t **out,
+		      size_t *out_len);
+/* UTF-16 (len bytes, stops at a NUL unit) to a malloc'd UTF-8 string;
+ * -IMG_ECORRUPT on an unpaired surrogate. */
+int img_utf16_to_utf8(const uint8_t *p, size_t len, bool big_endian,
+		      char **out);
 
 #define IMG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 

@@ -82,6 +82,9 @@ enum img_io_kind {
 #define IMG_OPEN_DIRECT (1u << 3) /* O_DIRECT on every file (-t none) */
 #define IMG_OPEN_UNSAFE (1u << 4) /* flush is a no-op (-t unsafe) */
 #define IMG_OPEN_NO_REPAIR (1u << 5) /* no automatic repair on open */
+/* Open without reading data (info): an encrypted image opens without its
+ * passphrase; reads and writes then fail -EACCES. */
+#define IMG_OPEN_NO_IO (1u << 8)
 
 struct img_open_opts {
 	const char *
@@ -92,6 +95,14 @@ struct img_open_opts {
 	const struct img_kv
 		*opts; /* format options (--image-opts), may be NULL */
 	size_t n_opts;
+	/* Internal snapshot (name or id) to open instead of the active
+	 * state: a read-only view whose size is the snapshot's disk size.
+	 * Requires IMG_OPEN_RDONLY. NULL: the active state. */
+	const char *snapshot;
+	/* Passphrase of an encrypted image. NULL: the secret registered under
+	 * the id that opts names (encrypt.key-secret=ID), else the default
+	 * secret (img_secret_register with a NULL id), else none. */
+	const struct img_secret *secret;
 };
 
 /*
@@ -123,6 +134,8 @@ struct img_create_opts {
 	bool unsafe_backing; /* -u: do not open the backing file */
 	const struct img_kv *opts; /* -o options; unknown keys are refused */
 	size_t n_opts;
+	/* Passphrase for encrypt.format=luks; NULL: resolved as for open. */
+	const struct img_secret *secret;
 };
 
 /* Create a new image at path (truncating any existing file). */
@@ -133,6 +146,41 @@ int img_create_help(const char *format, char *buf, size_t buf_size);
 
 /* Names of the formats this build supports, NULL-terminated. */
 const char *const *img_formats(void);
+
+/* ---- secrets (passphrases of encrypted images; lib/secret.c) ---- */
+
+/*
+ * A secret's bytes are kept in locked memory (mlock where allowed), out of
+ * core dumps, and wiped when freed. They are never read from argv or the
+ * environment: only from a file, a file descriptor or a terminal.
+ */
+struct img_secret;
+
+/* A secret holding a copy of len bytes of data. */
+int img_secret_new(const void *data, size_t len, struct img_secret **out);
+/* The whole file (format=raw) or its base64 decoding. */
+int img_secret_from_file(const char *path, bool base64,
+			 struct img_secret **out);
+/* Everything readable from fd until end of file (fd stays open). */
+int img_secret_from_fd(int fd, struct img_secret **out);
+/* Ask on /dev/tty with echo off ("<prompt>: "); the newline is dropped. */
+int img_secret_prompt(const char *prompt, struct img_secret **out);
+void img_secret_free(struct img_secret *s);
+const uint8_t *img_secret_data(const struct img_secret *s, size_t *len);
+
+/*
+ * The process-wide registry that encrypt.key-secret=ID resolves against.
+ * register takes ownership of s (on success); id NULL registers the
+ * default secret, used by encrypted images that name no secret (also
+ * backing files). -EEXIST if id is taken.
+ */
+int img_secret_register(const char *id, struct img_secret *s);
+const struct img_secret *img_secret_lookup(const char *id);
+/* qemu's --object secret,id=ID,file=PATH[,format=raw|base64]: load and
+ * register. data= is refused (it would put the secret in argv). */
+int img_secret_object(const char *spec);
+/* Free (and wipe) every registered secret. */
+void img_secret_clear(void);
 
 /* ---- I/O ---- */
 
@@ -269,6 +317,39 @@ int img_resize(struct img *img, uint64_t size, unsigned flags,
  */
 int img_set_backing(struct img *img, const char *backing, const char *fmt);
 
+/* ---- internal snapshots (qcow2) ---- */
+
+struct img_snapshot_info {
+	char *id; /* unique id string ("1", "2", ...) */
+	char *name; /* tag, may be "" */
+	uint64_t vm_state_size; /* bytes of saved VM state, 0 if none */
+	uint64_t disk_size; /* virtual disk size when the snapshot was taken */
+	uint64_t date_sec; /* wall clock time of creation */
+	uint32_t date_nsec;
+	uint64_t vm_clock_nsec; /* guest clock at creation */
+	uint64_t icount; /* instruction count, UINT64_MAX if absent */
+};
+
+/*
+ * List the image's internal snapshots in table order: *out (malloc'd, free
+ * with img_snapshot_list_free) and *n. Formats without snapshots: -ENOTSUP.
+ */
+int img_snapshot_list(struct img *img, struct img_snapshot_info **out,
+		      size_t *n);
+void img_snapshot_list_free(struct img_snapshot_info *list, size_t n);
+/*
+ * Create a snapshot of the current disk state named name (no VM state).
+ * Fails -EEXIST if a snapshot has that name or id. Read-write images only.
+ */
+int img_snapshot_create(struct img *img, const char *name);
+/*
+ * Revert the disk to a snapshot (found by id first, then by name; -ENOENT
+ * if none): the image's size becomes the snapshot's disk size.
+ */
+int img_snapshot_apply(struct img *img, const char *name_or_id);
+/* Delete a snapshot (id first, then name; -ENOENT if none). */
+int img_snapshot_delete(struct img *img, const char *name_or_id);
+
 /* ---- measure ---- */
 
 struct img_measure {
@@ -282,6 +363,46 @@ struct img_measure {
  */
 int img_measure(const struct img_create_opts *opts, struct img *src,
 		struct img_measure *out);
+
+/* ---- compression (lib/compress.c) ---- */
+
+enum img_compress_type {
+	IMG_COMPRESS_DEFLATE_RAW, /* raw deflate (qcow2 "zlib") */
+	IMG_COMPRESS_DEFLATE_ZLIB, /* zlib-wrapped deflate (VMDK grains) */
+	IMG_COMPRESS_ZSTD, /* one zstd frame (qcow2 "zstd") */
+};
+
+/*
+ * Compress len bytes at src into dst as one stream at level (0: the codec's
+ * default, zlib 6 and zstd 3, as QEMU). Returns the compressed length, or
+ * -ENOSPC (no message) when it would not fit in dst_size bytes: the data does
+ * not compress enough. -EINVAL for a bad type or level. Thread-safe.
+ */
+int img_compress(enum img_compress_type type, int level, const void *src,
+		 size_t len, void *dst, size_t dst_size);
+/*
+ * Decompress into exactly dst_len bytes: bytes after them in src are ignored,
+ * a stream that ends early or is invalid gives -IMG_ECORRUPT. Thread-safe.
+ */
+int img_decompress(enum img_compress_type type, const void *src,
+		   size_t src_len, void *dst, size_t dst_len);
+
+/*
+ * How img_write_compressed() wants its data: the codec (*type) and the unit
+ * (*cluster_size: one call stores one cluster). -ENOTSUP with a message if
+ * the image cannot store compressed data (format, encryption, data file).
+ */
+int img_compress_params(struct img *img, enum img_compress_type *type,
+			uint64_t *cluster_size);
+/*
+ * Store one cluster given compressed (clen bytes from img_compress() with the
+ * type above, smaller than the cluster) at guest offset off, which is cluster
+ * aligned; the last cluster of an image not a multiple of the cluster size is
+ * compressed zero-padded to a whole cluster. Consecutive calls pack the data
+ * back to back in the host file as QEMU does.
+ */
+int img_write_compressed(struct img *img, uint64_t off, const void *cdata,
+			 size_t clen);
 
 /* ---- asynchronous requests ---- */
 

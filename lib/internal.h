@@ -30,6 +30,7 @@ struct img {
 	char *backing_path; /* resolved */
 	struct img *backing;
 	unsigned depth; /* 0 for the top image */
+	const struct img_secret *secret; /* passphrase, or NULL (secret.c) */
 	pthread_mutex_t lock; /* serialises driver calls unless thread_safe */
 };
 
@@ -42,6 +43,15 @@ int img_open_io(struct img_io *io, const char *filename,
 /* Create an image of opts->format in io (not taking ownership). */
 int img_create_io(struct img_io *io, const char *filename,
 		  const struct img_create_opts *opts);
+
+/*
+ * The secret an image opened with opts uses (lib/secret.c): explicit_secret,
+ * else the registered one kv names with encrypt.key-secret=ID (-EINVAL if
+ * none has that id), else the default secret, else NULL.
+ */
+int img_secret_resolve(const struct img_kv *kv, size_t n,
+		       const struct img_secret *explicit_secret,
+		       const struct img_secret **out);
 
 /* ---- the faulty backend: fault injection and write recording ---- */
 
@@ -87,6 +97,10 @@ int img_open_layer(struct img_io *io, const char *filename,
  * and attach it as img->backing. On failure img->backing stays NULL.
  */
 int img_chain_open(struct img *img);
+
+/* Switch a just-opened read-only image to the view of an internal snapshot
+ * (img_open_opts.snapshot; lib/snapshot.c). */
+int img_snapshot_load(struct img *img, const char *name_or_id);
 
 /* ---- host-file backends behind img_io_open (lib/io-psync.c, io-uring.c) ---- */
 
