@@ -562,3 +562,45 @@ void cli_json_dump_human(const struct cli_json *obj, int level)
 	}
 	free(order);
 }
+
+bool cli_format_known(const char *fmt)
+{
+	const char *const *f;
+
+	for (f = img_formats(); f && *f; f++)
+		if (!strcmp(*f, fmt))
+			return true;
+	return false;
+}
+
+bool cli_option_listed(const char *help, const char *key)
+{
+	const char *p = help;
+	size_t len = strlen(key);
+
+	while (p && *p) {
+		while (*p == ' ')
+			p++;
+		if (!strncmp(p, key, len) && p[len] == '=')
+			return true;
+		p = strchr(p, '\n');
+		if (p)
+			p++;
+	}
+	return false;
+}
+
+bool cli_has_help_option(const char *s)
+{
+	char *copy = strdup(s), *tok, *save = NULL;
+	bool found = false;
+
+	if (!copy)
+		return false;
+	for (tok = strtok_r(copy, ",", &save); tok;
+	     tok = strtok_r(NULL, ",", &save))
+		if (!strcmp(tok, "help") || !strcmp(tok, "?"))
+			found = true;
+	free(copy);
+	return found;
+}

@@ -100,4 +100,11 @@ void cli_json_print(const struct cli_json *j);
 void cli_json_dump_human(const struct cli_json *obj, int level);
 void cli_json_free(struct cli_json *j);
 
+/* Is fmt a format this build supports? */
+bool cli_format_known(const char *fmt);
+/* Is key among the options listed in help (img_create_help text)? */
+bool cli_option_listed(const char *help, const char *key);
+/* Does an -o string ask for the option list ("help" or "?")? */
+bool cli_has_help_option(const char *s);
+
 #endif

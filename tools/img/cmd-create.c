@@ -132,55 +132,12 @@ static void print_formatting(const char *filename, const char *fmt,
 	fflush(stdout);
 }
 
-static bool format_known(const char *fmt)
-{
-	const char *const *f;
-
-	for (f = img_formats(); f && *f; f++)
-		if (!strcmp(*f, fmt))
-			return true;
-	return false;
-}
-
-/* Is key among the options the library lists for fmt? */
-static bool option_listed(const char *help, const char *key)
-{
-	const char *p = help;
-	size_t len = strlen(key);
-
-	while (p && *p) {
-		while (*p == ' ')
-			p++;
-		if (!strncmp(p, key, len) && p[len] == '=')
-			return true;
-		p = strchr(p, '\n');
-		if (p)
-			p++;
-	}
-	return false;
-}
-
-static bool has_help_option(const char *s)
-{
-	char *copy = strdup(s), *tok, *save = NULL;
-	bool found = false;
-
-	if (!copy)
-		return false;
-	for (tok = strtok_r(copy, ",", &save); tok;
-	     tok = strtok_r(NULL, ",", &save))
-		if (!strcmp(tok, "help") || !strcmp(tok, "?"))
-			found = true;
-	free(copy);
-	return found;
-}
-
 static int print_option_help(const char *fmt)
 {
 	char buf[8192];
 	int ret;
 
-	if (!format_known(fmt))
+	if (!cli_format_known(fmt))
 		return cli_fail(1, "Unknown file format '%s'", fmt);
 	ret = img_create_help(fmt, buf, sizeof(buf));
 	if (ret < 0)
@@ -220,7 +177,7 @@ int cmd_create(int argc, char **argv)
 			fmt = optarg;
 			break;
 		case 'o':
-			if (has_help_option(optarg)) {
+			if (cli_has_help_option(optarg)) {
 				img_kv_free(kv, n_kv);
 				return print_option_help(fmt);
 			}
@@ -260,7 +217,7 @@ int cmd_create(int argc, char **argv)
 				      argv[optind]);
 		goto out;
 	}
-	if (!format_known(fmt)) {
+	if (!cli_format_known(fmt)) {
 		ret = cli_fail(1, "%s: Unknown file format '%s'", filename,
 			       fmt);
 		goto out;
@@ -270,7 +227,7 @@ int cmd_create(int argc, char **argv)
 		size_t i;
 
 		for (i = 0; i < n_kv; i++) {
-			if (!option_listed(help_text, kv[i].key)) {
+			if (!cli_option_listed(help_text, kv[i].key)) {
 				ret = cli_fail(1, "%s: Invalid parameter '%s'",
 					       filename, kv[i].key);
 				goto out;

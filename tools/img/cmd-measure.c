@@ -13,48 +13,6 @@
 
 #include "cli.h"
 
-static bool has_help_option(const char *s)
-{
-	char *copy = strdup(s), *tok, *save = NULL;
-	bool found = false;
-
-	if (!copy)
-		return false;
-	for (tok = strtok_r(copy, ",", &save); tok;
-	     tok = strtok_r(NULL, ",", &save))
-		if (!strcmp(tok, "help") || !strcmp(tok, "?"))
-			found = true;
-	free(copy);
-	return found;
-}
-
-static bool option_listed(const char *help, const char *key)
-{
-	const char *p = help;
-	size_t len = strlen(key);
-
-	while (p && *p) {
-		while (*p == ' ')
-			p++;
-		if (!strncmp(p, key, len) && p[len] == '=')
-			return true;
-		p = strchr(p, '\n');
-		if (p)
-			p++;
-	}
-	return false;
-}
-
-static bool format_known(const char *fmt)
-{
-	const char *const *f;
-
-	for (f = img_formats(); f && *f; f++)
-		if (!strcmp(*f, fmt))
-			return true;
-	return false;
-}
-
 static const char *kv_get(const struct img_kv *kv, size_t n, const char *key)
 {
 	const char *v = NULL;
@@ -102,7 +60,7 @@ int cmd_measure(int argc, char **argv)
 			out_fmt = optarg;
 			break;
 		case 'o':
-			if (has_help_option(optarg)) {
+			if (cli_has_help_option(optarg)) {
 				help = true;
 				break;
 			}
@@ -138,7 +96,7 @@ int cmd_measure(int argc, char **argv)
 		}
 	}
 	if (help) {
-		if (!format_known(out_fmt)) {
+		if (!cli_format_known(out_fmt)) {
 			cli_fail(1, "Unknown file format '%s'", out_fmt);
 			goto out;
 		}
@@ -167,7 +125,7 @@ int cmd_measure(int argc, char **argv)
 			    "specified.");
 		goto out;
 	}
-	if (!format_known(out_fmt)) {
+	if (!cli_format_known(out_fmt)) {
 		cli_fail(1, "Unknown file format '%s'", out_fmt);
 		goto out;
 	}
@@ -175,7 +133,7 @@ int cmd_measure(int argc, char **argv)
 		size_t i;
 
 		for (i = 0; i < n_kv; i++) {
-			if (!option_listed(help_text, kv[i].key)) {
+			if (!cli_option_listed(help_text, kv[i].key)) {
 				cli_fail(1, "Invalid parameter '%s'",
 					 kv[i].key);
 				cli_fail(1,
