@@ -1,0 +1,295 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * OpenSSL glue for img-nbd (see nbd-tls.h). x509: the server certificate
+ * and key, and with a CA the client certificate is required and verified.
+ * PSK: identities and keys from a qemu-style keys.psk file, looked up by the
+ * identity the client sends (TLS 1.2 PSK cipher suites and TLS 1.3 external
+ * PSKs through OpenSSL's PSK server callback). Keys are wiped with
+ * OPENSSL_cleanse when the context is freed. TLS 1.2 is the minimum version.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "img.h"
+#include "nbd-tls.h"
+
+#define MAX_PSK_LEN 256
+
+struct psk {
+	char *identity;
+	unsigned char *key;
+	size_t key_len;
+};
+
+struct nbd_tls {
+	SSL_CTX *ctx;
+	struct psk *psks;
+	size_t n_psks;
+};
+
+struct nbd_tls_conn {
+	SSL *ssl;
+};
+
+static const char *ssl_err(void)
+{
+	static __thread char buf[256];
+	unsigned long e = ERR_get_error();
+
+	if (!e)
+		return "unknown error";
+	ERR_error_string_n(e, buf, sizeof(buf));
+	ERR_clear_error();
+	return buf;
+}
+
+static int hexval(int ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Parse one "identity:hexkey" line into p. */
+static int parse_psk_line(char *line, struct psk *p)
+{
+	char *colon = strchr(line, ':');
+	size_t hex_len;
+
+	if (!colon || colon == line)
+		return -EINVAL;
+	*colon = 0;
+	hex_len = strcspn(colon + 1, "\r\n");
+	if (!hex_len || hex_len % 2 || hex_len / 2 > MAX_PSK_LEN)
+		return -EINVAL;
+	p->key_len = hex_len / 2;
+	p->key = OPENSSL_secure_malloc(p->key_len);
+	p->identity = strdup(line);
+	if (!p->key || !p->identity)
+		return -ENOMEM;
+	for (size_t i = 0; i < p->key_len; i++) {
+		int hi = hexval(colon[1 + 2 * i]),
+		    lo = hexval(colon[2 + 2 * i]);
+
+		if (hi < 0 || lo < 0)
+			return -EINVAL;
+		p->key[i] = (unsigned char)(hi << 4 | lo);
+	}
+	return 0;
+}
+
+static int load_psks(struct nbd_tls *t, const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char line[1024];
+	unsigned lineno = 0;
+	int ret = 0;
+
+	if (!f)
+		return img_error(-errno, "tls: cannot open PSK file %s: %s",
+				 path, strerror(errno));
+	while (fgets(line, sizeof(line), f)) {
+		struct psk *grown;
+
+		lineno++;
+		if (line[0] == '\n' || line[0] == '#')
+			continue;
+		grown = realloc(t->psks, sizeof(*grown) * (t->n_psks + 1));
+		if (!grown) {
+			ret = img_error(-ENOMEM, "tls: out of memory");
+			break;
+		}
+		t->psks = grown;
+		memset(&t->psks[t->n_psks], 0, sizeof(*grown));
+		ret = parse_psk_line(line, &t->psks[t->n_psks++]);
+		if (ret < 0) {
+			ret = img_error(ret,
+					"tls: %s line %u: expected "
+					"identity:hexkey",
+					path, lineno);
+			break;
+		}
+	}
+	OPENSSL_cleanse(line, sizeof(line));
+	fclose(f);
+	if (!ret && !t->n_psks)
+		ret = img_error(-EINVAL, "tls: no keys in PSK file %s", path);
+	return ret;
+}
+
+static unsigned int psk_server_cb(SSL *ssl, const char *identity,
+				  unsigned char *psk, unsigned int max_psk_len)
+{
+	const struct nbd_tls *t = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+
+	if (!identity)
+		return 0;
+	for (size_t i = 0; i < t->n_psks; i++) {
+		const struct psk *p = &t->psks[i];
+
+		if (strcmp(p->identity, identity) || p->key_len > max_psk_len)
+			continue;
+		memcpy(psk, p->key, p->key_len);
+		return (unsigned int)p->key_len;
+	}
+	return 0;
+}
+
+int nbd_tls_new(const struct nbd_tls_opts *o, struct nbd_tls **out)
+{
+	struct nbd_tls *t = calloc(1, sizeof(*t));
+	int ret = 0;
+
+	if (!t)
+		return img_error(-ENOMEM, "tls: out of memory");
+	t->ctx = SSL_CTX_new(TLS_server_method());
+	if (!t->ctx) {
+		ret = img_error(-ENOMEM, "tls: %s", ssl_err());
+		goto fail;
+	}
+	SSL_CTX_set_app_data(t->ctx, t);
+	SSL_CTX_set_min_proto_version(t->ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(t->ctx, SSL_OP_NO_RENEGOTIATION);
+	if (o->psk_file) {
+		ret = load_psks(t, o->psk_file);
+		if (ret < 0)
+			goto fail;
+		SSL_CTX_set_psk_server_callback(t->ctx, psk_server_cb);
+		if (!SSL_CTX_set_cipher_list(t->ctx, "PSK:DEFAULT")) {
+			ret = img_error(-EINVAL, "tls: %s", ssl_err());
+			goto fail;
+		}
+	} else {
+		if (!o->cert || !o->key) {
+			ret = img_error(-EINVAL,
+					"tls: x509 needs a certificate "
+					"and a key");
+			goto fail;
+		}
+		if (SSL_CTX_use_certificate_chain_file(t->ctx, o->cert) != 1) {
+			ret = img_error(-EINVAL, "tls: certificate %s: %s",
+					o->cert, ssl_err());
+			goto fail;
+		}
+		if (SSL_CTX_use_PrivateKey_file(t->ctx, o->key,
+						SSL_FILETYPE_PEM) != 1 ||
+		    SSL_CTX_check_private_key(t->ctx) != 1) {
+			ret = img_error(-EINVAL, "tls: key %s: %s", o->key,
+					ssl_err());
+			goto fail;
+		}
+		if (o->ca && o->verify_peer) {
+			if (SSL_CTX_load_verify_locations(t->ctx, o->ca,
+							  NULL) != 1) {
+				ret = img_error(-EINVAL, "tls: CA %s: %s",
+						o->ca, ssl_err());
+				goto fail;
+			}
+			SSL_CTX_set_verify(
+				t->ctx,
+				SSL_VERIFY_PEER |
+					SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
+				NULL);
+		}
+	}
+	*out = t;
+	return 0;
+fail:
+	nbd_tls_free(t);
+	return ret;
+}
+
+void nbd_tls_free(struct nbd_tls *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->n_psks; i++) {
+		if (t->psks[i].key) {
+			OPENSSL_cleanse(t->psks[i].key, t->psks[i].key_len);
+			OPENSSL_secure_free(t->psks[i].key);
+		}
+		free(t->psks[i].identity);
+	}
+	free(t->psks);
+	SSL_CTX_free(t->ctx);
+	free(t);
+}
+
+int nbd_tls_accept(struct nbd_tls *t, int fd, struct nbd_tls_conn **out)
+{
+	struct nbd_tls_conn *c = calloc(1, sizeof(*c));
+	int r;
+
+	if (!c)
+		return img_error(-ENOMEM, "tls: out of memory");
+	c->ssl = SSL_new(t->ctx);
+	if (!c->ssl || SSL_set_fd(c->ssl, fd) != 1) {
+		r = img_error(-ENOMEM, "tls: %s", ssl_err());
+		goto fail;
+	}
+	r = SSL_accept(c->ssl);
+	if (r != 1) {
+		r = img_error(-EPROTO, "tls: handshake failed: %s", ssl_err());
+		goto fail;
+	}
+	*out = c;
+	return 0;
+fail:
+	SSL_free(c->ssl);
+	free(c);
+	return r;
+}
+
+ssize_t nbd_tls_read(struct nbd_tls_conn *c, void *buf, size_t n)
+{
+	size_t got = 0;
+	int r = SSL_read_ex(c->ssl, buf, n, &got);
+
+	if (r == 1)
+		return (ssize_t)got;
+	switch (SSL_get_error(c->ssl, r)) {
+	case SSL_ERROR_ZERO_RETURN:
+		return 0;
+	case SSL_ERROR_WANT_READ:
+	case SSL_ERROR_WANT_WRITE:
+		ERR_clear_error();
+		return -ETIMEDOUT;
+	default:
+		ERR_clear_error();
+		return -ECONNRESET;
+	}
+}
+
+int nbd_tls_write(struct nbd_tls_conn *c, const void *buf, size_t n)
+{
+	while (n) {
+		size_t done = 0;
+
+		if (SSL_write_ex(c->ssl, buf, n, &done) != 1) {
+			ERR_clear_error();
+			return -EPIPE;
+		}
+		buf = (const char *)buf + done;
+		n -= done;
+	}
+	return 0;
+}
+
+void nbd_tls_close(struct nbd_tls_conn *c)
+{
+	if (!c)
+		return;
+	SSL_shutdown(c->ssl);
+	ERR_clear_error();
+	SSL_free(c->ssl);
+	free(c);
+}
