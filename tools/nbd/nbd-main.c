@@ -126,7 +126,7 @@ static int parse_object(struct cfg *cfg, const char *spec)
 
 	if (cfg->n_objects == MAX_OBJECTS)
 		return img_error(-EINVAL, "too many --object options");
-	if (img_kv_parse(spec, &kv, &n) < 0 || !n || kv[0].value) {
+	if (img_kv_parse(spec, &kv, &n) < 0 || !n) {
 		img_kv_free(kv, n);
 		return img_error(-EINVAL,
 				 "--object %s: expected TYPE,key=value,...",
