@@ -210,6 +210,31 @@ struct img_driver {
 			       uint64_t *cluster_size);
 	int (*write_compressed)(struct img *img, uint64_t off,
 				const void *cdata, size_t clen);
+
+	/* Persistent dirty bitmaps (lib/bitmap.c). NULL: -ENOTSUP. */
+	const struct img_bitmap_ops *bitmap;
+};
+
+/*
+ * Persistent dirty bitmaps of a format. lib/bitmap.c checks names, ranges
+ * (off + len <= size, len > 0) and read-only, and takes the image lock.
+ * Unknown names fail -ENOENT, bitmaps found in use (inconsistent) -EINVAL
+ * except for list and remove. Every op but set_dirty is durable on return;
+ * set_dirty is stored by the next flush.
+ */
+struct img_bitmap_ops {
+	int (*list)(struct img *img, struct img_bitmap_info **out, size_t *n);
+	/* granularity: a power of two, or 0 for the format's default. */
+	int (*add)(struct img *img, const char *name, uint64_t granularity,
+		   bool disabled);
+	int (*remove)(struct img *img, const char *name);
+	int (*clear)(struct img *img, const char *name);
+	int (*enable)(struct img *img, const char *name, bool enable);
+	/* Mark [off, off + len) dirty (merge). */
+	int (*set_dirty)(struct img *img, const char *name, uint64_t off,
+			 uint64_t len);
+	int (*dirty)(struct img *img, const char *name, uint64_t off,
+		     uint64_t len, bool *dirty, uint64_t *run_len);
 };
 
 /* The registered drivers, NULL-terminated (formats/formats.c). */

@@ -442,6 +442,44 @@ void img_aio_drain(struct img_aio *aio);
 /* Drain and free the pool. NULL is a no-op. */
 void img_aio_free(struct img_aio *aio);
 
+/* ---- persistent dirty bitmaps (qcow2; lib/bitmap.c) ---- */
+
+/* struct img_bitmap_info.flags */
+#define IMG_BITMAP_IN_USE (1u << 0) /* inconsistent: can only be removed */
+#define IMG_BITMAP_AUTO (1u << 1) /* enabled: writes mark it dirty */
+
+struct img_bitmap_info {
+	char *name;
+	uint64_t granularity; /* guest bytes per bit */
+	unsigned flags; /* IMG_BITMAP_* */
+};
+
+/* The image's bitmaps in directory order (free with img_bitmap_list_free);
+ * formats without bitmaps give an empty list. */
+int img_bitmap_list(struct img *img, struct img_bitmap_info **out, size_t *n);
+void img_bitmap_list_free(struct img_bitmap_info *list, size_t n);
+/*
+ * Add an empty bitmap (-EEXIST if the name is taken). granularity: a power
+ * of two from 512 to 2^31, or 0 for the default (the cluster size clamped to
+ * 4 KiB..64 KiB, as QEMU). Disabled bitmaps do not track writes.
+ */
+int img_bitmap_add(struct img *img, const char *name, uint64_t granularity,
+		   bool disabled);
+int img_bitmap_remove(struct img *img, const char *name);
+int img_bitmap_clear(struct img *img, const char *name);
+int img_bitmap_enable(struct img *img, const char *name, bool enable);
+/* Mark dirty in img's bitmap name every range dirty in src's bitmap
+ * src_name (src may be img); both images must have the same size. */
+int img_bitmap_merge(struct img *img, const char *name, struct img *src,
+		     const char *src_name);
+/*
+ * Whether guest byte off is dirty in bitmap name, and for how many bytes
+ * from off (1..len) that stays so. Errors: -ENOENT (no such bitmap),
+ * -EINVAL (inconsistent bitmap, or the range is outside the image).
+ */
+int img_bitmap_dirty(struct img *img, const char *name, uint64_t off,
+		     uint64_t len, bool *dirty, uint64_t *run_len);
+
 #ifdef __cplusplus
 }
 #endif

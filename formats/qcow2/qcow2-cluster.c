@@ -642,6 +642,9 @@ int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 		return img_error(
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
+	ret = qcow2_bitmap_mark(s, off, len);
+	if (ret < 0)
+		return ret;
 	while (len) {
 		uint64_t i = off >> cover_bits(s);
 		uint64_t chunk = img_min(len, ((i + 1) << cover_bits(s)) - off);
@@ -810,6 +813,9 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 		return img_error(
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
+	ret = qcow2_bitmap_mark(s, off, len);
+	if (ret < 0)
+		return ret;
 	if (s->data_file_raw)
 		return img_io_zero(
 			s->data_file, off, len,
@@ -860,8 +866,10 @@ int qcow2_discard(struct img *img, uint64_t off, uint64_t len)
 		return img_error(
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
-	int ret;
+	int ret = qcow2_bitmap_mark(s, off, len);
 
+	if (ret < 0)
+		return ret;
 	a = img_align_up(off, cs);
 	b = end & ~(cs - 1);
 	if (end == img_size(img))

@@ -13,9 +13,8 @@
  * lazy refcounts, backing files, preallocation, resize. Not yet: compressed
  * clusters (refused on access with -ENOTSUP), encryption (refused at open),
  * internal snapshot operations (images with snapshots open and are written
- * with copy-on-write of shared clusters, but cannot be resized), bitmaps
- * (their autoclear bit is dropped on the first read-write open, which marks
- * them inconsistent as the spec requires).
+ * with copy-on-write of shared clusters, but cannot be resized). Persistent
+ * dirty bitmaps: qcow2-bitmap.c (images with bitmaps cannot be resized yet).
  *
  * On-disk invariants kept: every cluster in use by metadata or data has a
  * refcount >= 1; an L1/L2 entry carries COPIED exactly when the refcount of
@@ -106,6 +105,7 @@ static void release_state(struct qcow2 *s)
 	free(s->cow_head);
 	free(s->cow_tail);
 	free(s->zero_buf);
+	qcow2_bitmap_release(s);
 	memset(s, 0, sizeof(*s));
 }
 
@@ -166,6 +166,9 @@ static int qcow2_open(struct img *img, unsigned flags)
 	if (ret < 0)
 		goto fail;
 	ret = qcow2_l2_init(s);
+	if (ret < 0)
+		goto fail;
+	ret = qcow2_bitmap_open(s);
 	if (ret < 0)
 		goto fail;
 	ret = img_io_size(s->file, &file_size);
@@ -239,6 +242,9 @@ static int qcow2_flush(struct img *img)
 		if (ret < 0)
 			return ret;
 	}
+	ret = qcow2_bitmap_flush(s);
+	if (ret < 0)
+		return ret;
 	ret = qcow2_metadata_write_back(s);
 	if (ret < 0)
 		return ret;
@@ -631,6 +637,10 @@ static int qcow2_resize(struct img *img, uint64_t size, unsigned flags,
 		return img_error(-EINVAL,
 				 "qcow2: virtual size %" PRIu64 " is too large",
 				 size);
+	if (qcow2_bitmap_any(s))
+		return img_error(
+			-ENOTSUP,
+			"qcow2: cannot resize an image with persistent bitmaps");
 	if (s->h.nb_snapshots)
 		return img_error(
 			-ENOTSUP,
@@ -781,4 +791,5 @@ const struct img_driver qcow2_driver = {
 	.resize = qcow2_resize,
 	.set_backing = qcow2_set_backing,
 	.measure = qcow2_measure,
+	.bitmap = &qcow2_bitmap_ops,
 };

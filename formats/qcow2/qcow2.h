@@ -39,7 +39,8 @@
 /* autoclear_features bits */
 #define QCOW2_AUTOCLEAR_BITMAPS (1ull << 0)
 #define QCOW2_AUTOCLEAR_DATA_FILE_RAW (1ull << 1)
-#define QCOW2_AUTOCLEAR_KNOWN QCOW2_AUTOCLEAR_DATA_FILE_RAW
+#define QCOW2_AUTOCLEAR_KNOWN \
+	(QCOW2_AUTOCLEAR_BITMAPS | QCOW2_AUTOCLEAR_DATA_FILE_RAW)
 
 /* header extension types */
 #define QCOW2_EXT_END 0
@@ -186,6 +187,7 @@ struct qcow2 {
 	uint8_t *cow_tail;
 	uint8_t *zero_buf; /* QCOW2_ZERO_BUF_SIZE bytes of zeroes */
 	uint64_t reftable_used; /* 1 + index of the last non-zero entry */
+	struct qcow2_bitmaps *bitmaps; /* qcow2-bitmap.c; NULL: none */
 	/* Whether the file looks metadata-preallocated (clusters in use
 	 * clearly outnumber the clusters the host allocates): block status
 	 * then asks the host file which clusters are holes, as QEMU does.
@@ -274,6 +276,20 @@ int qcow2_check(struct img *img, unsigned flags, struct img_check *res);
 /* Recompute every refcount from the metadata and rewrite the refcount
  * structures (dirty image with lazy refcounts, check -r all). */
 int qcow2_rebuild_refcounts(struct qcow2 *s, struct img_check *res);
+
+/* qcow2-bitmap.c */
+/* Validate the bitmaps extension and directory (after the refcounts and L1
+ * are loaded); a stale extension (autoclear bit 0 clear) is dropped. */
+int qcow2_bitmap_open(struct qcow2 *s);
+void qcow2_bitmap_release(struct qcow2 *s);
+/* Mark guest range [off, +len) dirty in the enabled bitmaps before a write,
+ * zero or discard changes it (sets in_use in the file first). */
+int qcow2_bitmap_mark(struct qcow2 *s, uint64_t off, uint64_t len);
+/* Store changed bitmaps and clear in_use (part of every flush). */
+int qcow2_bitmap_flush(struct qcow2 *s);
+/* True if the image has persistent bitmaps. */
+bool qcow2_bitmap_any(const struct qcow2 *s);
+extern const struct img_bitmap_ops qcow2_bitmap_ops;
 
 /* qcow2-measure.c */
 int qcow2_measure(const struct img_create_opts *opts, struct img *src,

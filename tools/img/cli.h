@@ -25,6 +25,7 @@ int cmd_resize(int argc, char **argv);
 int cmd_dd(int argc, char **argv);
 int cmd_io(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_bitmap(int argc, char **argv);
 
 /* Print "img: <message>\n" to stderr and return exit_code. */
 int cli_fail(int exit_code, const char *fmt, ...)
@@ -99,6 +100,10 @@ void cli_json_print(const struct cli_json *j);
 /* qemu's dump_qdict: "<indent>key with spaces: value" lines to stdout. */
 void cli_json_dump_human(const struct cli_json *obj, int level);
 void cli_json_free(struct cli_json *j);
+
+/* Add the image's persistent bitmaps as "bitmaps" to a format-specific
+ * data object, as qemu-img info shows them (nothing if there are none). */
+void cli_bitmap_info(struct img *img, struct cli_json *data);
 
 /* Is fmt a format this build supports? */
 bool cli_format_known(const char *fmt);

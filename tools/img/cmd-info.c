@@ -13,7 +13,8 @@
 #include "cli.h"
 
 /* The "data" object of "format-specific". */
-static struct cli_json *fields_object(const struct img_info *in)
+static struct cli_json *fields_object(struct img *img,
+				      const struct img_info *in)
 {
 	struct cli_json *data = cli_json_object();
 	size_t i;
@@ -33,11 +34,12 @@ static struct cli_json *fields_object(const struct img_info *in)
 			break;
 		}
 	}
+	cli_bitmap_info(img, data);
 	return data;
 }
 
 /* The image's description as qemu-img's ImageInfo object. */
-static struct cli_json *info_object(const struct img_info *in,
+static struct cli_json *info_object(struct img *img, const struct img_info *in,
 				    const char *filename)
 {
 	struct cli_json *o = cli_json_object();
@@ -65,7 +67,7 @@ static struct cli_json *info_object(const struct img_info *in,
 	}
 	if (in->n_fields) {
 		struct cli_json *spec = cli_json_object();
-		struct cli_json *data = fields_object(in);
+		struct cli_json *data = fields_object(img, in);
 
 		cli_json_add_str(spec, "type", in->format);
 		cli_json_add(spec, "data", data);
@@ -74,7 +76,8 @@ static struct cli_json *info_object(const struct img_info *in,
 	return o;
 }
 
-static void print_human(const struct img_info *in, const char *filename)
+static void print_human(struct img *img, const struct img_info *in,
+			const char *filename)
 {
 	char vsize[32], dsize[32];
 
@@ -105,7 +108,7 @@ static void print_human(const struct img_info *in, const char *filename)
 			printf("backing file format: %s\n", in->backing_fmt);
 	}
 	if (in->n_fields) {
-		struct cli_json *data = fields_object(in);
+		struct cli_json *data = fields_object(img, in);
 
 		printf("Format specific information:\n");
 		cli_json_dump_human(data, 1);
@@ -190,7 +193,7 @@ int cmd_info(int argc, char **argv)
 		if (!in.format)
 			in.format = img_format(cur);
 		if (output == CLI_OUTPUT_JSON) {
-			struct cli_json *o = info_object(&in, name);
+			struct cli_json *o = info_object(cur, &in, name);
 
 			if (list) {
 				cli_json_add(list, NULL, o);
@@ -201,7 +204,7 @@ int cmd_info(int argc, char **argv)
 		} else {
 			if (cur != img)
 				printf("\n");
-			print_human(&in, name);
+			print_human(cur, &in, name);
 		}
 	}
 	if (list) {

@@ -25,6 +25,10 @@ static const struct command commands[] = {
 	  "[--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] "
 	  "[-o offset] [--pattern=pattern] [-q] [-s buffer_size] "
 	  "[-S step_size] [-t cache] [-w] [-U] filename" },
+	{ "bitmap", cmd_bitmap, "change the persistent bitmaps of an image",
+	  "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | "
+	  "--disable)... [-b source_file [-F source_fmt]] [-g granularity] "
+	  "[-f fmt] filename bitmap" },
 	{ "check", cmd_check, "check an image for consistency (and repair it)",
 	  "check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] "
 	  "[-T src_cache] [-U] filename" },
