@@ -25,6 +25,8 @@ int cmd_resize(int argc, char **argv);
 int cmd_dd(int argc, char **argv);
 int cmd_io(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_mount(int argc, char **argv);
+int cmd_umount(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
 
 /* Print "img: <message>\n" to stderr and return exit_code. */

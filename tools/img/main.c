@@ -60,9 +60,15 @@ static const struct command commands[] = {
 	{ "measure", cmd_measure, "compute the size a new image would need",
 	  "measure [--output=ofmt] [-O output_fmt] [-o options] "
 	  "[--size N | [-f fmt] filename]" },
+	{ "mount", cmd_mount, "mount an image as files with img-fuse",
+	  "mount [-r] [-f] [--file] [--format=fmt] [--growable] "
+	  "[--pid-file=file] [--allow-other] [-t cache] filename mountpoint" },
 	{ "resize", cmd_resize, "change the virtual size of an image",
 	  "resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] "
 	  "filename [+ | -]size" },
+	{ "umount", cmd_umount,
+	  "unmount an img mount and wait until the image is closed",
+	  "umount mountpoint" },
 };
 
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
