@@ -6,6 +6,10 @@
 #                            server is killed on exit if still running
 #   nbd_stop NAME            SIGTERM it and wait (at most 20 s) until it is gone
 #   free_port                print a TCP port nothing listens on (127.0.0.1)
+#   nbd_make_pki DIR         a CA (DIR/ca-cert.pem) and, in qemu's x509 dir
+#                            layout, DIR/srv (server cert for 127.0.0.1 and
+#                            localhost), DIR/cli (client cert), DIR/nocert
+#                            (CA only), made with openssl
 . "$(dirname "${BASH_SOURCE[0]}")/interop-lib.sh"
 [ -x "$IMG_NBD" ] || skip "img-nbd not built"
 
@@ -38,4 +42,33 @@ free_port() {
 		fi
 	done
 	fail "no free TCP port"
+}
+
+nbd_make_pki() {
+	local P=$1
+	mkdir -p "$P/srv" "$P/cli" "$P/nocert"
+	{
+		openssl req -x509 -newkey rsa:2048 -nodes -keyout "$P/ca-key.pem" \
+			-out "$P/ca-cert.pem" -days 2 -subj "/CN=img test CA" &&
+			openssl req -newkey rsa:2048 -nodes \
+				-keyout "$P/srv/server-key.pem" -out "$P/srv.csr" \
+				-subj "/CN=localhost" &&
+			printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$P/srv.ext" &&
+			openssl x509 -req -in "$P/srv.csr" -CA "$P/ca-cert.pem" \
+				-CAkey "$P/ca-key.pem" -CAcreateserial -days 2 \
+				-out "$P/srv/server-cert.pem" -extfile "$P/srv.ext" &&
+			openssl req -newkey rsa:2048 -nodes \
+				-keyout "$P/cli/client-key.pem" -out "$P/cli.csr" \
+				-subj "/CN=client" &&
+			printf 'extendedKeyUsage=clientAuth\n' >"$P/cli.ext" &&
+			openssl x509 -req -in "$P/cli.csr" -CA "$P/ca-cert.pem" \
+				-CAkey "$P/ca-key.pem" -CAcreateserial -days 2 \
+				-out "$P/cli/client-cert.pem" -extfile "$P/cli.ext"
+	} >"$T/pki.log" 2>&1 || {
+		cat "$T/pki.log"
+		fail "openssl could not make certificates"
+	}
+	cp "$P/ca-cert.pem" "$P/srv/"
+	cp "$P/ca-cert.pem" "$P/cli/"
+	cp "$P/ca-cert.pem" "$P/nocert/"
 }

@@ -10,27 +10,8 @@
 requires openssl
 
 P=$T/pki
-mkdir -p "$P/srv" "$P/cli" "$P/nocert" "$P/psk" "$P/badpsk"
-gen() {
-	openssl req -x509 -newkey rsa:2048 -nodes -keyout "$P/ca-key.pem" \
-		-out "$P/ca-cert.pem" -days 2 -subj "/CN=img test CA" &&
-		openssl req -newkey rsa:2048 -nodes -keyout "$P/srv/server-key.pem" \
-			-out "$P/srv.csr" -subj "/CN=localhost" &&
-		printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$P/srv.ext" &&
-		openssl x509 -req -in "$P/srv.csr" -CA "$P/ca-cert.pem" \
-			-CAkey "$P/ca-key.pem" -CAcreateserial -days 2 \
-			-out "$P/srv/server-cert.pem" -extfile "$P/srv.ext" &&
-		openssl req -newkey rsa:2048 -nodes -keyout "$P/cli/client-key.pem" \
-			-out "$P/cli.csr" -subj "/CN=client" &&
-		printf 'extendedKeyUsage=clientAuth\n' >"$P/cli.ext" &&
-		openssl x509 -req -in "$P/cli.csr" -CA "$P/ca-cert.pem" \
-			-CAkey "$P/ca-key.pem" -CAcreateserial -days 2 \
-			-out "$P/cli/client-cert.pem" -extfile "$P/cli.ext"
-}
-gen >"$T/gen.log" 2>&1 || { cat "$T/gen.log"; fail "openssl could not make certificates"; }
-cp "$P/ca-cert.pem" "$P/srv/"
-cp "$P/ca-cert.pem" "$P/cli/"
-cp "$P/ca-cert.pem" "$P/nocert/"
+nbd_make_pki "$P"
+mkdir -p "$P/psk" "$P/badpsk"
 echo "qemu:$(openssl rand -hex 32)" >"$P/psk/keys.psk"
 echo "qemu:$(openssl rand -hex 32)" >"$P/badpsk/keys.psk"
 

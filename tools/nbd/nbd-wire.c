@@ -226,9 +226,9 @@ uint32_t nbd_check_request(const struct nbd_request *req,
 			*fatal = true;
 			return NBD_EOVERFLOW;
 		}
-	} else if (req->flags & NBD_CMD_FLAG_PAYLOAD_LEN) {
-		/* No other command takes a payload here; its length is
-		 * unknown to us, so we cannot stay in sync. */
+	} else if ((req->flags & NBD_CMD_FLAG_PAYLOAD_LEN) && lim->extended) {
+		/* No other command takes a payload here: we cannot tell how
+		 * many bytes follow, so the stream is lost. */
 		*fatal = true;
 		return NBD_EINVAL;
 	}
