@@ -145,6 +145,7 @@ fuzz:
 
 bench: deps all
 	$(Q)./bench/run.sh $(B)
+	$(Q)./bench/fuse.sh $(B)
 
 CFORMAT_FILES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 check-format:
