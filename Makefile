@@ -120,8 +120,10 @@ check: deps
 check-only: tests
 	$(Q)./tests/run.sh $(B)
 
+# Sanitized code runs several times slower: allow each test more time.
 asan:
-	$(Q)$(MAKE) --no-print-directory B=build-asan OPT="-O1 -g" \
+	$(Q)TEST_TIMEOUT=$${TEST_TIMEOUT:-1200} $(MAKE) --no-print-directory \
+		B=build-asan OPT="-O1 -g" \
 		SAN_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 		check-only
 
