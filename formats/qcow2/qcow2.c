@@ -791,5 +791,10 @@ const struct img_driver qcow2_driver = {
 	.resize = qcow2_resize,
 	.set_backing = qcow2_set_backing,
 	.measure = qcow2_measure,
+	.snapshot_list = qcow2_snapshot_list,
+	.snapshot_create = qcow2_snapshot_create,
+	.snapshot_apply = qcow2_snapshot_apply,
+	.snapshot_delete = qcow2_snapshot_delete,
+	.snapshot_load = qcow2_snapshot_load,
 	.bitmap = &qcow2_bitmap_ops,
 };
