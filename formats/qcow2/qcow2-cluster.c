@@ -85,11 +85,7 @@ static int check_l2e(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
 	uint64_t host = l2e & QCOW2_L2E_OFFSET_MASK;
 
 	if (l2e & QCOW2_OFLAG_COMPRESSED)
-		return img_error(
-			-ENOTSUP,
-			"qcow2: compressed cluster at guest offset %#" PRIx64
-			" is not supported yet",
-			guest_off);
+		return qcow2_compressed_check(s, l2e, bitmap, guest_off);
 	if (host & (s->cluster_size - 1))
 		return qcow2_signal_corruption(
 			s,
@@ -315,21 +311,21 @@ static int read_chunk(struct qcow2 *s, const uint8_t *t, uint8_t *p,
 {
 	uint64_t pos = off, end = off + len,
 		 sc_size = 1ull << s->subcluster_bits;
-	uint64_t run_off = 0, run_len = 0, run_host = 0;
+	uint64_t run_off = 0, run_len = 0, run_host = 0, run_l2e = 0;
 	enum qcow2_cluster_type run_type = QCOW2_CLUSTER_UNALLOCATED;
 	int ret;
 
 	for (;;) {
 		enum qcow2_cluster_type type = QCOW2_CLUSTER_UNALLOCATED;
-		uint64_t piece_end = end, host = 0;
+		uint64_t piece_end = end, host = 0, l2e = 0;
 
 		if (pos < end) {
 			uint64_t idx = (pos >> s->cluster_bits) &
 				       (s->l2_entries - 1);
-			uint64_t l2e = l2e_at(s, t, idx);
 			uint64_t bm = bitmap_at(s, t, idx);
 			uint64_t in = pos & (s->cluster_size - 1);
 
+			l2e = l2e_at(s, t, idx);
 			ret = check_l2e(s, l2e, bm, pos);
 			if (ret < 0)
 				return ret;
@@ -340,7 +336,8 @@ static int read_chunk(struct qcow2 *s, const uint8_t *t, uint8_t *p,
 			host = (l2e & QCOW2_L2E_OFFSET_MASK) + in;
 			if (run_len && type == run_type &&
 			    (type != QCOW2_CLUSTER_NORMAL ||
-			     run_host + run_len == host)) {
+			     run_host + run_len == host) &&
+			    (type != QCOW2_CLUSTER_COMPRESSED || run_l2e == l2e)) {
 				run_len += piece_end - pos;
 				pos = piece_end;
 				continue;
@@ -358,6 +355,12 @@ static int read_chunk(struct qcow2 *s, const uint8_t *t, uint8_t *p,
 				memset(dst, 0, run_len);
 				ret = 0;
 				break;
+			case QCOW2_CLUSTER_COMPRESSED:
+				ret = qcow2_compressed_read(
+					s, run_l2e, run_off,
+					run_off & (s->cluster_size - 1),
+					run_len, dst);
+				break;
 			default:
 				ret = read_backing(s, dst, run_off, run_len);
 				break;
@@ -371,6 +374,7 @@ static int read_chunk(struct qcow2 *s, const uint8_t *t, uint8_t *p,
 		run_off = pos;
 		run_len = piece_end - pos;
 		run_host = host;
+		run_l2e = l2e;
 		pos = piece_end;
 	}
 }
@@ -429,11 +433,8 @@ static int fill_old(struct qcow2 *s, uint64_t l2e, uint64_t bm, uint64_t cstart,
 			ret = read_backing(s, dst + from, cstart + from, n);
 			break;
 		case QCOW2_CLUSTER_COMPRESSED:
-			ret = img_error(
-				-ENOTSUP,
-				"qcow2: compressed cluster at guest offset %#" PRIx64
-				" is not supported yet",
-				cstart);
+			ret = qcow2_compressed_read(s, l2e, cstart, from, n,
+						    dst + from);
 			break;
 		default:
 			memset(dst + from, 0, n);
@@ -466,6 +467,11 @@ static void plan_cluster(const struct qcow2 *s, uint64_t l2e, uint64_t bm,
 {
 	*fs = woff;
 	*fe = wend;
+	if (l2e & QCOW2_OFLAG_COMPRESSED) {
+		*fs = 0;
+		*fe = s->cluster_size;
+		return;
+	}
 	if (!s->extended_l2) {
 		if (alloc || (l2e & QCOW2_OFLAG_ZERO)) {
 			*fs = 0;
@@ -610,12 +616,19 @@ static int write_chunk(struct qcow2 *s, uint64_t i, const uint8_t *p,
 			if (alloc &&
 			    !(has_host(s, l2e) && (bm & EXTL2_ALLOC_MASK)))
 				nbm = (bm & ~EXTL2_ALLOC_MASK & ~(m << 32)) | m;
+			if (l2e & QCOW2_OFLAG_COMPRESSED)
+				nbm = EXTL2_ALLOC_MASK;
 		}
 		if (nl2e == l2e && nbm == bm)
 			continue;
 		if (alloc && has_host(s, l2e) && !has_data_file(s)) {
 			ret = qcow2_free_cluster_deferred(
 				s, l2e & QCOW2_L2E_OFFSET_MASK);
+			if (ret < 0)
+				goto out;
+		}
+		if (l2e & QCOW2_OFLAG_COMPRESSED) {
+			ret = qcow2_compressed_free(s, l2e);
 			if (ret < 0)
 				goto out;
 		}
@@ -661,6 +674,31 @@ int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 	return 0;
 }
 
+int qcow2_l2_set_entry(struct qcow2 *s, uint64_t off, uint64_t l2e)
+{
+	uint64_t idx = (off >> s->cluster_bits) & (s->l2_entries - 1);
+	uint64_t old;
+	uint8_t *t;
+	int ret;
+
+	ret = l2_get(s, off >> cover_bits(s), true, &t);
+	if (ret < 0)
+		return ret;
+	old = l2e_at(s, t, idx);
+	ret = check_l2e(s, old, bitmap_at(s, t, idx), off);
+	if (ret == 0 && (old & QCOW2_OFLAG_COMPRESSED))
+		ret = qcow2_compressed_free(s, old);
+	else if (ret == 0 && has_host(s, old) && !has_data_file(s))
+		ret = qcow2_free_cluster_deferred(s,
+						  old & QCOW2_L2E_OFFSET_MASK);
+	if (ret == 0) {
+		l2e_put(s, t, idx, l2e, 0);
+		img_cache_mark_dirty(s->l2_cache, t);
+	}
+	img_cache_put(s->l2_cache, t);
+	return ret;
+}
+
 /* Write real zeroes (through the normal write path). */
 static int write_zeroes(struct qcow2 *s, uint64_t off, uint64_t len)
 {
@@ -695,6 +733,7 @@ static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 	while (off < end) {
 		uint64_t i = off >> cover_bits(s);
 		uint64_t cend = img_min(end, (i + 1) << cover_bits(s));
+		uint64_t zpos = 0, zend = 0;
 		bool dirty = false;
 		uint8_t *t;
 		int ret;
@@ -721,12 +760,16 @@ static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 			uint64_t nl2e = l2e, nbm = bm;
 
 			if (l2e & QCOW2_OFLAG_COMPRESSED) {
-				ret = img_error(
-					-ENOTSUP,
-					"qcow2: compressed cluster at guest offset %#" PRIx64
-					" is not supported yet",
-					cstart);
-				goto fail;
+				ret = check_l2e(s, l2e, bm, cstart);
+				if (ret < 0)
+					goto fail;
+				if (!whole) {
+					/* Part of a compressed cluster: real
+					 * zeroes, through a copy-on-write. */
+					zpos = pos;
+					zend = pend;
+					break;
+				}
 			}
 			if (s->extended_l2 && !whole) {
 				uint64_t m = touched_mask(s, pos - cstart,
@@ -747,6 +790,7 @@ static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 					drop = !has_data_file(s);
 					if (!has_data_file(s) && !backing &&
 					    !host &&
+					    !(l2e & QCOW2_OFLAG_COMPRESSED) &&
 					    !(l2e & QCOW2_OFLAG_ZERO) &&
 					    !(bm & EXTL2_ALL_ZERO)) {
 						pos = pend;
@@ -778,6 +822,11 @@ static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 					if (ret < 0)
 						goto fail;
 				}
+				if (drop && (l2e & QCOW2_OFLAG_COMPRESSED)) {
+					ret = qcow2_compressed_free(s, l2e);
+					if (ret < 0)
+						goto fail;
+				}
 			}
 			if (nl2e != l2e || nbm != bm) {
 				l2e_put(s, t, idx, nl2e, nbm);
@@ -788,6 +837,13 @@ static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 		if (dirty)
 			img_cache_mark_dirty(s->l2_cache, t);
 		img_cache_put(s->l2_cache, t);
+		if (zend) {
+			ret = write_zeroes(s, zpos, zend - zpos);
+			if (ret < 0)
+				return ret;
+			off = zend;
+			continue;
+		}
 		off = cend;
 		continue;
 fail:
@@ -954,11 +1010,9 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 		enum qcow2_cluster_type type;
 		bool hosted;
 
-		if (!(l2e & QCOW2_OFLAG_COMPRESSED)) {
-			ret = check_l2e(s, l2e, bm, pos);
-			if (ret < 0)
-				goto out;
-		}
+		ret = check_l2e(s, l2e, bm, pos);
+		if (ret < 0)
+			goto out;
 		type = qcow2_subcluster_type(
 			s, l2e, bm, (unsigned)(in >> s->subcluster_bits));
 		/* As QEMU: an unallocated subcluster of a cluster with a host
@@ -1207,11 +1261,18 @@ int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size)
 
 			if (!l2e && !bitmap_at(s, t, idx))
 				continue;
-			if (l2e & QCOW2_OFLAG_COMPRESSED) {
-				img_cache_put(s->l2_cache, t);
-				return img_error(
-					-ENOTSUP,
-					"qcow2: compressed clusters are not supported yet");
+			if ((l2e & QCOW2_OFLAG_COMPRESSED) &&
+			    (!whole || (l1e & QCOW2_OFLAG_COPIED))) {
+				ret = qcow2_compressed_check(
+					s, l2e, bitmap_at(s, t, idx),
+					((i << s->l2_bits) + idx)
+						<< s->cluster_bits);
+				if (ret == 0)
+					ret = qcow2_compressed_free(s, l2e);
+				if (ret < 0) {
+					img_cache_put(s->l2_cache, t);
+					return ret;
+				}
 			}
 			if (has_host(s, l2e) && !has_data_file(s) &&
 			    (!whole || (l1e & QCOW2_OFLAG_COPIED))) {

@@ -228,6 +228,7 @@ int qcow2_refcount_update(struct qcow2 *s, uint64_t file_off, uint64_t len,
 			rc += (uint64_t)delta;
 			rb_set(s, rb, i, rc);
 			if (rc == 0) {
+				qcow2_compressed_forget(s, c);
 				if (c < s->free_cluster_hint)
 					s->free_cluster_hint = c;
 				if (s->l2_cache)

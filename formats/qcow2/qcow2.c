@@ -10,8 +10,8 @@
  * one refcount block at cluster 2, L1 table at cluster 3). Supported: cluster
  * sizes 512 B to 2 MiB, refcount widths 1 to 64 bits, extended L2 entries
  * (subcluster allocation), external data files (raw or not), zero clusters,
- * lazy refcounts, backing files, preallocation, resize. Not yet: compressed
- * clusters (refused on access with -ENOTSUP), encryption (refused at open),
+ * lazy refcounts, backing files, preallocation, resize, compressed clusters
+ * (zlib and zstd, qcow2-compress.c). Not yet: encryption (refused at open),
  * internal snapshot operations (images with snapshots open and are written
  * with copy-on-write of shared clusters, but cannot be resized). Persistent
  * dirty bitmaps: qcow2-bitmap.c (images with bitmaps cannot be resized yet).
@@ -105,6 +105,7 @@ static void release_state(struct qcow2 *s)
 	free(s->cow_head);
 	free(s->cow_tail);
 	free(s->zero_buf);
+	qcow2_compress_release(s);
 	qcow2_bitmap_release(s);
 	memset(s, 0, sizeof(*s));
 }
@@ -297,7 +298,7 @@ static int qcow2_info(struct img *img, struct img_info *info)
 		add_field(info, "extended-l2", IMG_VAL_BOOL, NULL, 0,
 			  s->extended_l2);
 	}
-	return 0;
+	return qcow2_compress_info(s, info);
 }
 
 static const struct img_opt_desc qcow2_create_opts[] = {
@@ -791,10 +792,7 @@ const struct img_driver qcow2_driver = {
 	.resize = qcow2_resize,
 	.set_backing = qcow2_set_backing,
 	.measure = qcow2_measure,
-	.snapshot_list = qcow2_snapshot_list,
-	.snapshot_create = qcow2_snapshot_create,
-	.snapshot_apply = qcow2_snapshot_apply,
-	.snapshot_delete = qcow2_snapshot_delete,
-	.snapshot_load = qcow2_snapshot_load,
+	.compress_params = qcow2_compress_params,
+	.write_compressed = qcow2_write_compressed,
 	.bitmap = &qcow2_bitmap_ops,
 };

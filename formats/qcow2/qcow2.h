@@ -187,6 +187,13 @@ struct qcow2 {
 	uint8_t *cow_tail;
 	uint8_t *zero_buf; /* QCOW2_ZERO_BUF_SIZE bytes of zeroes */
 	uint64_t reftable_used; /* 1 + index of the last non-zero entry */
+	/* qcow2-compress.c: where the next compressed cluster's data goes
+	 * (0: start a new host cluster), and the last decompressed cluster
+	 * (cout, for descriptor cout_l2e; 0: none) with its input buffer. */
+	uint64_t cpack_off;
+	uint8_t *cin;
+	uint8_t *cout;
+	uint64_t cout_l2e;
 	struct qcow2_bitmaps *bitmaps; /* qcow2-bitmap.c; NULL: none */
 	/* Whether the file looks metadata-preallocated (clusters in use
 	 * clearly outnumber the clusters the host allocates): block status
@@ -263,6 +270,10 @@ int qcow2_grow_l1(struct qcow2 *s, uint64_t min_size);
 /* Shrink: free every cluster mapped at or past guest offset new_size (which
  * is cluster aligned) and the L2 tables wholly past it. */
 int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size);
+/* Point the cluster at guest offset off (cluster aligned) at l2e with a
+ * zero subcluster bitmap, as a write does (allocating or copying its L2
+ * table), and queue the release of what the old entry referenced. */
+int qcow2_l2_set_entry(struct qcow2 *s, uint64_t off, uint64_t l2e);
 /* Classify the L2 entry (and extended bitmap) of one subcluster. */
 enum qcow2_cluster_type qcow2_subcluster_type(const struct qcow2 *s,
 					      uint64_t l2e, uint64_t bitmap,
@@ -291,13 +302,30 @@ int qcow2_bitmap_flush(struct qcow2 *s);
 bool qcow2_bitmap_any(const struct qcow2 *s);
 extern const struct img_bitmap_ops qcow2_bitmap_ops;
 
-/* qcow2-snapshot.c: the internal snapshot driver ops (see img-driver.h). */
-int qcow2_snapshot_list(struct img *img, struct img_snapshot_info **out,
-			size_t *n);
-int qcow2_snapshot_create(struct img *img, const char *name);
-int qcow2_snapshot_apply(struct img *img, const char *name_or_id);
-int qcow2_snapshot_delete(struct img *img, const char *name_or_id);
-int qcow2_snapshot_load(struct img *img, const char *name_or_id);
+/* qcow2-compress.c */
+/* Decode a compressed L2 entry into the host byte range of its data (offset,
+ * and length up to the end of its last 512-byte sector). -EINVAL if l2e is
+ * not compressed; -IMG_ECORRUPT (with a message) if the range is impossible. */
+int qcow2_compressed_decode(unsigned cluster_bits, uint64_t l2e,
+			    uint64_t *file_off, uint64_t *len);
+/* Validate a compressed entry in s (marking the image corrupt if bad). */
+int qcow2_compressed_check(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
+			   uint64_t guest_off);
+/* Copy bytes [in, in + n) of the compressed cluster l2e (at guest_off) to
+ * dst. */
+int qcow2_compressed_read(struct qcow2 *s, uint64_t l2e, uint64_t guest_off,
+			  uint64_t in, uint64_t n, uint8_t *dst);
+/* Queue the release of the host clusters a compressed entry references. */
+int qcow2_compressed_free(struct qcow2 *s, uint64_t l2e);
+/* The refcount of host cluster cluster_idx dropped to zero. */
+void qcow2_compressed_forget(struct qcow2 *s, uint64_t cluster_idx);
+void qcow2_compress_release(struct qcow2 *s);
+int qcow2_compress_params(struct img *img, enum img_compress_type *type,
+			  uint64_t *cluster_size);
+int qcow2_write_compressed(struct img *img, uint64_t off, const void *cdata,
+			   size_t clen);
+/* Add the compressed-cluster count and size to *info (when there are any). */
+int qcow2_compress_info(struct qcow2 *s, struct img_info *info);
 
 /* qcow2-measure.c */
 int qcow2_measure(const struct img_create_opts *opts, struct img *src,

@@ -170,6 +170,7 @@ void cli_progress_init(struct cli_progress *p, bool enabled, uint64_t total)
 	p->total = total;
 	p->done = 0;
 	p->last_pct = 0;
+	p->suffix[0] = '\0';
 	if (enabled) {
 		printf("    (%3.2f/100%%)\r", 0.0);
 		fflush(stdout);
@@ -188,7 +189,7 @@ void cli_progress_add(struct cli_progress *p, uint64_t bytes)
 	pct = p->total ? (double)p->done * 100.0 / (double)p->total : 100.0;
 	if (pct - p->last_pct > 1.0 || (pct == 100.0 && p->last_pct != 100.0)) {
 		p->last_pct = pct;
-		printf("    (%3.2f/100%%)\r", pct);
+		printf("    (%3.2f/100%%)%s\r", pct, p->suffix);
 		fflush(stdout);
 	}
 }

@@ -27,7 +27,6 @@ int cmd_io(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
-int cmd_snapshot(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
 
 /* Print "img: <message>\n" to stderr and return exit_code. */
@@ -50,6 +49,7 @@ struct cli_progress {
 	uint64_t total;
 	uint64_t done;
 	double last_pct;
+	char suffix[48]; /* printed after the percentage (convert -c ratio) */
 };
 void cli_progress_init(struct cli_progress *p, bool enabled, uint64_t total);
 void cli_progress_add(struct cli_progress *p, uint64_t bytes);
@@ -107,17 +107,6 @@ void cli_json_free(struct cli_json *j);
 /* Add the image's persistent bitmaps as "bitmaps" to a format-specific
  * data object, as qemu-img info shows them (nothing if there are none). */
 void cli_bitmap_info(struct img *img, struct cli_json *data);
-
-/* ---- internal snapshots (tools/img/cmd-snapshot.c) ---- */
-
-/* Open the read-only view of internal snapshot `snapshot` of path (convert
- * -l), printing "img: Could not open ..." on failure. */
-int cli_open_snapshot(const char *path, const char *fmt, unsigned flags,
-		      const char *snapshot, struct img **out);
-/* img info: the "Snapshot list:" table / the "snapshots" JSON array (nothing
- * when the image has no snapshots). */
-void cli_snapshot_info_human(struct img *img);
-void cli_snapshot_info_json(struct img *img, struct cli_json *obj);
 
 /* Is fmt a format this build supports? */
 bool cli_format_known(const char *fmt);

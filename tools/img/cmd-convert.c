@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "convert-compress.h"
 
 /*
  * 2 MiB chunks: large enough that the qcow2 write path allocates whole runs
@@ -119,6 +120,8 @@ struct cv {
 	char errmsg[512]; /* under lock */
 	bool failed; /* main thread's copy of err != 0 */
 	struct cli_progress progress;
+	struct cvc *cvc; /* -c: the compression pipeline */
+	int compress_level;
 };
 
 struct cv_chunk {
@@ -277,6 +280,18 @@ static int cv_next(struct cv *cv, struct cv_chunk *c)
 			len = cv_min(len, CV_CHUNK - c->toff % CV_CHUNK);
 		else if (c->kind == CV_ZERO)
 			len = cv_min(len, CV_ZERO_MAX);
+		if (cv->cvc) {
+			/* As qemu-img: compressed clusters are written whole,
+			 * so a range shorter than a cluster counts as data. */
+			uint64_t cs = cvc_cluster_size(cv->cvc);
+
+			if (len < cs) {
+				len = cv_min(cs - c->toff % cs, s->size - soff);
+				c->kind = CV_DATA;
+			} else {
+				len -= (c->toff + len) % cs;
+			}
+		}
 		c->len = len;
 		cv->cur_soff = soff + len;
 		return 1;
@@ -358,6 +373,9 @@ static bool cv_unit_is_zero(struct cv *cv, struct cv_slot *slot, uint64_t p,
 
 static void cv_slot_free(struct cv *cv, struct cv_slot *slot)
 {
+	if (cv->cvc && cv->progress.enabled)
+		cvc_ratio(cv->cvc, cv->progress.suffix,
+			  sizeof(cv->progress.suffix));
 	cli_progress_add(&cv->progress, slot->len);
 	slot->state = SLOT_FREE;
 	cv->n_busy--;
@@ -402,6 +420,9 @@ static int cv_slot_write(struct cv *cv, struct cv_slot *slot)
 			ret = 0;
 		else if (zero)
 			ret = img_zero(cv->dst, p, q - p, IMG_ZERO_MAY_UNMAP);
+		else if (cv->cvc)
+			ret = cvc_write(cv->cvc, slot->buf + (p - slot->off), p,
+					q - p);
 		else
 			ret = img_write(cv->dst, slot->buf + (p - slot->off), p,
 					q - p, 0);
@@ -584,6 +605,7 @@ struct cv_args {
 	bool quiet;
 	bool shared;
 	bool out_of_order;
+	bool compress;
 	uint64_t min_sparse;
 	unsigned n_slots;
 };
@@ -644,9 +666,8 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 			/* copy offloading: plain reads and writes are used */
 			break;
 		case 'c':
-			return cli_fail(
-				-1,
-				"convert: compression (-c) is not supported yet");
+			a->compress = true;
+			break;
 		case 'o':
 			if (a->options)
 				return cli_fail(
@@ -763,6 +784,11 @@ static int cv_open_target(struct cv *cv, const struct cv_args *a,
 	if (!a->skip_create) {
 		struct img_create_opts co = { 0 };
 
+		if (a->compress &&
+		    cvc_take_opts(kv, &n_kv, &cv->compress_level) < 0) {
+			ret = -1;
+			goto out;
+		}
 		if (cv_kv_take(kv, &n_kv, "backing_file", &bf) < 0 ||
 		    cv_kv_take(kv, &n_kv, "backing_fmt", &bfmt) < 0 ||
 		    cv_kv_take(kv, &n_kv, "size", NULL) < 0) {
@@ -918,6 +944,13 @@ int cmd_convert(int argc, char **argv)
 
 	if (cv_open_target(cv, &a, dst, total) < 0)
 		goto out;
+	if (a.compress) {
+		ret = cvc_new(cv->dst, cv->compress_level, 0, &cv->cvc);
+		if (ret < 0) {
+			cli_fail(1, "%s", img_last_error());
+			goto out;
+		}
+	}
 
 	cv->total = total;
 	cv->min_sparse = a.min_sparse;
@@ -944,6 +977,8 @@ int cmd_convert(int argc, char **argv)
 		    info.cluster_size % a.min_sparse == 0)
 			cv->unit = info.cluster_size;
 	}
+	if (cv->cvc)
+		cv->unit = cvc_cluster_size(cv->cvc);
 
 	cv->n_slots = a.n_slots;
 	for (unsigned i = 0; i < cv->n_slots; i++) {
@@ -969,6 +1004,13 @@ int cmd_convert(int argc, char **argv)
 	ret = cv_run(cv);
 	img_aio_free(cv->aio);
 	cv->aio = NULL;
+	if (ret == 0 && cv->cvc && cvc_finish(cv->cvc) < 0) {
+		ret = -1;
+		snprintf(cv->errmsg, sizeof(cv->errmsg), "%s",
+			 img_last_error());
+	}
+	cvc_free(cv->cvc);
+	cv->cvc = NULL;
 	if (ret < 0) {
 		cli_progress_end(&cv->progress);
 		cli_fail(1, "%s", cv->errmsg);
@@ -989,6 +1031,7 @@ int cmd_convert(int argc, char **argv)
 	rc = 0;
 out:
 	img_aio_free(cv->aio);
+	cvc_free(cv->cvc);
 	if (cv->dst)
 		img_close(cv->dst);
 	for (unsigned i = 0; i < cv->n_srcs; i++)

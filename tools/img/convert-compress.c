@@ -1,0 +1,415 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * img convert -c: a pipeline of one producer (the convert loop, calling
+ * cvc_write in target order), N compressor threads and one writer thread.
+ * Each cvc_write becomes a job in a ring of jobs numbered in order; the
+ * compressors take jobs in that order and compress every whole cluster of
+ * a job independently (the last cluster of the image zero-padded, as QEMU
+ * does); the writer waits for the oldest job and stores its clusters with
+ * img_write_compressed, or with img_write when compression did not make a
+ * cluster smaller than the cluster size or the range is not whole clusters.
+ * Writing strictly in order keeps the packing of compressed data in the host
+ * file deterministic and sequential. The ring bounds the memory in flight.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "convert-compress.h"
+
+/* A job: at most this many bytes (convert's chunk size). */
+#define CVC_JOB_MAX (2ull << 20)
+#define CVC_MAX_THREADS 64
+#define CVC_MAX_JOBS 32
+
+static inline uint64_t cvc_min(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+enum cvc_job_state {
+	JOB_FREE,
+	JOB_QUEUED, /* filled, waiting for a compressor */
+	JOB_BUSY,
+	JOB_DONE, /* compressed, waiting for the writer */
+};
+
+struct cvc_job {
+	enum cvc_job_state state;
+	uint64_t off;
+	uint64_t len;
+	bool raw; /* not whole clusters: written as is */
+	uint8_t *in; /* CVC_JOB_MAX bytes */
+	uint8_t *out; /* cluster i's compressed data at i * cluster size */
+	int32_t *clen; /* per cluster: compressed length, or 0 = store raw */
+};
+
+struct cvc {
+	struct img *dst;
+	enum img_compress_type type;
+	int level;
+	uint64_t cs;
+	uint64_t size; /* target size */
+
+	pthread_mutex_t lock;
+	pthread_cond_t work; /* compressors and writer wait here */
+	pthread_cond_t space; /* the producer waits here */
+	struct cvc_job jobs[CVC_MAX_JOBS];
+	unsigned n_jobs;
+	uint64_t next_fill; /* sequence numbers; job seq is at seq % n_jobs */
+	uint64_t next_compress;
+	uint64_t next_write;
+	bool stop;
+
+	pthread_t threads[CVC_MAX_THREADS + 1];
+	unsigned n_threads; /* started, the writer included */
+
+	int err; /* first error, under lock */
+	char errmsg[512];
+	uint64_t err_off; /* target offset it happened at */
+	uint64_t bytes_in; /* data bytes stored, under lock */
+	uint64_t bytes_out; /* host bytes they took */
+};
+
+static void cvc_set_error(struct cvc *c, int err, uint64_t off,
+			  const char *msg)
+{
+	if (c->err)
+		return;
+	c->err = err;
+	c->err_off = off;
+	snprintf(c->errmsg, sizeof(c->errmsg), "%s",
+		 msg && *msg ? msg : strerror(-err));
+	c->stop = true;
+	pthread_cond_broadcast(&c->work);
+	pthread_cond_broadcast(&c->space);
+}
+
+/* Compress every cluster of j; runs without the lock. */
+static int cvc_compress_job(struct cvc *c, struct cvc_job *j)
+{
+	uint64_t n = (j->len + c->cs - 1) / c->cs;
+
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t len = j->len - i * c->cs;
+		uint8_t *src = j->in + i * c->cs;
+		int r;
+
+		if (len < c->cs) /* the image's last, partial cluster */
+			memset(src + len, 0, c->cs - len);
+		r = img_compress(c->type, c->level, src, c->cs,
+				 j->out + i * c->cs, c->cs - 1);
+		if (r == -ENOSPC)
+			r = 0;
+		if (r < 0)
+			return r;
+		j->clen[i] = r;
+	}
+	return 0;
+}
+
+static void *cvc_compressor(void *arg)
+{
+	struct cvc *c = arg;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		struct cvc_job *j;
+		int r;
+
+		while (!c->stop && c->next_compress == c->next_fill)
+			pthread_cond_wait(&c->work, &c->lock);
+		if (c->stop)
+			break;
+		j = &c->jobs[c->next_compress++ % c->n_jobs];
+		j->state = JOB_BUSY;
+		pthread_mutex_unlock(&c->lock);
+		r = j->raw ? 0 : cvc_compress_job(c, j);
+		pthread_mutex_lock(&c->lock);
+		if (r < 0)
+			cvc_set_error(c, r, j->off, img_last_error());
+		j->state = JOB_DONE;
+		pthread_cond_broadcast(&c->work);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+/* Store job j in order; returns the host bytes used, or -errno. */
+static int64_t cvc_store_job(struct cvc *c, struct cvc_job *j)
+{
+	uint64_t n = (j->len + c->cs - 1) / c->cs, used = 0;
+	int r;
+
+	if (j->raw) {
+		r = img_write(c->dst, j->in, j->off, j->len, 0);
+		return r < 0 ? r : (int64_t)j->len;
+	}
+	for (uint64_t i = 0; i < n; i++) {
+		uint64_t off = j->off + i * c->cs;
+		uint64_t len = cvc_min(c->cs, j->len - i * c->cs);
+
+		if (j->clen[i]) {
+			r = img_write_compressed(c->dst, off,
+						 j->out + i * c->cs,
+						 (size_t)j->clen[i]);
+			used += (uint64_t)j->clen[i];
+		} else {
+			r = img_write(c->dst, j->in + i * c->cs, off, len, 0);
+			used += len;
+		}
+		if (r < 0)
+			return r;
+	}
+	return (int64_t)used;
+}
+
+static void *cvc_writer(void *arg)
+{
+	struct cvc *c = arg;
+
+	pthread_mutex_lock(&c->lock);
+	for (;;) {
+		struct cvc_job *j = &c->jobs[c->next_write % c->n_jobs];
+		int64_t r;
+
+		while (!c->stop && (c->next_write == c->next_fill ||
+				    j->state != JOB_DONE))
+			pthread_cond_wait(&c->work, &c->lock);
+		if (c->stop)
+			break;
+		pthread_mutex_unlock(&c->lock);
+		r = cvc_store_job(c, j);
+		pthread_mutex_lock(&c->lock);
+		if (r < 0) {
+			cvc_set_error(c, (int)r, j->off, img_last_error());
+			break;
+		}
+		c->bytes_in += j->len;
+		c->bytes_out += (uint64_t)r;
+		j->state = JOB_FREE;
+		c->next_write++;
+		pthread_cond_broadcast(&c->space);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}
+
+uint64_t cvc_cluster_size(const struct cvc *c)
+{
+	return c->cs;
+}
+
+static int cvc_queue(struct cvc *c, const uint8_t *buf, uint64_t off,
+		     uint64_t len)
+{
+	struct cvc_job *j;
+	int err;
+
+	pthread_mutex_lock(&c->lock);
+	while (!c->err && c->next_fill - c->next_write >= c->n_jobs)
+		pthread_cond_wait(&c->space, &c->lock);
+	err = c->err;
+	pthread_mutex_unlock(&c->lock);
+	if (err)
+		return img_error(err, "%s", c->errmsg);
+
+	/* The slot is free: only this thread touches it until queued. */
+	j = &c->jobs[c->next_fill % c->n_jobs];
+	j->off = off;
+	j->len = len;
+	/* Whole clusters, or the start of the last one (the source may end
+	 * short of the target's size, which is rounded to sectors). */
+	j->raw = off % c->cs ||
+		 (len % c->cs && off + len < c->size - c->size % c->cs);
+	memcpy(j->in, buf, len);
+
+	pthread_mutex_lock(&c->lock);
+	j->state = JOB_QUEUED;
+	c->next_fill++;
+	pthread_cond_broadcast(&c->work);
+	pthread_mutex_unlock(&c->lock);
+	return 0;
+}
+
+int cvc_write(struct cvc *c, const void *buf, uint64_t off, uint64_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		/* Split at cluster-aligned job boundaries. */
+		uint64_t n = cvc_min(len, CVC_JOB_MAX - off % CVC_JOB_MAX);
+		int ret = cvc_queue(c, p, off, n);
+
+		if (ret < 0)
+			return ret;
+		p += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int cvc_finish(struct cvc *c)
+{
+	int err;
+
+	pthread_mutex_lock(&c->lock);
+	while (!c->err && c->next_write != c->next_fill)
+		pthread_cond_wait(&c->space, &c->lock);
+	err = c->err;
+	pthread_mutex_unlock(&c->lock);
+	if (err)
+		return img_error(err, "error while writing at byte %" PRIu64
+				 ": %s",
+				 c->err_off, c->errmsg);
+	return 0;
+}
+
+void cvc_ratio(struct cvc *c, char *buf, size_t buf_size)
+{
+	uint64_t in, out;
+
+	pthread_mutex_lock(&c->lock);
+	in = c->bytes_in;
+	out = c->bytes_out;
+	pthread_mutex_unlock(&c->lock);
+	if (!in) {
+		snprintf(buf, buf_size, "%s", "");
+		return;
+	}
+	snprintf(buf, buf_size, " - compressed to %.1f%%",
+		 (double)out * 100.0 / (double)in);
+}
+
+void cvc_free(struct cvc *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	c->stop = true;
+	pthread_cond_broadcast(&c->work);
+	pthread_cond_broadcast(&c->space);
+	pthread_mutex_unlock(&c->lock);
+	for (unsigned i = 0; i < c->n_threads; i++)
+		pthread_join(c->threads[i], NULL);
+	for (unsigned i = 0; i < CVC_MAX_JOBS; i++) {
+		free(c->jobs[i].in);
+		free(c->jobs[i].out);
+		free(c->jobs[i].clen);
+	}
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->work);
+	pthread_cond_destroy(&c->space);
+	free(c);
+}
+
+int cvc_new(struct img *dst, int level, unsigned nthreads, struct cvc **out)
+{
+	struct cvc *c;
+	int ret;
+
+	if (!nthreads) {
+		long n = sysconf(_SC_NPROCESSORS_ONLN);
+
+		nthreads = n > 0 ? (unsigned)n : 1;
+	}
+	if (nthreads > CVC_MAX_THREADS)
+		nthreads = CVC_MAX_THREADS;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return img_error(-ENOMEM, "convert: out of memory");
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->work, NULL);
+	pthread_cond_init(&c->space, NULL);
+	c->dst = dst;
+	c->level = level;
+	c->size = img_size(dst);
+	ret = img_compress_params(dst, &c->type, &c->cs);
+	if (ret < 0)
+		goto fail;
+	if (c->cs > CVC_JOB_MAX) {
+		ret = img_error(-ENOTSUP, "convert: cluster size too large");
+		goto fail;
+	}
+	/* Enough jobs that every compressor has one while the writer stores
+	 * another and the producer fills the next. */
+	c->n_jobs = nthreads * 2 + 2;
+	if (c->n_jobs > CVC_MAX_JOBS)
+		c->n_jobs = CVC_MAX_JOBS;
+	for (unsigned i = 0; i < c->n_jobs; i++) {
+		struct cvc_job *j = &c->jobs[i];
+
+		j->in = malloc(CVC_JOB_MAX);
+		j->out = malloc(CVC_JOB_MAX);
+		j->clen = calloc(CVC_JOB_MAX / c->cs, sizeof(*j->clen));
+		if (!j->in || !j->out || !j->clen) {
+			ret = img_error(-ENOMEM, "convert: out of memory");
+			goto fail;
+		}
+	}
+	/* Check the level once here rather than failing in a thread. */
+	memset(c->jobs[0].out, 0, 1);
+	ret = img_compress(c->type, level, c->jobs[0].out, 1, c->jobs[0].in,
+			   CVC_JOB_MAX);
+	if (ret < 0)
+		goto fail;
+	if (pthread_create(&c->threads[0], NULL, cvc_writer, c)) {
+		ret = img_error(-EAGAIN, "convert: cannot start a thread");
+		goto fail;
+	}
+	c->n_threads = 1;
+	for (unsigned i = 0; i < nthreads; i++) {
+		if (pthread_create(&c->threads[c->n_threads], NULL,
+				   cvc_compressor, c)) {
+			ret = img_error(-EAGAIN,
+					"convert: cannot start a thread");
+			goto fail;
+		}
+		c->n_threads++;
+	}
+	*out = c;
+	return 0;
+fail:
+	cvc_free(c);
+	return ret;
+}
+
+int cvc_take_opts(struct img_kv *kv, size_t *n, int *level)
+{
+	size_t i = 0;
+
+	*level = 0;
+	while (i < *n) {
+		char *end;
+		long v;
+
+		if (!strncmp(kv[i].key, "encrypt.", 8) ||
+		    !strcmp(kv[i].key, "encryption"))
+			return cli_fail(-1, "Compression and encryption not "
+					    "supported at the same time");
+		if (strcmp(kv[i].key, "compression_level")) {
+			i++;
+			continue;
+		}
+		v = kv[i].value ? strtol(kv[i].value, &end, 10) : -1;
+		if (!kv[i].value || !*kv[i].value || *end || v < 0 ||
+		    v > 22)
+			return cli_fail(-1,
+					"convert: invalid compression_level "
+					"'%s' (0 for the default, zlib 1-9, "
+					"zstd 1-22)",
+					kv[i].value ? kv[i].value : "");
+		*level = (int)v;
+		free((void *)kv[i].key);
+		free((void *)kv[i].value);
+		memmove(&kv[i], &kv[i + 1], (*n - i - 1) * sizeof(kv[0]));
+		(*n)--;
+	}
+	return 0;
+}
