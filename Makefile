@@ -118,7 +118,7 @@ check: deps
 	$(Q)$(MAKE) --no-print-directory check-only
 
 check-only: tests
-	$(Q)./tests/run.sh $(B)
+	$(Q)SAN_CFLAGS="$(SAN_CFLAGS)" ./tests/run.sh $(B)
 
 # Sanitized code runs several times slower: allow each test more time.
 asan:

@@ -32,9 +32,11 @@ libs=$(pkg-config --libs libimg) || fail "pkg-config --libs libimg"
 slibs=$(pkg-config --static --libs libimg) || fail "pkg-config --static --libs libimg"
 case "$cflags" in *"$dest"*) ;; *) fail "--cflags does not point into DESTDIR: $cflags" ;; esac
 
-cc -std=gnu11 -Wall -Wextra -Werror $cflags -o "$T/demo-shared" "$T/demo.c" $libs ||
+# A sanitizer build (make asan) exports its flags: the example links with them.
+san=${SAN_CFLAGS:-}
+cc -std=gnu11 -Wall -Wextra -Werror $san $cflags -o "$T/demo-shared" "$T/demo.c" $libs ||
 	fail "README example does not compile against the installed libimg.so"
-cc -std=gnu11 -Wall -Wextra -Werror $cflags -o "$T/demo-static" "$T/demo.c" \
+cc -std=gnu11 -Wall -Wextra -Werror $san $cflags -o "$T/demo-static" "$T/demo.c" \
 	-Wl,-Bstatic -limg -Wl,-Bdynamic $(echo " $slibs " | sed 's/ -limg / /') ||
 	fail "README example does not link statically against libimg.a"
 
