@@ -44,6 +44,8 @@
 #define BM_MAX_PHYS_SIZE (512ull << 20) /* bitmap data bytes (QEMU's) */
 #define BM_TYPE_DIRTY 1
 #define BM_ENTRY_HDR 24
+/* Bitmap data held in memory, all bitmaps together (untrusted sizes). */
+#define BM_MAX_MEM (1ull << 30)
 
 /* Directory entry flags. */
 #define BM_FLAG_IN_USE (1u << 0)
@@ -79,6 +81,7 @@ struct qcow2_bitmaps {
 	/* Removed bitmaps whose clusters are freed after the next commit. */
 	struct bm *gone;
 	uint32_t n_gone;
+	uint64_t mem; /* bytes of bitmap data in memory */
 };
 
 static bool bm_inconsistent(const struct bm *b)
@@ -123,6 +126,34 @@ static void bm_free(struct bm *b)
 	free(b->data);
 	free(b->new_table);
 	memset(b, 0, sizeof(*b));
+}
+
+/* Zeroed data for b, within the memory cap. */
+static int alloc_data(struct qcow2 *s, struct bm *b)
+{
+	struct qcow2_bitmaps *bs = s->bitmaps;
+	uint64_t size = bm_data_size(s, b) + 1;
+
+	if (size > BM_MAX_MEM - bs->mem)
+		return img_error(-ENOMEM,
+				 "qcow2: bitmap '%s' needs %" PRIu64
+				 " bytes of memory, over the limit of all "
+				 "bitmaps (%llu)",
+				 b->name, size, BM_MAX_MEM);
+	b->data = calloc(1, size);
+	if (!b->data)
+		return img_error(-ENOMEM, "qcow2: out of memory");
+	bs->mem += size;
+	return 0;
+}
+
+static void free_data(struct qcow2 *s, struct bm *b)
+{
+	if (!b->data)
+		return;
+	s->bitmaps->mem -= bm_data_size(s, b) + 1;
+	free(b->data);
+	b->data = NULL;
 }
 
 void qcow2_bitmap_release(struct qcow2 *s)
@@ -411,16 +442,16 @@ static int load_data(struct qcow2 *s, struct bm *b)
 {
 	uint64_t size = bm_data_size(s, b), cs = s->cluster_size;
 	uint64_t bits = bm_bits(s, b);
+	int ret;
 
 	if (b->data)
 		return 0;
-	b->data = calloc(1, size ? size : 1);
-	if (!b->data)
-		return img_error(-ENOMEM, "qcow2: out of memory");
+	ret = alloc_data(s, b);
+	if (ret < 0)
+		return ret;
 	for (uint32_t i = 0; b->table && i < b->table_size; i++) {
 		uint64_t pos = (uint64_t)i * cs, off;
 		uint64_t n;
-		int ret;
 
 		if (pos >= size)
 			break;
@@ -429,8 +460,7 @@ static int load_data(struct qcow2 *s, struct bm *b)
 		if (off) {
 			ret = img_io_pread(s->file, b->data + pos, n, off);
 			if (ret < 0) {
-				free(b->data);
-				b->data = NULL;
+				free_data(s, b);
 				return ret;
 			}
 		} else if (b->table[i] & BM_TE_ALL_ONES) {
@@ -710,6 +740,7 @@ static int sync_all(struct qcow2 *s)
 		struct bm *b = &bs->gone[i];
 
 		free_table(s, b->table_off, b->table_size, b->table);
+		free_data(s, b);
 		bm_free(b);
 	}
 	bs->n_gone = 0;
@@ -907,15 +938,18 @@ static int qcow2_bm_add(struct img *img, const char *name, uint64_t granularity,
 	b->flags = disabled ? 0 : BM_FLAG_AUTO;
 	b->modified = true;
 	b->name = strdup(name);
-	b->data = calloc(1, bm_data_size(s, b) + 1);
-	if (!b->name || !b->data) {
-		bm_free(b);
+	if (!b->name)
 		return img_error(-ENOMEM, "qcow2: out of memory");
+	ret = alloc_data(s, b);
+	if (ret < 0) {
+		bm_free(b);
+		return ret;
 	}
 	bs->n++;
 	ret = sync_all(s);
 	if (ret < 0) {
 		bs->n--;
+		free_data(s, b);
 		bm_free(b);
 	}
 	return ret;
@@ -970,9 +1004,9 @@ static int qcow2_bm_clear(struct img *img, const char *name)
 	if (ret < 0)
 		return ret;
 	if (!b->data) {
-		b->data = calloc(1, bm_data_size(s, b) + 1);
-		if (!b->data)
-			return img_error(-ENOMEM, "qcow2: out of memory");
+		ret = alloc_data(s, b);
+		if (ret < 0)
+			return ret;
 	}
 	memset(b->data, 0, bm_data_size(s, b));
 	b->modified = true;
