@@ -7,9 +7,13 @@
 
 extern const struct img_driver qcow2_driver;
 extern const struct img_driver raw_driver;
+extern const struct img_driver vdi_driver;
+extern const struct img_driver vpc_driver;
 
 const struct img_driver *const img_format_table[] = {
 	&qcow2_driver,
+	&vpc_driver,
+	&vdi_driver,
 	&raw_driver,
 	NULL,
 };

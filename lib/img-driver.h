@@ -394,6 +394,10 @@ int img_utf8_to_utf16(const char *s, bool big_endian, uint8_t **out,
  * -IMG_ECORRUPT on an unpaired surrogate. */
 int img_utf16_to_utf8(const uint8_t *p, size_t len, bool big_endian,
 		      char **out);
+/* Write entries [lo, hi) of a host-endian table of 32-bit entries, stored
+ * from table_off in the given byte order (lib/fmt-util.c). */
+int img_table32_write(struct img_io *io, const uint32_t *table, uint32_t lo,
+		      uint32_t hi, uint64_t table_off, bool big_endian);
 
 #define IMG_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
