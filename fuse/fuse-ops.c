@@ -506,8 +506,10 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino,
 		h->img = fs->img;
 		h->sync = fs->writethrough || (fi->flags & (O_SYNC | O_DSYNC));
 		/* Only this mount changes the image: cached pages stay
-		 * valid across opens. */
+		 * valid across opens. O_DIRECT opens bypass the page cache
+		 * altogether (no invalidation of cached pages per write). */
 		fi->keep_cache = 1;
+		fi->direct_io = (fi->flags & O_DIRECT) != 0;
 	} else if (fs->file_mode) {
 		ret = -ENOENT;
 		goto err;
