@@ -105,9 +105,10 @@ static void usage(FILE *f)
 		"      --tls-cert=PEM --tls-key=PEM [--tls-ca=PEM]\n"
 		"      --tls-psk-file=FILE  (identity:hexkey lines)\n"
 		"      --handshake-timeout=SECONDS (default 10)\n"
-		"      --threads=N          I/O worker threads\n"
-		"      --inline             run requests on connection "
-		"threads\n"
+		"      --threads=N          I/O pool threads (default 2 per "
+		"CPU; 0: run\n"
+		"                           requests on each connection's "
+		"thread)\n"
 		"  -h, --help  -V, --version\n");
 }
 
@@ -254,7 +255,6 @@ enum {
 	OPT_AIO,
 	OPT_HS_TIMEOUT,
 	OPT_THREADS,
-	OPT_INLINE,
 };
 
 static const struct option long_opts[] = {
@@ -290,7 +290,6 @@ static const struct option long_opts[] = {
 	{ "aio", required_argument, NULL, OPT_AIO },
 	{ "handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT },
 	{ "threads", required_argument, NULL, OPT_THREADS },
-	{ "inline", no_argument, NULL, OPT_INLINE },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -309,6 +308,7 @@ static int parse_cache(struct cfg *cfg, const char *mode)
 /* Returns 0, 1 for an error (message printed), 2 for --help/--version. */
 static int parse_args(int argc, char **argv, struct cfg *cfg)
 {
+	bool threads_set = false;
 	int ch, ret = 0;
 
 	cfg->port = "10809";
@@ -434,9 +434,7 @@ static int parse_args(int argc, char **argv, struct cfg *cfg)
 			break;
 		case OPT_THREADS:
 			ret = parse_uint(optarg, 64, &cfg->srv.threads);
-			break;
-		case OPT_INLINE:
-			cfg->srv.inline_io = true;
+			threads_set = true;
 			break;
 		default:
 			usage(stderr);
@@ -462,6 +460,8 @@ static int parse_args(int argc, char **argv, struct cfg *cfg)
 	}
 	if (!cfg->n_exports)
 		return die("no image to serve (try --help)");
+	if (!threads_set)
+		cfg->srv.threads = 2 * (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
 	if (cfg->snapshot)
 		return die("-l: internal snapshots are not supported by "
 			   "this build's library yet");

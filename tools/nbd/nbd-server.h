@@ -37,8 +37,7 @@ struct nbd_server_opts {
 	bool allocation_depth; /* -A: offer qemu:allocation-depth */
 	bool discard; /* --discard=unmap: TRIM deallocates */
 	enum nbd_detect_zeroes detect_zeroes;
-	bool inline_io; /* run requests on the connection's own thread */
-	unsigned threads; /* aio workers, 0 = default */
+	unsigned threads; /* aio pool workers; 0 = run on connection threads */
 	struct nbd_tls *tls; /* non-NULL: TLS required (FORCEDTLS mode) */
 };
 
