@@ -3,8 +3,9 @@
 # img-fuse snapshots/: each internal snapshot (made by qemu-img, QEMU's own
 # tool) is a read-only file holding exactly what `qemu-img convert -l`
 # extracts; writes to it are refused; snapshots made and deleted while the
-# image is mounted appear and disappear; the disk stays the active state
-# and, on a read-write mount, writes to it do not change any snapshot.
+# image is mounted (by qemu-img snapshot and by img snapshot) appear and
+# disappear; the disk stays the active state and, on a read-write mount,
+# writes to it do not change any snapshot.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/fuse-lib.sh"
 fuse_requires
@@ -45,17 +46,23 @@ qemu-img snapshot -d first "$img" || fail "delete first"
 [ -e "$mnt/snapshots/first" ] && fail "deleted snapshot still there"
 [ "$(ls "$mnt/snapshots" | tr '\n' ' ')" = "second third " ] ||
 	fail "listing after delete: $(ls "$mnt/snapshots")"
+# and through img snapshot
+"$IMG" snapshot -c fourth "$img" || fail "img snapshot -c"
+cmp "$mnt/snapshots/fourth" "$T/active.raw" || fail "fourth contents"
+"$IMG" snapshot -d second "$img" || fail "img snapshot -d"
+[ "$(ls "$mnt/snapshots" | tr '\n' ' ')" = "fourth third " ] ||
+	fail "listing after img snapshot: $(ls "$mnt/snapshots")"
 "$IMG" umount "$mnt" || fail "umount"
 
 # read-write mount: writing the disk leaves the snapshots as they were
 fuse_mount "$img" "$mnt"
 dd if=/dev/urandom of="$mnt/disk" bs=64k count=20 conv=notrunc status=none ||
 	fail "write disk"
-cmp "$mnt/snapshots/second" "$T/second.raw" || fail "second changed by a write"
+cmp "$mnt/snapshots/third" "$T/active.raw" || fail "third changed by a write"
 "$IMG" umount "$mnt" || fail "umount rw"
 qemu-img check -q "$img" || fail "check"
-qemu-img convert -l second -O raw "$img" "$T/second2.raw" || fail "convert -l"
-cmp "$T/second.raw" "$T/second2.raw" || fail "snapshot changed in the image"
+qemu-img convert -l third -O raw "$img" "$T/third.raw" || fail "convert -l"
+cmp "$T/active.raw" "$T/third.raw" || fail "snapshot changed in the image"
 
 # a format without snapshots has an empty directory
 "$IMG" create -q -f raw "$T/r.raw" 1M || fail "create raw"
