@@ -393,8 +393,10 @@ static int opt_desc_cmp(const void *a, const void *b)
 	return strcmp((*x)->name, (*y)->name);
 }
 
-/* One line per option, sorted by name, in qemu-img's -o help layout. */
-int img_create_help(const char *format, char *buf, size_t buf_size)
+/* One line per option of descs, sorted by name, in qemu-img's -o help
+ * layout. */
+static int opts_help(const struct img_opt_desc *descs, char *buf,
+		     size_t buf_size)
 {
 	static const char *const types[] = {
 		[IMG_OPT_STR] = "str",
@@ -403,17 +405,13 @@ int img_create_help(const char *format, char *buf, size_t buf_size)
 		[IMG_OPT_BOOL] = "bool (on/off)",
 	};
 	const struct img_opt_desc *sorted[128];
-	const struct img_driver *drv;
 	size_t used = 0, n = 0;
 	int len;
 
-	drv = get_driver(format);
-	if (!drv)
-		return -EINVAL;
 	if (!buf || !buf_size)
-		return img_error(-EINVAL, "create help: no buffer");
+		return img_error(-EINVAL, "option help: no buffer");
 	buf[0] = '\0';
-	for (const struct img_opt_desc *d = drv->create_opts;
+	for (const struct img_opt_desc *d = descs;
 	     d && d->name && n < IMG_ARRAY_SIZE(sorted); d++)
 		sorted[n++] = d;
 	qsort(sorted, n, sizeof(sorted[0]), opt_desc_cmp);
@@ -430,11 +428,32 @@ int img_create_help(const char *format, char *buf, size_t buf_size)
 		if (len < 0 || (size_t)len >= buf_size - used)
 			return img_error(
 				-ENOSPC,
-				"create help: buffer of %zu bytes is too small",
+				"option help: buffer of %zu bytes is too small",
 				buf_size);
 		used += (size_t)len;
 	}
 	return 0;
+}
+
+int img_create_help(const char *format, char *buf, size_t buf_size)
+{
+	const struct img_driver *drv = get_driver(format);
+
+	return drv ? opts_help(drv->create_opts, buf, buf_size) : -EINVAL;
+}
+
+int img_amend_help(const char *format, char *buf, size_t buf_size)
+{
+	const struct img_driver *drv = get_driver(format);
+
+	if (!drv)
+		return -EINVAL;
+	if (!drv->amend)
+		return img_error(
+			-ENOTSUP,
+			"Format driver '%s' does not support option amendment",
+			drv->name);
+	return opts_help(drv->amend_opts, buf, buf_size);
 }
 
 static const char *format_names[32];
@@ -571,6 +590,8 @@ int img_measure(const struct img_create_opts *opts, struct img *src,
 
 int img_set_backing(struct img *img, const char *backing, const char *fmt)
 {
+	char *old_name, *old_fmt, *old_path;
+	struct img *old_backing;
 	int ret;
 
 	if (!img->drv->set_backing)
@@ -586,18 +607,42 @@ int img_set_backing(struct img *img, const char *backing, const char *fmt)
 		fmt = NULL;
 	if (fmt && !find_driver(fmt))
 		return img_error(-EINVAL, "unknown format '%s'", fmt);
-	pthread_mutex_lock(&img->lock);
-	ret = img->drv->set_backing(img, backing, backing ? fmt : NULL);
-	pthread_mutex_unlock(&img->lock);
-	if (ret < 0)
-		return ret;
-	img_close(img->backing);
+	/* Open the new chain before the header names it, keeping the old one
+	 * until the header is written: any failure leaves the image and its
+	 * open chain as they were. */
+	old_backing = img->backing;
+	old_name = img->backing_name;
+	old_fmt = img->backing_fmt;
+	old_path = img->backing_path;
 	img->backing = NULL;
+	img->backing_name = img->backing_fmt = img->backing_path = NULL;
 	ret = img_set_backing_name(img, backing, backing ? fmt : NULL);
-	if (ret < 0)
-		return ret;
-	if (backing && !(img->flags & IMG_OPEN_NO_BACKING))
-		return img_chain_open(img);
+	if (ret >= 0 && backing && !(img->flags & IMG_OPEN_NO_BACKING))
+		ret = img_chain_open(img);
+	if (ret >= 0) {
+		pthread_mutex_lock(&img->lock);
+		ret = img->drv->set_backing(img, backing, backing ? fmt : NULL);
+		pthread_mutex_unlock(&img->lock);
+	}
+	if (ret < 0) {
+		char msg[1024];
+
+		/* Closing the new chain must not overwrite the reason. */
+		snprintf(msg, sizeof(msg), "%s", img_last_error());
+		img_close(img->backing);
+		free(img->backing_name);
+		free(img->backing_fmt);
+		free(img->backing_path);
+		img->backing = old_backing;
+		img->backing_name = old_name;
+		img->backing_fmt = old_fmt;
+		img->backing_path = old_path;
+		return img_error(ret, "%s", msg);
+	}
+	img_close(old_backing);
+	free(old_name);
+	free(old_fmt);
+	free(old_path);
 	return 0;
 }
 

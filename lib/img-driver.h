@@ -211,6 +211,16 @@ struct img_driver {
 	int (*write_compressed)(struct img *img, uint64_t off,
 				const void *cdata, size_t clen);
 
+	/* img_amend (lib/amend.c takes the lock and handles "size"): change
+	 * the options in opts; unknown keys fail -EINVAL naming the key.
+	 * progress may be NULL. NULL op: -ENOTSUP. */
+	int (*amend)(struct img *img, const struct img_kv *opts, size_t n,
+		     const struct img_progress *progress);
+	const struct img_opt_desc *amend_opts; /* NULL-name terminated */
+	/* Make every range unallocated so the backing shows through (after a
+	 * commit). NULL: the image is left as it is, as qemu-img does. */
+	int (*make_empty)(struct img *img);
+
 	/* Persistent dirty bitmaps (lib/bitmap.c). NULL: -ENOTSUP. */
 	const struct img_bitmap_ops *bitmap;
 };

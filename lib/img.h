@@ -404,6 +404,62 @@ int img_compress_params(struct img *img, enum img_compress_type *type,
 int img_write_compressed(struct img *img, uint64_t off, const void *cdata,
 			 size_t clen);
 
+/* ---- chain operations: commit, rebase, amend (lib/commit.c, rebase.c,
+ * amend.c) ---- */
+
+/* Progress of a long operation: fn(opaque, done, total) as work advances,
+ * in the operation's own units (bytes or steps). */
+struct img_progress {
+	void (*fn)(void *opaque, uint64_t done, uint64_t total);
+	void *opaque;
+};
+
+/*
+ * The layer of img's backing chain (img itself excluded) that name designates:
+ * the backing name an overlay records for it, or a path naming the same file
+ * (relative to the working directory). NULL if none.
+ */
+struct img *img_chain_find(struct img *img, const char *name);
+
+#define IMG_COMMIT_KEEP (1u << 0) /* leave the top image's data (-d) */
+
+/*
+ * Write every range the layers above base allocate (top and the layers
+ * between) into base, a layer of top's backing chain (NULL: top's backing),
+ * growing base to top's size if it is smaller; base is reopened read-write
+ * for this. Then, unless IMG_COMMIT_KEEP, empty top (every range becomes
+ * unallocated; top must be read-write). No header changes: the chain stays
+ * as it was and reads of top return the same data throughout. -EINVAL if
+ * top has no backing or base is not in its chain. progress may be NULL.
+ */
+int img_commit(struct img *top, struct img *base, unsigned flags,
+	       const struct img_progress *progress);
+
+#define IMG_REBASE_UNSAFE (1u << 0) /* only rewrite the header (-u) */
+
+/*
+ * Make backing (a name recorded as is and resolved relative to img; NULL or
+ * "" for none) of format fmt img's backing file. Safe mode (img opened with
+ * its chain) first copies into img every range it does not allocate whose
+ * contents differ between the old and the new backing, so that reads of img
+ * return the same data afterwards. fmt is required with a backing name.
+ * The chain is reopened on the new backing; if that fails, the old chain is
+ * reopened and the error returned. progress may be NULL.
+ */
+int img_rebase(struct img *img, const char *backing, const char *fmt,
+	       unsigned flags, const struct img_progress *progress);
+
+/*
+ * Change format options of an image opened read-write (qemu-img amend -o):
+ * the keys the format's amend accepts (qcow2: compat, lazy_refcounts,
+ * refcount_bits, backing_file, backing_fmt, data_file, data_file_raw, size).
+ * Unknown keys fail -EINVAL naming the key. progress counts steps.
+ */
+int img_amend(struct img *img, const struct img_kv *opts, size_t n_opts,
+	      const struct img_progress *progress);
+/* The options a format's amend accepts, as img_create_help lays them out. */
+int img_amend_help(const char *format, char *buf, size_t buf_size);
+
 /* ---- asynchronous requests ---- */
 
 enum img_aio_op {

@@ -102,6 +102,15 @@ int img_chain_open(struct img *img);
  * (img_open_opts.snapshot; lib/snapshot.c). */
 int img_snapshot_load(struct img *img, const char *name_or_id);
 
+/*
+ * Is [off, off + *n) allocated in one of the layers from top down to base,
+ * base excluded (1), or not (0)? Sets *n (1..len, uniform status) and, when
+ * allocated, *zero if it reads as zeroes (a range past the end of a short
+ * layer counts as zeroes allocated there). lib/commit.c.
+ */
+int img_chain_allocated_above(struct img *top, struct img *base, uint64_t off,
+			      uint64_t len, uint64_t *n, bool *zero);
+
 /* ---- host-file backends behind img_io_open (lib/io-psync.c, io-uring.c) ---- */
 
 int img_io_psync_open(const char *path, unsigned flags, struct img_io **out);

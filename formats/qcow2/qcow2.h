@@ -327,6 +327,15 @@ int qcow2_write_compressed(struct img *img, uint64_t off, const void *cdata,
 /* Add the compressed-cluster count and size to *info (when there are any). */
 int qcow2_compress_info(struct qcow2 *s, struct img_info *info);
 
+/* qcow2-amend.c */
+int qcow2_amend(struct img *img, const struct img_kv *opts, size_t n,
+		const struct img_progress *progress);
+extern const struct img_opt_desc qcow2_amend_opts[];
+/* Make every guest range unallocated and trim the file (commit). */
+int qcow2_make_empty(struct img *img);
+/* The driver (qcow2.c), for the ops amend reuses. */
+extern const struct img_driver qcow2_driver;
+
 /* qcow2-measure.c */
 int qcow2_measure(const struct img_create_opts *opts, struct img *src,
 		  struct img_measure *out);

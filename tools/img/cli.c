@@ -605,3 +605,12 @@ bool cli_has_help_option(const char *s)
 	free(copy);
 	return found;
 }
+
+void cli_progress_cb(void *opaque, uint64_t done, uint64_t total)
+{
+	struct cli_progress *p = opaque;
+
+	p->total = total;
+	if (done > p->done)
+		cli_progress_add(p, done - p->done);
+}

@@ -25,6 +25,9 @@ int cmd_resize(int argc, char **argv);
 int cmd_dd(int argc, char **argv);
 int cmd_io(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_commit(int argc, char **argv);
+int cmd_rebase(int argc, char **argv);
+int cmd_amend(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
@@ -54,6 +57,9 @@ struct cli_progress {
 void cli_progress_init(struct cli_progress *p, bool enabled, uint64_t total);
 void cli_progress_add(struct cli_progress *p, uint64_t bytes);
 void cli_progress_end(struct cli_progress *p);
+/* An img_progress callback (opaque: a struct cli_progress) showing
+ * done/total. */
+void cli_progress_cb(void *opaque, uint64_t done, uint64_t total);
 
 /* Human sizes as qemu-img prints them: "64 MiB", "1.25 MiB", "512 B". */
 void cli_human_size(uint64_t bytes, char *buf, size_t buf_size);

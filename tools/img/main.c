@@ -20,6 +20,8 @@ struct command {
 };
 
 static const struct command commands[] = {
+	{ "amend", cmd_amend, "change the format options of an image",
+	  "amend [-f fmt] [-t cache] [-p] [-q] -o options filename" },
 	{ "bench", cmd_bench, "measure image I/O speed",
 	  "bench [-c count] [-d depth] [-f fmt] "
 	  "[--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] "
@@ -32,6 +34,8 @@ static const struct command commands[] = {
 	{ "check", cmd_check, "check an image for consistency (and repair it)",
 	  "check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] "
 	  "[-T src_cache] [-U] filename" },
+	{ "commit", cmd_commit, "write an overlay's data into its backing file",
+	  "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename" },
 	{ "compare", cmd_compare,
 	  "compare the guest-visible contents of two "
 	  "images",
@@ -63,6 +67,9 @@ static const struct command commands[] = {
 	{ "mount", cmd_mount, "mount an image as files with img-fuse",
 	  "mount [-r] [-f] [--file] [--format=fmt] [--growable] "
 	  "[--pid-file=file] [--allow-other] [-t cache] filename mountpoint" },
+	{ "rebase", cmd_rebase, "change the backing file of an image",
+	  "rebase [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-U] "
+	  "-b backing_file [-F backing_fmt] filename" },
 	{ "resize", cmd_resize, "change the virtual size of an image",
 	  "resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] "
 	  "filename [+ | -]size" },

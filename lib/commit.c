@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Commit (qemu-img commit): copy what the layers above a base allocate into
+ * that base, then empty the top layer. Written once on top of the driver
+ * interface: block status finds the ranges allocated above the base (a range
+ * past the end of a short intermediate layer counts as allocated zeroes
+ * there, as in QEMU), reads of the top return their contents, and zero
+ * ranges become zero requests on the base. The base is reopened read-write in
+ * place in the chain for the copy and flushed before the top is emptied, so a
+ * crash at any point leaves every layer readable with the top's contents
+ * unchanged. Also the chain lookup by name that commit -b and rebase use.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+#define COMMIT_BUF_SIZE (1u << 20)
+
+static bool same_file(const char *a, const char *b)
+{
+	struct stat sa, sb;
+
+	return a && b && stat(a, &sa) == 0 && stat(b, &sb) == 0 &&
+	       sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+struct img *img_chain_find(struct img *img, const char *name)
+{
+	if (!name)
+		return NULL;
+	for (struct img *p = img; p->backing; p = p->backing) {
+		struct img *l = p->backing;
+
+		if ((p->backing_name && !strcmp(p->backing_name, name)) ||
+		    same_file(name, l->filename))
+			return l;
+	}
+	return NULL;
+}
+
+int img_chain_allocated_above(struct img *top, struct img *base, uint64_t off,
+			      uint64_t len, uint64_t *n, bool *zero)
+{
+	struct img *l = top;
+	struct img_extent ext;
+	int ret;
+
+	for (;;) {
+		struct img *b = l->backing;
+
+		ret = img_block_status(l, off, len, IMG_BS_NO_CHAIN, &ext);
+		if (ret < 0)
+			return ret;
+		*n = ext.len;
+		if (ext.flags & IMG_EXT_ALLOCATED) {
+			*zero = ext.flags & IMG_EXT_ZERO;
+			return 1;
+		}
+		if (b == base)
+			return 0;
+		if (!b)
+			return img_error(-EINVAL,
+					 "'%s' is not in the backing chain",
+					 img_filename(base));
+		if (off >= img_size(b)) {
+			/* Reads stop at the short layer: zeroes there. */
+			*zero = true;
+			return 1;
+		}
+		len = img_min(ext.len, img_size(b) - off);
+		l = b;
+	}
+}
+
+/* Replace the read-only layer parent->backing by a read-write opening of
+ * the same file, keeping what lies below it. */
+static int reopen_rw(struct img *parent)
+{
+	struct img *old = parent->backing, *nb;
+	struct img_open_opts o = {
+		.format = old->drv->name,
+		.flags = (old->flags & ~IMG_OPEN_RDONLY) | IMG_OPEN_NO_BACKING,
+		.io = old->io_kind,
+		.cache_size = old->cache_size,
+	};
+	int ret;
+
+	ret = img_open(old->filename, &o, &nb);
+	if (ret < 0)
+		return img_error(ret, "could not reopen '%s' read-write: %s",
+				 img_filename(old), img_last_error());
+	nb->flags &= ~IMG_OPEN_NO_BACKING;
+	nb->depth = old->depth;
+	nb->backing = old->backing;
+	old->backing = NULL;
+	parent->backing = nb;
+	img_close(old);
+	return 0;
+}
+
+static void report(const struct img_progress *p, uint64_t done, uint64_t total)
+{
+	if (p && p->fn)
+		p->fn(p->opaque, done, total);
+}
+
+static int copy_range(struct img *top, struct img *base, uint8_t *buf,
+		      uint64_t off, uint64_t len)
+{
+	while (len) {
+		uint64_t n = img_min(len, COMMIT_BUF_SIZE);
+		int ret = img_read(top, buf, off, n);
+
+		if (ret < 0)
+			return ret;
+		ret = img_write(base, buf, off, n, 0);
+		if (ret < 0)
+			return ret;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int img_commit(struct img *top, struct img *base, unsigned flags,
+	       const struct img_progress *progress)
+{
+	struct img *parent;
+	uint64_t size = img_size(top), off, n;
+	uint8_t *buf;
+	int ret = 0;
+
+	if (!top->backing)
+		return img_error(-EINVAL, "Image does not have a backing file");
+	if (!base)
+		base = top->backing;
+	for (parent = top; parent->backing && parent->backing != base;
+	     parent = parent->backing)
+		;
+	if (!parent->backing)
+		return img_error(-EINVAL,
+				 "'%s' is not in the backing chain of '%s'",
+				 img_filename(base), img_filename(top));
+	if (!(flags & IMG_COMMIT_KEEP) && img_read_only(top))
+		return img_error(-EROFS, "cannot empty '%s': opened read-only",
+				 img_filename(top));
+	if (img_read_only(base)) {
+		ret = reopen_rw(parent);
+		if (ret < 0)
+			return ret;
+		base = parent->backing;
+	}
+	if (img_size(base) < size) {
+		ret = img_resize(base, size, 0, IMG_PREALLOC_OFF);
+		if (ret < 0)
+			return ret;
+	}
+	buf = malloc(COMMIT_BUF_SIZE);
+	if (!buf)
+		return img_error(-ENOMEM, "out of memory");
+	report(progress, 0, size);
+	for (off = 0; off < size; off += n) {
+		bool zero = false;
+
+		ret = img_chain_allocated_above(
+			top, base, off, img_min(size - off, 64ull << 20), &n,
+			&zero);
+		if (ret < 0)
+			break;
+		if (ret && zero)
+			ret = img_zero(base, off, n, IMG_ZERO_MAY_UNMAP);
+		else if (ret)
+			ret = copy_range(top, base, buf, off, n);
+		if (ret < 0)
+			break;
+		report(progress, off + n, size);
+	}
+	free(buf);
+	if (ret >= 0)
+		ret = img_flush(base);
+	if (ret < 0 || (flags & IMG_COMMIT_KEEP) || !top->drv->make_empty)
+		return ret < 0 ? ret : 0;
+	pthread_mutex_lock(&top->lock);
+	ret = top->drv->make_empty(top);
+	pthread_mutex_unlock(&top->lock);
+	if (ret < 0)
+		return img_error(ret, "Could not empty %s: %s",
+				 img_filename(top), img_last_error());
+	return img_flush(top);
+}
