@@ -2,9 +2,8 @@
 /*
  * Persistent dirty bitmaps at the library boundary: name, granularity,
  * range and read-only checks, the image lock around the driver's bitmap ops
- * (struct img_bitmap_ops), the defaults for formats without bitmaps (an
- * empty list, -ENOTSUP for everything else), and merge, written once on top
- * of the ops so that it also works between two images.
+ * (struct img_bitmap_ops), -ENOTSUP for formats without bitmaps, and merge,
+ * written once on top of the ops so that it also works between two images.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -59,11 +58,8 @@ int img_bitmap_list(struct img *img, struct img_bitmap_info **out, size_t *n)
 {
 	int ret;
 
-	if (!img->drv->bitmap) {
-		*out = NULL;
-		*n = 0;
-		return 0;
-	}
+	if (!img->drv->bitmap)
+		return not_supported(img);
 	pthread_mutex_lock(&img->lock);
 	ret = img->drv->bitmap->list(img, out, n);
 	pthread_mutex_unlock(&img->lock);

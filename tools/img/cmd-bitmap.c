@@ -220,3 +220,79 @@ void cli_bitmap_info(struct img *img, struct cli_json *data)
 	cli_json_add(data, "bitmaps", arr);
 	img_bitmap_list_free(l, n);
 }
+
+int cli_convert_bitmaps_check(struct img *src, unsigned n_srcs, struct img *dst,
+			      bool skip_broken)
+{
+	struct img_bitmap_info *l = NULL, *dl = NULL;
+	size_t n = 0, dn = 0;
+	int ret = -1;
+
+	if (n_srcs > 1) {
+		cli_fail(1, "Copying bitmaps only possible with single source");
+		return -1;
+	}
+	if (img_bitmap_list(src, &l, &n) < 0) {
+		cli_fail(1, "Source lacks bitmap support");
+		return -1;
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (skip_broken || !(l[i].flags & IMG_BITMAP_IN_USE))
+			continue;
+		cli_fail(1, "Cannot copy inconsistent bitmap '%s'", l[i].name);
+		fprintf(stderr, "Try --skip-broken-bitmaps, or use 'img bitmap "
+				"--remove' to delete it\n");
+		goto out;
+	}
+	if (img_bitmap_list(dst, &dl, &dn) < 0) {
+		cli_fail(1, "Format driver '%s' does not support bitmaps",
+			 img_format(dst));
+		goto out;
+	}
+	ret = 0;
+out:
+	img_bitmap_list_free(l, n);
+	img_bitmap_list_free(dl, dn);
+	return ret;
+}
+
+int cli_convert_bitmaps_copy(struct img *src, struct img *dst, bool skip_broken)
+{
+	struct img_bitmap_info *l = NULL;
+	size_t n = 0;
+	int ret;
+
+	ret = img_bitmap_list(src, &l, &n);
+	for (size_t i = 0; ret == 0 && i < n; i++) {
+		const char *name = l[i].name;
+
+		if (l[i].flags & IMG_BITMAP_IN_USE) {
+			if (skip_broken) {
+				fprintf(stderr,
+					"img: warning: Skipping inconsistent "
+					"bitmap '%s'\n",
+					name);
+				continue;
+			}
+			ret = img_error(-EINVAL, "bitmap '%s' is inconsistent",
+					name);
+			break;
+		}
+		ret = img_bitmap_add(dst, name, l[i].granularity,
+				     !(l[i].flags & IMG_BITMAP_AUTO));
+		if (ret == 0)
+			ret = img_bitmap_merge(dst, name, src, name);
+		if (ret < 0) {
+			cli_fail(1, "Failed to populate bitmap %s: %s", name,
+				 cli_errmsg(ret));
+			img_bitmap_list_free(l, n);
+			return -1;
+		}
+	}
+	img_bitmap_list_free(l, n);
+	if (ret < 0) {
+		cli_fail_img(1, ret, "Failed to copy bitmaps");
+		return -1;
+	}
+	return 0;
+}

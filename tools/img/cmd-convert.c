@@ -152,6 +152,8 @@ static void cv_usage(void)
 	       "  -F backing_fmt    format of the backing file (required with -B)\n"
 	       "  -n                do not create the target: it must exist\n"
 	       "  --target-is-zero  with -n: the target already reads as zeroes\n"
+	       "  --bitmaps         copy the source's persistent bitmaps too\n"
+	       "  --skip-broken-bitmaps  with --bitmaps: leave out bitmaps in use\n"
 	       "  -S sparse_size    skip all-zero runs of this size (default 4k;\n"
 	       "                    0 fully allocates the target)\n"
 	       "  -t cache          target cache mode (default unsafe)\n"
@@ -606,6 +608,8 @@ struct cv_args {
 	bool shared;
 	bool out_of_order;
 	bool compress;
+	bool bitmaps; /* --bitmaps (tools/img/cmd-bitmap.c does the work) */
+	bool skip_broken_bitmaps;
 	uint64_t min_sparse;
 	unsigned n_slots;
 };
@@ -740,9 +744,13 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 		case OPT_OBJECT:
 		case OPT_IMAGE_OPTS:
 		case OPT_TARGET_IMAGE_OPTS:
-		case OPT_SALVAGE:
 		case OPT_BITMAPS:
+			a->bitmaps = true;
+			break;
 		case OPT_SKIP_BROKEN:
+			a->skip_broken_bitmaps = true;
+			break;
+		case OPT_SALVAGE:
 			return cli_fail(-1,
 					"convert: option '%s' is not supported",
 					argv[optind - 1]);
@@ -944,6 +952,10 @@ int cmd_convert(int argc, char **argv)
 
 	if (cv_open_target(cv, &a, dst, total) < 0)
 		goto out;
+	if (a.bitmaps &&
+	    cli_convert_bitmaps_check(cv->srcs[0].img, cv->n_srcs, cv->dst,
+				      a.skip_broken_bitmaps) < 0)
+		goto out;
 	if (a.compress) {
 		ret = cvc_new(cv->dst, cv->compress_level, 0, &cv->cvc);
 		if (ret < 0) {
@@ -1017,6 +1029,9 @@ int cmd_convert(int argc, char **argv)
 		goto out;
 	}
 	cli_progress_end(&cv->progress);
+	if (a.bitmaps && cli_convert_bitmaps_copy(cv->srcs[0].img, cv->dst,
+						  a.skip_broken_bitmaps) < 0)
+		goto out;
 
 	ret = img_close(cv->dst);
 	cv->dst = NULL;
