@@ -43,6 +43,8 @@ struct options {
 	bool allow_other;
 	bool debug;
 	unsigned threads;
+	struct img_kv *kv; /* -o: format options (encrypt.key-secret=ID) */
+	size_t n_kv;
 };
 
 static void usage(FILE *f)
@@ -71,6 +73,8 @@ static void usage(FILE *f)
 		"      --aio=MODE         io_uring, threads (default: io_uring "
 		"when available)\n"
 		"      --threads=N        FUSE worker threads (default 16)\n"
+		"  -o, --options=K=V,...  format options, e.g. "
+		"encrypt.key-secret=ID\n"
 		"      --object secret,id=ID,file=PATH[,format=raw|base64]\n"
 		"      --key-file=PATH    passphrase of an encrypted image\n"
 		"      --key-fd=N         read the passphrase from fd N\n"
@@ -154,6 +158,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "cache", required_argument, NULL, 't' },
 		{ "aio", required_argument, NULL, OPT_AIO },
 		{ "threads", required_argument, NULL, OPT_THREADS },
+		{ "options", required_argument, NULL, 'o' },
 		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
 		{ "key-fd", required_argument, NULL, OPT_KEY_FD },
@@ -169,7 +174,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 
 	o->threads = 16;
 	opterr = 0;
-	while ((c = getopt_long(argc, argv, ":rft:dhV", longopts, NULL)) !=
+	while ((c = getopt_long(argc, argv, ":rft:o:dhV", longopts, NULL)) !=
 	       -1) {
 		switch (c) {
 		case 'r':
@@ -219,6 +224,12 @@ static int parse_args(int argc, char **argv, struct options *o)
 					"--threads must be 1..256, not '%s'",
 					optarg);
 			o->threads = (unsigned)v;
+			break;
+		case 'o':
+			ret = img_kv_parse(optarg, &o->kv, &o->n_kv);
+			if (ret < 0)
+				return fail("invalid -o '%s': %s", optarg,
+					    img_last_error());
 			break;
 		case OPT_OBJECT:
 			ret = img_secret_object(optarg);
@@ -358,6 +369,39 @@ static void detach_stdio(void)
 		close(fd);
 }
 
+/*
+ * An encrypted image given no passphrase, with a terminal on stdin: ask for
+ * it now, before the fork (the image is opened again after it).
+ */
+static void maybe_prompt(const struct options *o)
+{
+	struct img_open_opts po = {
+		.format = o->format,
+		.flags = IMG_OPEN_RDONLY | IMG_OPEN_NO_BACKING | IMG_OPEN_NO_IO,
+		.io = IMG_IO_PSYNC,
+	};
+	struct img_secret *s;
+	struct img_info info;
+	struct img *img;
+	char prompt[PATH_MAX + 32];
+
+	if (o->n_kv || img_secret_lookup(NULL) || !isatty(STDIN_FILENO))
+		return;
+	if (img_open(o->image, &po, &img) < 0)
+		return; /* the real open reports it */
+	memset(&info, 0, sizeof(info));
+	if (img_info(img, &info) < 0 || !info.encrypted) {
+		img_close(img);
+		return;
+	}
+	img_close(img);
+	snprintf(prompt, sizeof(prompt), "Password for '%s'", o->image);
+	if (img_secret_prompt(prompt, &s) < 0)
+		return;
+	if (img_secret_register(NULL, s) < 0)
+		img_secret_free(s);
+}
+
 static int check_mountpoint(const struct options *o)
 {
 	struct stat st;
@@ -385,6 +429,8 @@ static int open_image(struct fs *fs, const struct options *o)
 	fs->open_opts.format = o->format;
 	fs->open_opts.flags = o->flags;
 	fs->open_opts.io = o->io;
+	fs->open_opts.opts = o->kv;
+	fs->open_opts.n_opts = o->n_kv;
 	ret = img_open(fs->image_path, &fs->open_opts, &fs->img);
 	if (ret < 0)
 		return fail("%s", img_last_error());
@@ -483,23 +529,27 @@ int main(int argc, char **argv)
 
 	ret = parse_args(argc, argv, &o);
 	if (ret >= 0)
-		return ret;
+		goto out;
+	ret = 1;
 	if (check_mountpoint(&o))
-		return 1;
+		goto out;
+	maybe_prompt(&o);
 	if (!o.foreground) {
 		ret = fork_and_wait(&notify_fd);
 		if (ret >= 0)
-			return ret;
+			goto out;
 	}
 	fs_init_state(&fs);
 	if (open_image(&fs, &o)) {
 		img_close(fs.img);
-		fs_release_state(&fs);
 		notify_parent(notify_fd, false);
-		return 1;
+		ret = 1;
+	} else {
+		ret = run(&fs, &o, notify_fd);
 	}
-	ret = run(&fs, &o, notify_fd);
 	fs_release_state(&fs);
+out:
 	img_secret_clear();
+	img_kv_free(o.kv, o.n_kv);
 	return ret;
 }
