@@ -18,7 +18,7 @@ static int not_supported(struct img *img)
 
 static int check_name(const char *what, const char *name)
 {
-	if (!name || !*name)
+	if (!name)
 		return img_error(-EINVAL, "snapshot: no snapshot %s given",
 				 what);
 	return 0;

@@ -336,6 +336,14 @@ int qcow2_make_empty(struct img *img);
 /* The driver (qcow2.c), for the ops amend reuses. */
 extern const struct img_driver qcow2_driver;
 
+/* qcow2-snapshot.c: the internal snapshot driver ops (see img-driver.h). */
+int qcow2_snapshot_list(struct img *img, struct img_snapshot_info **out,
+			size_t *n);
+int qcow2_snapshot_create(struct img *img, const char *name);
+int qcow2_snapshot_apply(struct img *img, const char *name_or_id);
+int qcow2_snapshot_delete(struct img *img, const char *name_or_id);
+int qcow2_snapshot_load(struct img *img, const char *name_or_id);
+
 /* qcow2-measure.c */
 int qcow2_measure(const struct img_create_opts *opts, struct img *src,
 		  struct img_measure *out);

@@ -610,6 +610,8 @@ struct cv_args {
 	bool compress;
 	bool bitmaps; /* --bitmaps (tools/img/cmd-bitmap.c does the work) */
 	bool skip_broken_bitmaps;
+	const char *snapshot; /* -l (tools/img/cmd-snapshot.c) */
+	bool snapshots; /* --snapshots */
 	uint64_t min_sparse;
 	unsigned n_slots;
 };
@@ -623,7 +625,8 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 		OPT_TARGET_IMAGE_OPTS,
 		OPT_SALVAGE,
 		OPT_BITMAPS,
-		OPT_SKIP_BROKEN
+		OPT_SKIP_BROKEN,
+		OPT_SNAPSHOTS
 	};
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
@@ -635,6 +638,7 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 		{ "salvage", no_argument, NULL, OPT_SALVAGE },
 		{ "bitmaps", no_argument, NULL, OPT_BITMAPS },
 		{ "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN },
+		{ "snapshots", no_argument, NULL, OPT_SNAPSHOTS },
 		{ "force-share", no_argument, NULL, 'U' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -680,10 +684,12 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 			a->options = optarg;
 			break;
 		case 'l':
-			return cli_fail(
-				-1,
-				"convert: snapshots (-l %s) are not supported: %s",
-				optarg, strerror(ENOTSUP));
+			if (cli_snapshot_param(optarg, &a->snapshot))
+				return -1;
+			break;
+		case OPT_SNAPSHOTS:
+			a->snapshots = true;
+			break;
 		case 'S': {
 			uint64_t v;
 
@@ -914,6 +920,14 @@ int cmd_convert(int argc, char **argv)
 	if (a.target_is_zero && a.backing)
 		return cli_fail(1, "Cannot use --target-is-zero when the "
 				   "destination image has a backing file");
+	if (a.snapshot && n_srcs > 1)
+		return cli_fail(1, "No support for concatenating multiple "
+				   "snapshot");
+	if (a.snapshots &&
+	    (n_srcs > 1 || a.snapshot || a.compress || a.backing ||
+	     a.skip_create || strcmp(a.out_fmt, "qcow2")))
+		return cli_fail(1, "--snapshots needs one source and -O qcow2 "
+				   "(without -l, -c, -B or -n)");
 	if (a.src_cache && cli_parse_cache(a.src_cache, &src_flags) < 0)
 		return cli_fail(1, "Invalid source cache option: %s",
 				a.src_cache);
@@ -936,8 +950,11 @@ int cmd_convert(int argc, char **argv)
 		struct cv_src *s = &cv->srcs[i];
 
 		s->path = argv[optind + i];
-		if (cli_open(s->path, a.src_fmt, src_flags, IMG_IO_AUTO,
-			     &s->img) < 0)
+		if (a.snapshot ?
+			    cli_open_snapshot(s->path, a.src_fmt, src_flags,
+					      a.snapshot, &s->img) < 0 :
+			    cli_open(s->path, a.src_fmt, src_flags, IMG_IO_AUTO,
+				     &s->img) < 0)
 			goto out;
 		s->size = img_size(s->img);
 		s->base = total;
@@ -952,6 +969,12 @@ int cmd_convert(int argc, char **argv)
 
 	if (cv_open_target(cv, &a, dst, total) < 0)
 		goto out;
+	if (a.snapshots) {
+		if (cli_convert_snapshots(cv->srcs[0].path, a.src_fmt,
+					  src_flags, cv->srcs[0].img, cv->dst))
+			goto out;
+		goto close_dst;
+	}
 	if (a.bitmaps &&
 	    cli_convert_bitmaps_check(cv->srcs[0].img, cv->n_srcs, cv->dst,
 				      a.skip_broken_bitmaps) < 0)
@@ -1033,6 +1056,7 @@ int cmd_convert(int argc, char **argv)
 						  a.skip_broken_bitmaps) < 0)
 		goto out;
 
+close_dst:
 	ret = img_close(cv->dst);
 	cv->dst = NULL;
 	if (ret < 0) {

@@ -65,6 +65,7 @@ static struct cli_json *info_object(struct img *img, const struct img_info *in,
 			cli_json_add_str(o, "backing-filename-format",
 					 in->backing_fmt);
 	}
+	cli_snapshot_info_json(img, o);
 	if (in->n_fields) {
 		struct cli_json *spec = cli_json_object();
 		struct cli_json *data = fields_object(img, in);
@@ -107,6 +108,7 @@ static void print_human(struct img *img, const struct img_info *in,
 		if (in->backing_fmt)
 			printf("backing file format: %s\n", in->backing_fmt);
 	}
+	cli_snapshot_info_human(img);
 	if (in->n_fields) {
 		struct cli_json *data = fields_object(img, in);
 

@@ -411,3 +411,157 @@ int cmd_snapshot(int argc, char **argv)
 		ret = cli_fail(1, "%s", cli_errmsg(-EIO));
 	return ret;
 }
+
+int cli_snapshot_param(const char *arg, const char **out)
+{
+	static char value[1024];
+	const char *id = NULL, *name = NULL, *p = arg;
+	size_t id_len = 0, name_len = 0;
+
+	if (strncmp(arg, "snapshot.", 9)) {
+		*out = arg;
+		return 0;
+	}
+	while (*p) {
+		const char *end = strchr(p, ',');
+		size_t len = end ? (size_t)(end - p) : strlen(p);
+
+		if (!strncmp(p, "snapshot.id=", 12)) {
+			id = p + 12;
+			id_len = len - 12;
+		} else if (!strncmp(p, "snapshot.name=", 14)) {
+			name = p + 14;
+			name_len = len - 14;
+		} else {
+			return cli_fail(1,
+					"Failed in parsing snapshot param '%s'",
+					arg);
+		}
+		p += len + (end != NULL);
+	}
+	/* The id is unique; lookups try ids first. */
+	if (id)
+		snprintf(value, sizeof(value), "%.*s", (int)id_len, id);
+	else if (name)
+		snprintf(value, sizeof(value), "%.*s", (int)name_len, name);
+	else
+		return cli_fail(1, "Failed in parsing snapshot param '%s'",
+				arg);
+	*out = value;
+	return 0;
+}
+
+static uint64_t min64(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+	return !len || (!p[0] && !memcmp(p, p + 1, len - 1));
+}
+
+/*
+ * Bring dst from the contents of prev (NULL: all zero) to those of cur,
+ * writing only where the two may differ (their mappings differ), so that
+ * clusters unchanged between snapshots stay shared in dst.
+ */
+static int copy_changes(struct img *prev, struct img *cur, struct img *dst,
+			uint8_t *buf, size_t buf_size)
+{
+	uint64_t size = img_size(cur), off = 0;
+	int ret = 0;
+
+	while (off < size && ret == 0) {
+		struct img_extent ec, ep, full;
+		uint64_t n = size - off;
+
+		ret = img_block_status(cur, off, n, 0, &full);
+		if (ret < 0)
+			break;
+		n = full.len;
+		if (prev && off < img_size(prev)) {
+			n = min64(n, img_size(prev) - off);
+			ret = img_block_status(cur, off, n, IMG_BS_NO_CHAIN,
+					       &ec);
+			if (ret == 0)
+				ret = img_block_status(prev, off, n,
+						       IMG_BS_NO_CHAIN, &ep);
+			if (ret < 0)
+				break;
+			n = min64(ec.len, ep.len);
+			if (same_mapping(&ec, &ep)) {
+				off += n;
+				continue;
+			}
+		}
+		n = min64(n, buf_size);
+		if (full.flags & IMG_EXT_ZERO) {
+			if (prev)
+				ret = img_zero(dst, off, n, IMG_ZERO_MAY_UNMAP);
+		} else {
+			ret = img_read(cur, buf, off, n);
+			if (ret == 0 && all_zero(buf, n))
+				ret = prev ? img_zero(dst, off, n,
+						      IMG_ZERO_MAY_UNMAP) :
+					     0;
+			else if (ret == 0)
+				ret = img_write(dst, buf, off, n, 0);
+		}
+		off += n;
+	}
+	return ret;
+}
+
+int cli_convert_snapshots(const char *src_path, const char *src_fmt,
+			  unsigned src_flags, struct img *src, struct img *dst)
+{
+	const size_t buf_size = 1 << 20;
+	struct img_snapshot_info *list = NULL;
+	struct img *prev = NULL, *view;
+	uint8_t *buf = malloc(buf_size);
+	size_t n = 0;
+	int ret;
+
+	if (!buf)
+		return cli_fail(1, "convert: out of memory");
+	img_clear_error();
+	ret = img_snapshot_list(src, &list, &n);
+	if (ret < 0) {
+		free(buf);
+		return cli_fail(
+			1, "convert: cannot list the snapshots of '%s': %s",
+			src_path, cli_errmsg(ret));
+	}
+	for (size_t i = 0; i <= n && ret == 0; i++) {
+		const char *what = i < n ? list[i].name : "the live image";
+
+		if (i < n) {
+			ret = cli_open_snapshot(src_path, src_fmt, src_flags,
+						list[i].id, &view);
+			if (ret < 0)
+				break;
+		} else {
+			view = src;
+		}
+		img_clear_error();
+		if (img_size(view) != img_size(dst))
+			ret = img_resize(dst, img_size(view), IMG_RESIZE_SHRINK,
+					 IMG_PREALLOC_OFF);
+		if (ret == 0)
+			ret = copy_changes(prev, view, dst, buf, buf_size);
+		if (ret == 0 && i < n)
+			ret = img_snapshot_create(dst, list[i].name);
+		if (ret < 0)
+			cli_fail(1, "convert: copying %s: %s", what,
+				 cli_errmsg(ret));
+		if (prev != src)
+			img_close(prev);
+		prev = view;
+	}
+	if (prev != src)
+		img_close(prev);
+	img_snapshot_list_free(list, n);
+	free(buf);
+	return ret < 0 ? 1 : 0;
+}

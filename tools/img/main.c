@@ -73,6 +73,11 @@ static const struct command commands[] = {
 	{ "resize", cmd_resize, "change the virtual size of an image",
 	  "resize [-f fmt] [--preallocation=prealloc] [-q] [--shrink] "
 	  "filename [+ | -]size" },
+	{ "snapshot", cmd_snapshot,
+	  "list, create, apply or delete internal snapshots",
+	  "snapshot [-U] [-q] [-f fmt] [-l [--output=ofmt] | -a snapshot | "
+	  "-c snapshot | -d snapshot | --diff snapshot [snapshot] "
+	  "[--output=ofmt]] filename" },
 	{ "umount", cmd_umount,
 	  "unmount an img mount and wait until the image is closed",
 	  "umount mountpoint" },
