@@ -36,6 +36,7 @@ struct export_arg {
 	const char *name;
 	const char *path;
 	bool read_only;
+	const char *snapshot; /* -l: serve this internal snapshot */
 };
 
 struct tls_object {
@@ -59,6 +60,7 @@ struct cfg {
 	struct nbd_tls_opts tls;
 	bool read_only;
 	bool fork;
+	bool snapshot_exports;
 	unsigned open_flags;
 	struct export_arg *exports;
 	size_t n_exports;
@@ -92,6 +94,9 @@ static void usage(FILE *f)
 		"  -e, --shared=N           at most N clients (default 100)\n"
 		"      --export NAME=IMAGE  add a writable export (repeatable)\n"
 		"      --export-ro NAME=IMAGE  add a read-only export\n"
+		"      --snapshot-exports   also serve each internal snapshot "
+		"of an export\n"
+		"                           read-only, as NAME@SNAPSHOT\n"
 		"      --discard=ignore|unmap\n"
 		"      --detect-zeroes=off|on|unmap\n"
 		"      --cache=writeback|none|unsafe|directsync|writethrough\n"
@@ -221,6 +226,7 @@ static int add_export(struct cfg *cfg, const char *arg, bool ro)
 	grown[cfg->n_exports].name = strndup(arg, eq - arg);
 	grown[cfg->n_exports].path = eq + 1;
 	grown[cfg->n_exports].read_only = ro;
+	grown[cfg->n_exports].snapshot = NULL;
 	cfg->n_exports++;
 	return 0;
 }
@@ -255,6 +261,7 @@ enum {
 	OPT_AIO,
 	OPT_HS_TIMEOUT,
 	OPT_THREADS,
+	OPT_SNAPSHOT_EXPORTS,
 };
 
 static const struct option long_opts[] = {
@@ -290,6 +297,7 @@ static const struct option long_opts[] = {
 	{ "aio", required_argument, NULL, OPT_AIO },
 	{ "handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT },
 	{ "threads", required_argument, NULL, OPT_THREADS },
+	{ "snapshot-exports", no_argument, NULL, OPT_SNAPSHOT_EXPORTS },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -426,6 +434,9 @@ static int parse_args(int argc, char **argv, struct cfg *cfg)
 		case OPT_CACHE:
 			ret = parse_cache(cfg, optarg);
 			break;
+		case OPT_SNAPSHOT_EXPORTS:
+			cfg->snapshot_exports = true;
+			break;
 		case OPT_AIO:
 			break; /* accepted for qemu-nbd compatibility */
 		case OPT_HS_TIMEOUT:
@@ -454,7 +465,8 @@ static int parse_args(int argc, char **argv, struct cfg *cfg)
 		memmove(grown + 1, grown, sizeof(*grown) * cfg->n_exports);
 		grown[0].name = strdup(cfg->export_name);
 		grown[0].path = argv[optind];
-		grown[0].read_only = cfg->read_only;
+		grown[0].read_only = cfg->read_only || cfg->snapshot;
+		grown[0].snapshot = cfg->snapshot;
 		cfg->exports = grown;
 		cfg->n_exports++;
 	}
@@ -462,9 +474,6 @@ static int parse_args(int argc, char **argv, struct cfg *cfg)
 		return die("no image to serve (try --help)");
 	if (!threads_set)
 		cfg->srv.threads = 2 * (unsigned)sysconf(_SC_NPROCESSORS_ONLN);
-	if (cfg->snapshot)
-		return die("-l: internal snapshots are not supported by "
-			   "this build's library yet");
 	if (cfg->tls_creds && resolve_tls(cfg) < 0)
 		return die(img_last_error());
 	return 0;
@@ -550,48 +559,124 @@ static int listen_activation(int *fds, size_t *n)
 	return 1;
 }
 
-static int open_exports(struct cfg *cfg, struct nbd_export **out)
-{
-	struct nbd_export *ex = calloc(cfg->n_exports, sizeof(*ex));
+struct export_list {
+	struct nbd_export *v;
+	size_t n, cap;
+};
 
-	if (!ex)
+static void export_list_free(struct export_list *l)
+{
+	for (size_t i = 0; i < l->n; i++) {
+		img_close(l->v[i].img);
+		free(l->v[i].name);
+		free(l->v[i].description);
+	}
+	free(l->v);
+}
+
+/* Open path (read-only at snapshot when given) as export name. */
+static int add_open_export(struct cfg *cfg, struct export_list *l,
+			   const char *name, const char *path, bool ro,
+			   const char *snapshot)
+{
+	struct img_open_opts oo = {
+		.format = cfg->format,
+		.flags = cfg->open_flags | (ro ? IMG_OPEN_RDONLY : 0),
+		.snapshot = snapshot,
+	};
+	struct nbd_export *e;
+	int ret;
+
+	for (size_t k = 0; k < l->n; k++)
+		if (!strcmp(l->v[k].name, name))
+			return img_error(-EINVAL,
+					 "export name '%s' given twice", name);
+	if (l->n == l->cap) {
+		size_t cap = l->cap ? 2 * l->cap : 8;
+		struct nbd_export *v = realloc(l->v, sizeof(*v) * cap);
+
+		if (!v)
+			return img_error(-ENOMEM, "out of memory");
+		l->v = v;
+		l->cap = cap;
+	}
+	e = &l->v[l->n];
+	memset(e, 0, sizeof(*e));
+	ret = img_open(path, &oo, &e->img);
+	if (ret < 0)
+		return ret;
+	e->name = strdup(name);
+	e->description = cfg->description ? strdup(cfg->description) : NULL;
+	e->read_only = ro;
+	e->bitmap = cfg->bitmap;
+	l->n++;
+	if (!e->name)
 		return img_error(-ENOMEM, "out of memory");
+	if (cfg->bitmap) {
+		bool dirty;
+		uint64_t run;
+
+		ret = img_bitmap_dirty(e->img, cfg->bitmap, 0, 1, &dirty, &run);
+		if (ret < 0) {
+			char msg[512];
+
+			snprintf(msg, sizeof(msg), "%s", img_last_error());
+			return img_error(ret, "-B %s: %s", cfg->bitmap, msg);
+		}
+	}
+	return 0;
+}
+
+/* --snapshot-exports: NAME@SNAP for each internal snapshot of export i. */
+static int add_snapshot_exports(struct cfg *cfg, struct export_list *l,
+				size_t i)
+{
+	const struct export_arg *a = &cfg->exports[i];
+	struct img_snapshot_info *sn;
+	size_t n;
+	int ret = img_snapshot_list(l->v[l->n - 1].img, &sn, &n);
+
+	if (ret == -ENOTSUP)
+		return 0;
+	if (ret < 0)
+		return ret;
+	for (size_t k = 0; k < n && ret >= 0; k++) {
+		const char *tag = sn[k].name[0] ? sn[k].name : sn[k].id;
+		char *name;
+
+		if (asprintf(&name, "%s@%s", a->name, tag) < 0) {
+			ret = img_error(-ENOMEM, "out of memory");
+			break;
+		}
+		ret = add_open_export(cfg, l, name, a->path, true, sn[k].id);
+		free(name);
+	}
+	img_snapshot_list_free(sn, n);
+	return ret;
+}
+
+static int open_exports(struct cfg *cfg, struct nbd_export **out, size_t *n)
+{
+	struct export_list l = { 0 };
+
 	for (size_t i = 0; i < cfg->n_exports; i++) {
 		const struct export_arg *a = &cfg->exports[i];
-		struct img_open_opts oo = {
-			.format = cfg->format,
-			.flags = cfg->open_flags,
-		};
-		int ret;
+		int ret = add_open_export(cfg, &l, a->name, a->path,
+					  a->read_only, a->snapshot);
 
-		if (a->read_only)
-			oo.flags |= IMG_OPEN_RDONLY;
-		for (size_t k = 0; k < i; k++)
-			if (!strcmp(ex[k].name, a->name)) {
-				ret = img_error(-EINVAL,
-						"export name '%s' given twice",
-						a->name);
-				goto fail;
-			}
-		ret = img_open(a->path, &oo, &ex[i].img);
-		if (ret < 0)
-			goto fail;
-		ex[i].name = strdup(a->name);
-		ex[i].description =
-			cfg->description ? strdup(cfg->description) : NULL;
-		ex[i].read_only = a->read_only;
-		ex[i].bitmap = cfg->bitmap;
-		continue;
-fail:
-		for (size_t k = 0; k < i; k++) {
-			img_close(ex[k].img);
-			free(ex[k].name);
-			free(ex[k].description);
+		if (ret >= 0 && cfg->snapshot_exports && !a->snapshot)
+			ret = add_snapshot_exports(cfg, &l, i);
+		if (ret < 0) {
+			char msg[512];
+
+			snprintf(msg, sizeof(msg), "%s", img_last_error());
+			ret = img_error(ret, "%s: %s", a->path, msg);
+			export_list_free(&l);
+			return ret;
 		}
-		free(ex);
-		return ret;
 	}
-	*out = ex;
+	*out = l.v;
+	*n = l.n;
 	return 0;
 }
 
@@ -666,7 +751,7 @@ int main(int argc, char **argv)
 	struct nbd_export *exports = NULL;
 	struct nbd_tls *tls = NULL;
 	int fds[MAX_LISTEN], ready_fd = -1, ret;
-	size_t n_fds = 0;
+	size_t n_fds = 0, n_exports = 0;
 	struct sigaction sa = { .sa_handler = on_signal };
 	bool unix_sock = false;
 
@@ -696,10 +781,9 @@ int main(int argc, char **argv)
 	if (cfg.fork && fork_and_wait(&ready_fd) < 0)
 		return die(img_last_error());
 
-	ret = open_exports(&cfg, &exports);
+	ret = open_exports(&cfg, &exports, &n_exports);
 	if (ret >= 0)
-		ret = nbd_server_new(&cfg.srv, exports, cfg.n_exports,
-				     &g_server);
+		ret = nbd_server_new(&cfg.srv, exports, n_exports, &g_server);
 	if (ret >= 0 && cfg.pid_file)
 		ret = write_pid_file(cfg.pid_file);
 	if (ret < 0) {

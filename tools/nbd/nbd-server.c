@@ -543,12 +543,14 @@ static int ctx_status(struct conn *c, int ctx, uint64_t off, uint64_t len,
 	int ret;
 
 	switch (ctx) {
-	case CTX_BITMAP:
-		/* Dirty bitmaps are not in this build's library yet: report
-		 * every block dirty, which is always safe for a backup. */
-		*status = 1;
-		*run = len;
-		return 0;
+	case CTX_BITMAP: {
+		bool dirty;
+
+		ret = img_bitmap_dirty(c->exp->img, c->exp->bitmap, off, len,
+				       &dirty, run);
+		*status = dirty;
+		return ret;
+	}
 	case CTX_DEPTH:
 		ret = img_block_status(c->exp->img, off, len, 0, &e);
 		if (ret < 0)
@@ -605,8 +607,7 @@ static int collect(struct conn *c, int ctx, const struct nbd_request *r,
 			n++;
 		}
 		off += run;
-		if ((r->flags & NBD_CMD_FLAG_REQ_ONE) && n == 1 &&
-		    ctx != CTX_BITMAP)
+		if ((r->flags & NBD_CMD_FLAG_REQ_ONE) && n == 1)
 			break;
 	}
 	if (r->flags & NBD_CMD_FLAG_REQ_ONE)
