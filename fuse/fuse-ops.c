@@ -807,7 +807,9 @@ static void fs_op_statfs(fuse_req_t req, fuse_ino_t ino)
 	uint64_t blocks, used, avail;
 
 	memset(&st, 0, sizeof(st));
+	pthread_rwlock_rdlock(&fs->size_lock);
 	blocks = (img_size(fs->img) + bsize - 1) / bsize;
+	pthread_rwlock_unlock(&fs->size_lock);
 	used = (allocated_bytes(fs) + bsize - 1) / bsize;
 	if (used > blocks)
 		used = blocks;
@@ -824,7 +826,9 @@ static void fs_op_statfs(fuse_req_t req, fuse_ino_t ino)
 	st.f_blocks = blocks;
 	st.f_bfree = avail;
 	st.f_bavail = avail;
+	pthread_mutex_lock(&fs->snap_lock);
 	st.f_files = fs->file_mode ? 1 : 4 + fs->n_snaps;
+	pthread_mutex_unlock(&fs->snap_lock);
 	st.f_ffree = 0;
 	st.f_favail = 0;
 	st.f_namemax = NAME_MAX;
