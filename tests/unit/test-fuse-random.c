@@ -280,7 +280,7 @@ out:
 
 static void run_config(const char *bindir, const struct config *c)
 {
-	char image[512], refpath[600], mnt[600], disk[700], opt[64];
+	char image[512], refpath[600], mnt[600], disk[700], base[700], opt[64];
 	struct img_create_opts co = { .format = "qcow2", .size = c->size };
 	struct img_kv kv = { "cluster_size", opt };
 	int fd = -1, ref = -1;
@@ -297,7 +297,6 @@ static void run_config(const char *bindir, const struct config *c)
 	if (c->backing) {
 		/* A base with data in every other 40 KiB, copied into the
 		 * reference: unallocated overlay ranges read through. */
-		char base[700];
 		uint8_t *buf = malloc(40 << 10);
 		int bfd;
 
