@@ -1043,6 +1043,12 @@ int cmd_convert(int argc, char **argv)
 		ret = -1;
 		snprintf(cv->errmsg, sizeof(cv->errmsg), "%s",
 			 img_last_error());
+	} else if (ret == 0 && cv->cvc && cv->progress.enabled) {
+		/* The final ratio, once everything is written. */
+		cvc_ratio(cv->cvc, cv->progress.suffix,
+			  sizeof(cv->progress.suffix));
+		cv->progress.last_pct = -100;
+		cli_progress_add(&cv->progress, 0);
 	}
 	cvc_free(cv->cvc);
 	cv->cvc = NULL;
