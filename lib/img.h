@@ -181,6 +181,12 @@ const struct img_secret *img_secret_lookup(const char *id);
 int img_secret_object(const char *spec);
 /* Free (and wipe) every registered secret. */
 void img_secret_clear(void);
+/*
+ * The cap on the key derivation cost an encrypted image may demand: PBKDF2
+ * iterations per LUKS key slot (all slots tried: four times it). Untrusted
+ * images above it fail -E2BIG. Process-wide; 0 restores the default (2^25).
+ */
+void img_luks_set_max_iter(uint64_t max_iter);
 
 /* ---- I/O ---- */
 
@@ -511,7 +517,7 @@ struct img_bitmap_info {
 };
 
 /* The image's bitmaps in directory order (free with img_bitmap_list_free);
- * -ENOTSUP for formats that cannot store bitmaps. */
+ * formats without bitmaps give an empty list. */
 int img_bitmap_list(struct img *img, struct img_bitmap_info **out, size_t *n);
 void img_bitmap_list_free(struct img_bitmap_info *list, size_t n);
 /*

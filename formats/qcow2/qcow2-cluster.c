@@ -383,8 +383,11 @@ int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 {
 	struct qcow2 *s = img_priv(img);
 	uint8_t *p = buf;
+	const uint64_t off0 = off;
 	int ret;
 
+	if (s->crypt && ((off | len) & (IMG_CRYPT_SECTOR - 1)))
+		return qcow2_crypt_unaligned(img, buf, NULL, off, len);
 	s->n_vecs = 0;
 	while (len) {
 		uint64_t i = off >> cover_bits(s);
@@ -408,7 +411,10 @@ int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 	}
 	if (!s->n_vecs)
 		return 0;
-	return img_io_submit(s->data_file, s->vecs, s->n_vecs);
+	ret = img_io_submit(s->data_file, s->vecs, s->n_vecs);
+	if (ret == 0 && s->crypt)
+		ret = qcow2_crypt_read_vecs(s, buf, off0);
+	return ret;
 }
 
 /* Fill dst[from, to) (offsets in the cluster at guest cstart) with the
@@ -428,6 +434,11 @@ static int fill_old(struct qcow2 *s, uint64_t l2e, uint64_t bm, uint64_t cstart,
 			ret = img_io_pread(s->data_file, dst + from, n,
 					   (l2e & QCOW2_L2E_OFFSET_MASK) +
 						   from);
+			if (ret == 0 && s->crypt)
+				ret = qcow2_crypt_decrypt(
+					s, dst + from, n,
+					(l2e & QCOW2_L2E_OFFSET_MASK) + from,
+					cstart + from);
 			break;
 		case QCOW2_CLUSTER_UNALLOCATED:
 			ret = read_backing(s, dst + from, cstart + from, n);
@@ -584,6 +595,13 @@ static int write_chunk(struct qcow2 *s, uint64_t i, const uint8_t *p,
 			goto out;
 		}
 	}
+	if (s->crypt) {
+		ret = qcow2_crypt_write_vecs(s);
+		if (ret < 0) {
+			s->n_vecs = 0;
+			goto out;
+		}
+	}
 	ret = img_io_submit(s->data_file, s->vecs, s->n_vecs);
 	s->n_vecs = 0;
 	if (ret == 0 && n_alloc && has_data_file(s))
@@ -655,6 +673,8 @@ int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 		return img_error(
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
+	if (s->crypt && ((off | len) & (IMG_CRYPT_SECTOR - 1)))
+		return qcow2_crypt_unaligned(img, NULL, buf, off, len);
 	ret = qcow2_bitmap_mark(s, off, len);
 	if (ret < 0)
 		return ret;
@@ -1027,8 +1047,7 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 			hosted0 = hosted;
 		} else if (type != type0 || hosted != hosted0 ||
 			   (hosted && host != host0 + (pos - off)) ||
-			   (type == QCOW2_CLUSTER_COMPRESSED &&
-			    !(pos & (s->cluster_size - 1)))) {
+			   type == QCOW2_CLUSTER_COMPRESSED) {
 			break;
 		}
 		pos = piece_end;
@@ -1079,6 +1098,8 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 		}
 		break;
 	}
+	if (qcow2_crypt_hides_offsets(s))
+		ext->flags &= ~IMG_EXT_OFFSET_VALID;
 	if (ext->flags & IMG_EXT_OFFSET_VALID)
 		ext->file = s->data_file->path ? s->data_file->path :
 						 img_filename(img);

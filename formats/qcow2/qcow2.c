@@ -11,7 +11,8 @@
  * sizes 512 B to 2 MiB, refcount widths 1 to 64 bits, extended L2 entries
  * (subcluster allocation), external data files (raw or not), zero clusters,
  * lazy refcounts, backing files, preallocation, resize, compressed clusters
- * (zlib and zstd, qcow2-compress.c). Not yet: encryption (refused at open),
+ * (zlib and zstd, qcow2-compress.c), encryption (LUKS; legacy AES read
+ * only; qcow2-crypt.c). Not yet:
  * internal snapshot operations (images with snapshots open and are written
  * with copy-on-write of shared clusters, but cannot be resized). Persistent
  * dirty bitmaps: qcow2-bitmap.c (images with bitmaps cannot be resized yet).
@@ -105,6 +106,7 @@ static void release_state(struct qcow2 *s)
 	free(s->cow_head);
 	free(s->cow_tail);
 	free(s->zero_buf);
+	qcow2_crypt_close(s);
 	qcow2_compress_release(s);
 	qcow2_bitmap_release(s);
 	memset(s, 0, sizeof(*s));
@@ -135,13 +137,9 @@ static int qcow2_open(struct img *img, unsigned flags)
 	if (ret < 0)
 		goto fail;
 	setup_geometry(s);
-	if (s->h.crypt_method) {
-		ret = img_error(
-			-ENOTSUP,
-			"qcow2: encrypted images (crypt_method %u) are not supported yet",
-			s->h.crypt_method);
+	ret = qcow2_crypt_open(s, flags);
+	if (ret < 0)
 		goto fail;
-	}
 	if (s->h.incompatible_features & QCOW2_INCOMPAT_CORRUPT) {
 		if (!s->read_only) {
 			ret = img_error(
@@ -313,9 +311,23 @@ static const struct img_opt_desc qcow2_create_opts[] = {
 	{ "data_file", IMG_OPT_STR, "File name of an external data file" },
 	{ "data_file_raw", IMG_OPT_BOOL,
 	  "The external data file must stay valid as a raw image" },
-	{ "encryption", IMG_OPT_BOOL, "Encrypt the image (not supported yet)" },
+	{ "encryption", IMG_OPT_BOOL,
+	  "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)" },
 	{ "encrypt.format", IMG_OPT_STR,
-	  "Encrypt the image, format choices: 'aes', 'luks' (not supported yet)" },
+	  "Encrypt the image, format choices: 'aes', 'luks'" },
+	{ "encrypt.key-secret", IMG_OPT_STR,
+	  "ID of secret providing qcow AES key or LUKS passphrase" },
+	{ "encrypt.cipher-alg", IMG_OPT_STR,
+	  "Name of encryption cipher algorithm" },
+	{ "encrypt.cipher-mode", IMG_OPT_STR,
+	  "Name of encryption cipher mode" },
+	{ "encrypt.ivgen-alg", IMG_OPT_STR, "Name of IV generator algorithm" },
+	{ "encrypt.ivgen-hash-alg", IMG_OPT_STR,
+	  "Name of IV generator hash algorithm" },
+	{ "encrypt.hash-alg", IMG_OPT_STR,
+	  "Name of encryption hash algorithm" },
+	{ "encrypt.iter-time", IMG_OPT_NUM,
+	  "Time to spend in PBKDF in milliseconds" },
 	{ "extended_l2", IMG_OPT_BOOL, "Extended L2 tables" },
 	{ "lazy_refcounts", IMG_OPT_BOOL, "Postpone refcount updates" },
 	{ "preallocation", IMG_OPT_STR,
@@ -328,7 +340,7 @@ static const struct img_opt_desc qcow2_create_opts[] = {
 struct create_params {
 	unsigned version;
 	uint64_t size, cluster_size, refcount_bits;
-	bool lazy, extl2, data_file_raw;
+	bool lazy, extl2, data_file_raw, encrypt;
 	const char *backing_file, *backing_fmt, *data_file, *compression;
 	enum img_prealloc prealloc;
 };
@@ -373,9 +385,12 @@ static int parse_create_opts(const struct img_create_opts *o,
 				"qcow2: invalid compatibility level '%s'",
 				compat);
 	}
-	if (enc || enc_fmt)
-		return img_error(-ENOTSUP,
-				 "qcow2: encryption is not supported yet");
+	if (enc || enc_fmt) {
+		ret = qcow2_crypt_check_opts(o, enc, enc_fmt, p->prealloc);
+		if (ret < 0)
+			return ret;
+		p->encrypt = true;
+	}
 	if (!img_is_pow2(p->cluster_size) || p->cluster_size < 512 ||
 	    p->cluster_size > (2u << 20))
 		return img_error(
@@ -568,6 +583,12 @@ static int qcow2_create(const char *path, struct img_io *file,
 	ret = qcow2_grow_l1(s, l1_entries_for(s, p.size));
 	if (ret < 0)
 		goto out;
+	if (p.encrypt) {
+		/* As QEMU: the LUKS area follows the L1 table. */
+		ret = qcow2_crypt_create(s, opts);
+		if (ret < 0)
+			goto out;
+	}
 	s->h.size = p.size;
 	if (p.prealloc != IMG_PREALLOC_OFF && p.size) {
 		ret = qcow2_preallocate(s, 0, p.size, p.prealloc);

@@ -187,6 +187,7 @@ struct qcow2 {
 	uint8_t *cow_tail;
 	uint8_t *zero_buf; /* QCOW2_ZERO_BUF_SIZE bytes of zeroes */
 	uint64_t reftable_used; /* 1 + index of the last non-zero entry */
+	struct qcow2_crypt *crypt; /* encryption state (qcow2-crypt.c) */
 	/* qcow2-compress.c: where the next compressed cluster's data goes
 	 * (0: start a new host cluster), and the last decompressed cluster
 	 * (cout, for descriptor cout_l2e; 0: none) with its input buffer. */
@@ -327,6 +328,33 @@ int qcow2_write_compressed(struct img *img, uint64_t off, const void *cdata,
 /* Add the compressed-cluster count and size to *info (when there are any). */
 int qcow2_compress_info(struct qcow2 *s, struct img_info *info);
 
+/* qcow2-crypt.c: encryption (crypt_method 1 read-only, 2 LUKS) */
+/* Set up s->crypt when the image is encrypted: parse the LUKS header and,
+ * unless IMG_OPEN_NO_IO, unlock it with the image's secret (-EACCES). */
+int qcow2_crypt_open(struct qcow2 *s, unsigned flags);
+void qcow2_crypt_close(struct qcow2 *s);
+/* Decrypt the read vecs of s just completed; buf/guest_off are where the
+ * request's buffer starts. */
+int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
+			  uint64_t guest_off);
+/* Point the write vecs of s at encrypted copies of their data. */
+int qcow2_crypt_write_vecs(struct qcow2 *s);
+/* Decrypt data read from host_off (guest_off) in place. */
+int qcow2_crypt_decrypt(struct qcow2 *s, uint8_t *buf, uint64_t len,
+			uint64_t host_off, uint64_t guest_off);
+/* A read (wbuf NULL) or write (buf NULL) not aligned to 512 bytes. */
+int qcow2_crypt_unaligned(struct img *img, void *buf, const void *wbuf,
+			  uint64_t off, uint64_t len);
+/* Validate encryption=on / encrypt.format=FMT create options. */
+int qcow2_crypt_check_opts(const struct img_create_opts *o, bool enc,
+			   const char *fmt, enum img_prealloc prealloc);
+/* Make the LUKS area of a new image (after its L1 table) and point the
+ * header at it; the caller writes the header. */
+int qcow2_crypt_create(struct qcow2 *s, const struct img_create_opts *o);
+/* Host offsets of an encrypted image are not raw data: block status hides
+ * them, as QEMU does. */
+bool qcow2_crypt_hides_offsets(const struct qcow2 *s);
+
 /* qcow2-amend.c */
 int qcow2_amend(struct img *img, const struct img_kv *opts, size_t n,
 		const struct img_progress *progress);
@@ -335,14 +363,6 @@ extern const struct img_opt_desc qcow2_amend_opts[];
 int qcow2_make_empty(struct img *img);
 /* The driver (qcow2.c), for the ops amend reuses. */
 extern const struct img_driver qcow2_driver;
-
-/* qcow2-snapshot.c: the internal snapshot driver ops (see img-driver.h). */
-int qcow2_snapshot_list(struct img *img, struct img_snapshot_info **out,
-			size_t *n);
-int qcow2_snapshot_create(struct img *img, const char *name);
-int qcow2_snapshot_apply(struct img *img, const char *name_or_id);
-int qcow2_snapshot_delete(struct img *img, const char *name_or_id);
-int qcow2_snapshot_load(struct img *img, const char *name_or_id);
 
 /* qcow2-measure.c */
 int qcow2_measure(const struct img_create_opts *opts, struct img *src,

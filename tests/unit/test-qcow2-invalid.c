@@ -521,8 +521,8 @@ static const struct icase cases[] = {
 	  { H32(QT_H_CRYPT, 1) },
 	  NULL,
 	  S_OPEN,
-	  { ENOTSUP, ECOR },
-	  "crypt" },
+	  { EACCES, ENOTSUP, ECOR }, /* no passphrase given */
+	  "crypt|passphrase" },
 	{ "crypt_method luks without crypto extension",
 	  G_DEF,
 	  { H32(QT_H_CRYPT, 2) },

@@ -138,7 +138,10 @@ int cli_open(const char *path, const char *fmt, unsigned flags,
 	int ret;
 
 	img_clear_error();
+	cli_secret_open_opts(path, &o);
 	ret = img_open(path, &o, out);
+	if (ret < 0 && cli_secret_prompt(path, &o, ret))
+		ret = img_open(path, &o, out);
 	if (ret < 0) {
 		const char *msg = cli_errmsg(ret);
 

@@ -31,7 +31,6 @@ int cmd_amend(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
-int cmd_snapshot(int argc, char **argv);
 
 /* Print "img: <message>\n" to stderr and return exit_code. */
 int cli_fail(int exit_code, const char *fmt, ...)
@@ -114,32 +113,6 @@ void cli_json_free(struct cli_json *j);
 /* Add the image's persistent bitmaps as "bitmaps" to a format-specific
  * data object, as qemu-img info shows them (nothing if there are none). */
 void cli_bitmap_info(struct img *img, struct cli_json *data);
-/* convert --bitmaps (tools/img/cmd-bitmap.c), with qemu-img's messages: can
- * the sources' bitmaps go to dst (-1, error printed, if not), and after the
- * copy, add every bitmap of src to dst with its flags and contents. */
-int cli_convert_bitmaps_check(struct img *src, unsigned n_srcs,
-			      struct img *dst, bool skip_broken);
-int cli_convert_bitmaps_copy(struct img *src, struct img *dst,
-			     bool skip_broken);
-
-/* ---- internal snapshots (tools/img/cmd-snapshot.c) ---- */
-
-/* Open the read-only view of internal snapshot `snapshot` of path (convert
- * -l), printing "img: Could not open ..." on failure. */
-int cli_open_snapshot(const char *path, const char *fmt, unsigned flags,
-		      const char *snapshot, struct img **out);
-/* img info: the "Snapshot list:" table / the "snapshots" JSON array (nothing
- * when the image has no snapshots). */
-void cli_snapshot_info_human(struct img *img);
-void cli_snapshot_info_json(struct img *img, struct cli_json *obj);
-/* convert -l: "NAME", "snapshot.id=ID" or "snapshot.name=NAME" to the name
- * or id to open (static storage); prints the error and returns 1 if bad. */
-int cli_snapshot_param(const char *arg, const char **out);
-/* convert --snapshots: copy each internal snapshot of src (oldest first),
- * then the live image, into dst (opened, of src's size), writing only what
- * changed from one to the next. Returns the exit code (error printed). */
-int cli_convert_snapshots(const char *src_path, const char *src_fmt,
-			  unsigned src_flags, struct img *src, struct img *dst);
 
 /* Is fmt a format this build supports? */
 bool cli_format_known(const char *fmt);
@@ -147,5 +120,24 @@ bool cli_format_known(const char *fmt);
 bool cli_option_listed(const char *help, const char *key);
 /* Does an -o string ask for the option list ("help" or "?")? */
 bool cli_has_help_option(const char *s);
+
+/* ---- secrets and --image-opts (tools/img/cli-secret.c) ---- */
+
+/*
+ * Take --object, --key-file, --key-fd, --kdf-max-iter, --image-opts and
+ * --target-image-opts out of argv[1..] (argv[0] is the subcommand), loading
+ * and registering the secrets, and replace each image-options argument by
+ * its file name. Returns 0 or the exit code after printing an error.
+ */
+int cli_secret_args(int *argc, char **argv);
+/* Open path (an image just created with the create options kv) with the
+ * secret kv names in encrypt.key-secret, if any. */
+void cli_secret_target(const char *path, const struct img_kv *kv, size_t n);
+/* Apply what --image-opts said about path (driver, encrypt.key-secret). */
+void cli_secret_open_opts(const char *path, struct img_open_opts *o);
+/* After an open of path with o failed err: if it was for want of a
+ * passphrase and stdin is a terminal, ask once and return true (retry). */
+bool cli_secret_prompt(const char *path, const struct img_open_opts *o,
+		       int err);
 
 #endif

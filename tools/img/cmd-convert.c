@@ -840,6 +840,7 @@ static int cv_open_target(struct cv *cv, const struct cv_args *a,
 			ret = cli_fail_img(-1, ret, prefix);
 			goto out;
 		}
+		cli_secret_target(dst, kv, n_kv);
 	} else {
 		cv->has_backing = a->backing != NULL;
 	}

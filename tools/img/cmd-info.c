@@ -139,7 +139,7 @@ int cmd_info(int argc, char **argv)
 	const char *fmt = NULL, *filename;
 	int output = CLI_OUTPUT_HUMAN;
 	bool chain = false;
-	unsigned flags = IMG_OPEN_RDONLY;
+	unsigned flags = IMG_OPEN_RDONLY | IMG_OPEN_NO_IO;
 	struct cli_json *list = NULL;
 	struct img *img, *cur;
 	int c, ret;

@@ -690,7 +690,10 @@ int cmd_io(int argc, char **argv)
 		int ret;
 
 		img_clear_error();
+		cli_secret_open_opts(filename, &o);
 		ret = img_open(filename, &o, &ctx.img);
+		if (ret < 0 && cli_secret_prompt(filename, &o, ret))
+			ret = img_open(filename, &o, &ctx.img);
 		if (ret < 0) {
 			free(cmds);
 			return cli_fail(1, "can't open device %s: %s", filename,

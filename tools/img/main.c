@@ -176,6 +176,7 @@ static bool wants_help(int argc, char **argv)
 int main(int argc, char **argv)
 {
 	const struct command *c;
+	int sub_argc, ret;
 
 	if (argc < 2)
 		return cli_usage_error(1, "Not enough arguments");
@@ -200,6 +201,11 @@ int main(int argc, char **argv)
 	c = find_command(argv[1]);
 	if (!c)
 		return cli_usage_error(1, "Command not found: %s", argv[1]);
+	sub_argc = argc - 1;
+	ret = cli_secret_args(&sub_argc, argv + 1);
+	if (ret)
+		return ret;
+	argc = sub_argc + 1;
 	if (wants_help(argc - 1, argv + 1)) {
 		command_help(c);
 		return 0;

@@ -1,0 +1,352 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * qcow2 encryption (QEMU docs/interop/qcow2.txt, crypt_method 1 and 2).
+ *
+ * crypt_method 2 (LUKS): the full disk encryption header extension names
+ * the LUKS1 area (offset, cluster aligned and refcounted like metadata, and
+ * length in bytes, the LUKS payload offset); lib/crypto-luks.c parses and
+ * unlocks it. Guest data clusters are encrypted in 512-byte sectors whose IV
+ * number is the host offset / 512, as QEMU does since 4.x for qcow2 LUKS; the
+ * LUKS payload offset plays no part. Metadata is not encrypted.
+ * crypt_method 1 (legacy AES): AES-128-CBC, plain64 IVs from the guest
+ * offset, the key being the passphrase's first 16 bytes zero padded; read
+ * only here (writes are refused) so that old images can be converted out.
+ *
+ * Hooks: the cluster code decrypts the host extents of a read after their
+ * batch completes and encrypts write extents into a bounce buffer before
+ * submitting them (the caller's buffer is const); copy-on-write data is
+ * decrypted after it is read so it is re-encrypted for its new host offset.
+ * Requests not aligned to 512 bytes go through read-modify-write here.
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcow2.h"
+
+#define SECTOR IMG_CRYPT_SECTOR
+/* The largest LUKS area accepted (QEMU's are about 2 MiB). */
+#define QCOW2_MAX_LUKS_AREA (64ull << 20)
+
+struct qcow2_crypt {
+	struct img_luks *luks; /* crypt_method 2 */
+	struct img_sector_cipher *aes; /* crypt_method 1, once keyed */
+	uint64_t area_off, area_len;
+	uint8_t *bounce; /* write extents, encrypted */
+	size_t bounce_cap;
+};
+
+struct area_io {
+	struct qcow2 *s;
+	uint64_t off, len;
+};
+
+static int area_read(void *opaque, uint64_t off, void *buf, size_t len)
+{
+	struct area_io *a = opaque;
+
+	if (off > a->len || len > a->len - off)
+		return img_error(-IMG_ECORRUPT,
+				 "qcow2: LUKS read at %#" PRIx64
+				 " is outside the encryption header",
+				 off);
+	return img_io_pread(a->s->file, buf, len, a->off + off);
+}
+
+static int area_write(void *opaque, uint64_t off, const void *buf, size_t len)
+{
+	struct area_io *a = opaque;
+
+	if (off > a->len || len > a->len - off)
+		return img_error(-EINVAL,
+				 "qcow2: LUKS write at %#" PRIx64
+				 " is outside the encryption header",
+				 off);
+	return img_io_pwrite(a->s->file, buf, len, a->off + off);
+}
+
+static int locked_error(void)
+{
+	return img_error(-EACCES,
+			 "qcow2: the image is encrypted: give its passphrase "
+			 "(--object secret,id=ID,file=PATH with "
+			 "encrypt.key-secret=ID, --key-file or --key-fd)");
+}
+
+static int open_luks(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
+{
+	uint8_t hdr[IMG_LUKS_HEADER_SIZE];
+	struct area_io a;
+	const struct img_secret *secret;
+	int ret;
+
+	if (!s->crypto_ext || s->crypto_ext_len < 16)
+		return img_error(-IMG_ECORRUPT,
+				 "qcow2: LUKS encryption without a valid full "
+				 "disk encryption header extension");
+	c->area_off = img_be64(s->crypto_ext);
+	c->area_len = img_be64(s->crypto_ext + 8);
+	if (!c->area_off || c->area_off & (s->cluster_size - 1) ||
+	    c->area_off > QCOW2_L2E_OFFSET_MASK)
+		return img_error(-IMG_ECORRUPT,
+				 "qcow2: encryption header offset %#" PRIx64
+				 " is invalid",
+				 c->area_off);
+	if (c->area_len < IMG_LUKS_HEADER_SIZE ||
+	    c->area_len > QCOW2_MAX_LUKS_AREA)
+		return img_error(-IMG_ECORRUPT,
+				 "qcow2: encryption header length %#" PRIx64
+				 " is invalid",
+				 c->area_len);
+	a = (struct area_io){ s, c->area_off, c->area_len };
+	ret = area_read(&a, 0, hdr, sizeof(hdr));
+	if (ret < 0)
+		return ret;
+	ret = img_luks_parse(hdr, sizeof(hdr), c->area_len, &c->luks);
+	if (ret < 0)
+		return ret;
+	if (flags & IMG_OPEN_NO_IO)
+		return 0;
+	secret = img_open_secret(s->img);
+	if (!secret)
+		return locked_error();
+	return img_luks_unlock(c->luks, secret, area_read, &a);
+}
+
+static int open_aes(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
+{
+	const struct img_secret *secret = img_open_secret(s->img);
+	uint8_t key[16] = { 0 };
+	const uint8_t *pass;
+	size_t len;
+	int ret;
+
+	if (flags & IMG_OPEN_NO_IO)
+		return 0;
+	if (!secret)
+		return locked_error();
+	pass = img_secret_data(secret, &len);
+	memcpy(key, pass, img_min(len, sizeof(key)));
+	ret = img_sector_cipher_new("aes", "cbc-plain64", key, sizeof(key),
+				    &c->aes);
+	memset(key, 0, sizeof(key));
+	return ret;
+}
+
+int qcow2_crypt_open(struct qcow2 *s, unsigned flags)
+{
+	struct qcow2_crypt *c;
+	int ret;
+
+	if (!s->h.crypt_method)
+		return 0;
+	if (s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE)
+		return img_error(-ENOTSUP,
+				 "qcow2: encryption with an external data file "
+				 "is not supported");
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return img_error(-ENOMEM, "qcow2: out of memory");
+	ret = s->h.crypt_method == QCOW2_CRYPT_LUKS ? open_luks(s, c, flags) :
+						      open_aes(s, c, flags);
+	s->crypt = c;
+	if (ret < 0)
+		qcow2_crypt_close(s);
+	return ret;
+}
+
+void qcow2_crypt_close(struct qcow2 *s)
+{
+	struct qcow2_crypt *c = s->crypt;
+
+	if (!c)
+		return;
+	img_luks_free(c->luks);
+	img_sector_cipher_free(c->aes);
+	free(c->bounce);
+	free(c);
+	s->crypt = NULL;
+}
+
+/* Run the cipher on len bytes at buf that sit at host offset host_off and
+ * guest offset guest_off. */
+static int crypt_run(struct qcow2 *s, bool encrypt, uint8_t *buf, uint64_t len,
+		     uint64_t host_off, uint64_t guest_off)
+{
+	struct qcow2_crypt *c = s->crypt;
+
+	if ((host_off | guest_off | len) & (SECTOR - 1))
+		return img_error(-EINVAL,
+				 "qcow2: encrypted I/O at %#" PRIx64
+				 " is not sector aligned",
+				 guest_off);
+	if (c->luks)
+		return img_luks_crypt(c->luks, encrypt, host_off / SECTOR, buf,
+				      len);
+	if (!c->aes)
+		return locked_error();
+	if (encrypt)
+		return img_error(
+			-ENOTSUP,
+			"qcow2: writing to legacy AES-encrypted images "
+			"is not supported; convert the image to LUKS "
+			"or to an unencrypted image");
+	return img_sector_cipher_run(c->aes, false, guest_off / SECTOR, buf,
+				     len);
+}
+
+int qcow2_crypt_decrypt(struct qcow2 *s, uint8_t *buf, uint64_t len,
+			uint64_t host_off, uint64_t guest_off)
+{
+	return crypt_run(s, false, buf, len, host_off, guest_off);
+}
+
+int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
+			  uint64_t guest_off)
+{
+	for (unsigned i = 0; i < s->n_vecs; i++) {
+		struct img_io_vec *v = &s->vecs[i];
+		uint64_t g = guest_off + (uint64_t)((uint8_t *)v->buf - buf);
+		int ret = crypt_run(s, false, v->buf, v->len, v->file_off, g);
+
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
+int qcow2_crypt_write_vecs(struct qcow2 *s)
+{
+	struct qcow2_crypt *c = s->crypt;
+	uint64_t total = 0, pos = 0;
+
+	if (!c->luks)
+		return crypt_run(s, true, NULL, 0, 0, 0);
+	for (unsigned i = 0; i < s->n_vecs; i++)
+		total += s->vecs[i].len;
+	if (total > c->bounce_cap) {
+		uint8_t *b = realloc(c->bounce, total);
+
+		if (!b)
+			return img_error(-ENOMEM, "qcow2: out of memory");
+		c->bounce = b;
+		c->bounce_cap = total;
+	}
+	for (unsigned i = 0; i < s->n_vecs; i++) {
+		struct img_io_vec *v = &s->vecs[i];
+		int ret;
+
+		memcpy(c->bounce + pos, v->buf, v->len);
+		v->buf = c->bounce + pos;
+		ret = crypt_run(s, true, v->buf, v->len, v->file_off,
+				v->file_off);
+		if (ret < 0)
+			return ret;
+		pos += v->len;
+	}
+	return 0;
+}
+
+/* Widen [off, off + len) to whole sectors through a bounce buffer. */
+int qcow2_crypt_unaligned(struct img *img, void *buf, const void *wbuf,
+			  uint64_t off, uint64_t len)
+{
+	uint64_t a = off & ~(uint64_t)(SECTOR - 1);
+	uint64_t b = img_align_up(off + len, SECTOR);
+	uint8_t *tmp = malloc(b - a);
+	int ret;
+
+	if (!tmp)
+		return img_error(-ENOMEM, "qcow2: out of memory");
+	ret = qcow2_read(img, tmp, a, b - a);
+	if (ret == 0 && buf)
+		memcpy(buf, tmp + (off - a), len);
+	if (ret == 0 && wbuf) {
+		memcpy(tmp + (off - a), wbuf, len);
+		ret = qcow2_write(img, tmp, a, b - a, 0);
+	}
+	free(tmp);
+	return ret;
+}
+
+int qcow2_crypt_check_opts(const struct img_create_opts *o, bool enc,
+			   const char *fmt, enum img_prealloc prealloc)
+{
+	if (enc && !fmt)
+		fmt = "aes";
+	if (!strcmp(fmt, "aes"))
+		return img_error(
+			-ENOTSUP,
+			"qcow2: creating legacy AES-encrypted images is "
+			"not supported (it is insecure); use "
+			"encrypt.format=luks");
+	if (strcmp(fmt, "luks"))
+		return img_error(-EINVAL,
+				 "qcow2: invalid encrypt.format '%s' (luks)",
+				 fmt);
+	const char *data_file = NULL;
+
+	if (prealloc != IMG_PREALLOC_OFF)
+		return img_error(-ENOTSUP,
+				 "qcow2: preallocation is not supported with "
+				 "encryption");
+	if (img_opt_str(o, "data_file", &data_file) > 0)
+		return img_error(-ENOTSUP,
+				 "qcow2: encryption with an external data file "
+				 "is not supported");
+	return 0;
+}
+
+int qcow2_crypt_create(struct qcow2 *s, const struct img_create_opts *o)
+{
+	struct img_luks_params p;
+	const struct img_secret *secret;
+	struct img_luks *l = NULL;
+	uint64_t area_len, off, n;
+	struct area_io a;
+	int ret;
+
+	ret = img_create_secret(o, &secret);
+	if (ret < 0)
+		return ret;
+	if (!secret)
+		return img_error(-EINVAL,
+				 "qcow2: Parameter 'encrypt.key-secret' is "
+				 "required for cipher");
+	ret = img_luks_params_from_opts(o, "encrypt.", &p);
+	if (ret < 0)
+		return ret;
+	ret = img_luks_create(&p, secret, &l, &area_len);
+	if (ret < 0)
+		return ret;
+	n = img_align_up(area_len, s->cluster_size) >> s->cluster_bits;
+	ret = qcow2_alloc_clusters(s, n, &off);
+	if (ret < 0)
+		goto out;
+	/* The whole area reads back as written: zero what LUKS leaves. */
+	ret = img_io_zero(s->file, off, n << s->cluster_bits, 0);
+	if (ret < 0)
+		goto out;
+	a = (struct area_io){ s, off, area_len };
+	ret = img_luks_write_area(l, area_write, &a);
+	if (ret < 0)
+		goto out;
+	free(s->crypto_ext);
+	s->crypto_ext = malloc(16);
+	if (!s->crypto_ext) {
+		ret = img_error(-ENOMEM, "qcow2: out of memory");
+		goto out;
+	}
+	img_put_be64(s->crypto_ext, off);
+	img_put_be64(s->crypto_ext + 8, area_len);
+	s->crypto_ext_len = 16;
+	s->h.crypt_method = QCOW2_CRYPT_LUKS;
+out:
+	img_luks_free(l);
+	return ret;
+}
+
+bool qcow2_crypt_hides_offsets(const struct qcow2 *s)
+{
+	return s->crypt != NULL;
+}

@@ -1,0 +1,160 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Disk encryption for format drivers (included through img-driver.h): locked
+ * memory for key material, sector ciphers (a block cipher mode plus an IV
+ * generator over 512-byte sectors, as dm-crypt and QEMU name them:
+ * "xts-plain64", "cbc-essiv:sha256") and LUKS1 headers (parse and validate,
+ * unlock a key slot, create, add and erase key slots). Format neutral: the
+ * caller supplies the bytes of the LUKS area through read/write callbacks
+ * whose offsets are relative to the start of the LUKS header. Every
+ * primitive is OpenSSL EVP (AES, PBKDF2, hashes, RAND_bytes).
+ *
+ * Objects here are not thread-safe; a driver calls them under its lock.
+ */
+#ifndef IMG_CRYPTO_H
+#define IMG_CRYPTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "img.h"
+
+/* ---- locked memory (lib/secret.c) ---- */
+
+/*
+ * Zeroed memory for key material: mlock'ed where the system allows it and
+ * excluded from core dumps. NULL on failure (with img_error set).
+ */
+void *img_secure_alloc(size_t len);
+/* Wipe and release memory from img_secure_alloc (NULL is a no-op). */
+void img_secure_free(void *p, size_t len);
+
+/* The secret an image was opened with (its passphrase), or NULL. */
+const struct img_secret *img_open_secret(struct img *img);
+/* The secret a create uses: o->secret, else the one o's
+ * encrypt.key-secret=ID names (-EINVAL if none has that id), else the
+ * default secret, else NULL. */
+int img_create_secret(const struct img_create_opts *o,
+		      const struct img_secret **out);
+
+/* ---- sector ciphers (lib/crypto-luks.c) ---- */
+
+#define IMG_CRYPT_SECTOR 512
+
+struct img_sector_cipher;
+
+/*
+ * A cipher for alg ("aes" with key_len giving the size, doubled for xts)
+ * and mode_spec ("xts-plain64", "cbc-essiv:sha256", "cbc-plain", ...).
+ * -ENOTSUP for what OpenSSL or this code cannot do.
+ */
+int img_sector_cipher_new(const char *alg, const char *mode_spec,
+			  const uint8_t *key, size_t key_len,
+			  struct img_sector_cipher **out);
+void img_sector_cipher_free(struct img_sector_cipher *c);
+/* En- or decrypt len bytes (a multiple of 512) in place; the first sector
+ * has IV number sector. */
+int img_sector_cipher_run(struct img_sector_cipher *c, bool encrypt,
+			  uint64_t sector, uint8_t *buf, size_t len);
+
+/* ---- LUKS1 ---- */
+
+#define IMG_LUKS_HEADER_SIZE 592
+#define IMG_LUKS_SLOTS 8
+/* Default cap on PBKDF2 iterations of one key slot (about 10 s of SHA-256
+ * on a 2020s core); the cap on all slots tried is four times it. */
+#define IMG_LUKS_DEFAULT_MAX_ITER (1ull << 25)
+
+/* Bytes at off of the LUKS area (off relative to the LUKS header). */
+typedef int (*img_luks_read_fn)(void *opaque, uint64_t off, void *buf,
+				size_t len);
+typedef int (*img_luks_write_fn)(void *opaque, uint64_t off, const void *buf,
+				 size_t len);
+
+struct img_luks;
+
+/* One key slot as img_luks_slot() describes it. */
+struct img_luks_slot_info {
+	bool active;
+	uint32_t iterations;
+	uint64_t key_offset; /* bytes from the start of the header */
+	uint32_t stripes;
+};
+
+/*
+ * Decode and validate the header in hdr[0, IMG_LUKS_HEADER_SIZE); every key
+ * slot's material must lie inside area_len bytes. Bad fields fail
+ * -IMG_ECORRUPT, valid but unsupported ciphers -ENOTSUP.
+ */
+int img_luks_parse(const uint8_t *hdr, size_t len, uint64_t area_len,
+		   struct img_luks **out);
+void img_luks_free(struct img_luks *l);
+
+/*
+ * Find the key slot the passphrase opens and load the master key. -EACCES
+ * if no slot opens; -E2BIG if the key derivation cost of the image is above
+ * the cap (img_luks_set_max_iter in img.h).
+ */
+int img_luks_unlock(struct img_luks *l, const struct img_secret *secret,
+		    img_luks_read_fn rd, void *opaque);
+/* En- or decrypt payload sectors with the master key (after unlock or
+ * create). */
+int img_luks_crypt(struct img_luks *l, bool encrypt, uint64_t sector,
+		   uint8_t *buf, size_t len);
+
+/* Parameters for a new header, named as QEMU's encrypt.* options. */
+struct img_luks_params {
+	const char *cipher_alg; /* "aes-256" */
+	const char *cipher_mode; /* "xts" */
+	const char *ivgen_alg; /* "plain64" */
+	const char *ivgen_hash_alg; /* NULL, or "sha256" (default with essiv) */
+	const char *hash_alg; /* "sha256" */
+	uint64_t iter_time_ms; /* 2000 */
+};
+
+/*
+ * Fill p from the create options prefix + "cipher-alg" etc. (prefix is
+ * "encrypt." for qcow2), with QEMU's defaults for what is absent.
+ */
+int img_luks_params_from_opts(const struct img_create_opts *o,
+			      const char *prefix, struct img_luks_params *p);
+
+/*
+ * A new header with a random master key and key slot 0 opened by secret.
+ * *area_len is the size of the LUKS area the caller must reserve (the
+ * payload offset). Write it with img_luks_write_area.
+ */
+int img_luks_create(const struct img_luks_params *p,
+		    const struct img_secret *secret, struct img_luks **out,
+		    uint64_t *area_len);
+/* Write the header and the key material of every active slot created or
+ * changed since the last call; wipes the material of erased slots. */
+int img_luks_write_area(struct img_luks *l, img_luks_write_fn wr, void *opaque);
+
+/*
+ * Key-slot management (amend). The master key must be loaded. Add: slot -1
+ * takes the first free slot; -EEXIST if slot is active. Erase: the slot (or,
+ * with slot -1, every slot the secret opens) becomes inactive; refusing to
+ * erase the last active slot (-EINVAL). Both take effect on disk with
+ * img_luks_write_area.
+ */
+int img_luks_add_key(struct img_luks *l, int slot,
+		     const struct img_secret *secret, uint64_t iter_time_ms);
+int img_luks_erase_key(struct img_luks *l, int slot,
+		       const struct img_secret *old, img_luks_read_fn rd,
+		       void *opaque);
+
+/* Descriptions for info. */
+const char *img_luks_cipher_alg(const struct img_luks *l); /* "aes-256" */
+const char *img_luks_cipher_mode(const struct img_luks *l); /* "xts" */
+const char *img_luks_ivgen_alg(const struct img_luks *l); /* "plain64" */
+const char *img_luks_ivgen_hash(const struct img_luks *l); /* or NULL */
+const char *img_luks_hash_alg(const struct img_luks *l); /* "sha256" */
+const char *img_luks_uuid(const struct img_luks *l);
+uint64_t img_luks_payload_offset(const struct img_luks *l); /* bytes */
+uint32_t img_luks_mk_iterations(const struct img_luks *l);
+void img_luks_slot(const struct img_luks *l, unsigned i,
+		   struct img_luks_slot_info *out);
+
+#endif
