@@ -517,7 +517,7 @@ struct img_bitmap_info {
 };
 
 /* The image's bitmaps in directory order (free with img_bitmap_list_free);
- * formats without bitmaps give an empty list. */
+ * -ENOTSUP for formats that cannot store bitmaps. */
 int img_bitmap_list(struct img *img, struct img_bitmap_info **out, size_t *n);
 void img_bitmap_list_free(struct img_bitmap_info *list, size_t n);
 /*

@@ -1047,7 +1047,8 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 			hosted0 = hosted;
 		} else if (type != type0 || hosted != hosted0 ||
 			   (hosted && host != host0 + (pos - off)) ||
-			   type == QCOW2_CLUSTER_COMPRESSED) {
+			   (type == QCOW2_CLUSTER_COMPRESSED &&
+			    !(pos & (s->cluster_size - 1)))) {
 			break;
 		}
 		pos = piece_end;

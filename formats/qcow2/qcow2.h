@@ -328,6 +328,23 @@ int qcow2_write_compressed(struct img *img, uint64_t off, const void *cdata,
 /* Add the compressed-cluster count and size to *info (when there are any). */
 int qcow2_compress_info(struct qcow2 *s, struct img_info *info);
 
+/* qcow2-amend.c */
+int qcow2_amend(struct img *img, const struct img_kv *opts, size_t n,
+		const struct img_progress *progress);
+extern const struct img_opt_desc qcow2_amend_opts[];
+/* Make every guest range unallocated and trim the file (commit). */
+int qcow2_make_empty(struct img *img);
+/* The driver (qcow2.c), for the ops amend reuses. */
+extern const struct img_driver qcow2_driver;
+
+/* qcow2-snapshot.c: the internal snapshot driver ops (see img-driver.h). */
+int qcow2_snapshot_list(struct img *img, struct img_snapshot_info **out,
+			size_t *n);
+int qcow2_snapshot_create(struct img *img, const char *name);
+int qcow2_snapshot_apply(struct img *img, const char *name_or_id);
+int qcow2_snapshot_delete(struct img *img, const char *name_or_id);
+int qcow2_snapshot_load(struct img *img, const char *name_or_id);
+
 /* qcow2-crypt.c: encryption (crypt_method 1 read-only, 2 LUKS) */
 /* Set up s->crypt when the image is encrypted: parse the LUKS header and,
  * unless IMG_OPEN_NO_IO, unlock it with the image's secret (-EACCES). */
@@ -354,15 +371,6 @@ int qcow2_crypt_create(struct qcow2 *s, const struct img_create_opts *o);
 /* Host offsets of an encrypted image are not raw data: block status hides
  * them, as QEMU does. */
 bool qcow2_crypt_hides_offsets(const struct qcow2 *s);
-
-/* qcow2-amend.c */
-int qcow2_amend(struct img *img, const struct img_kv *opts, size_t n,
-		const struct img_progress *progress);
-extern const struct img_opt_desc qcow2_amend_opts[];
-/* Make every guest range unallocated and trim the file (commit). */
-int qcow2_make_empty(struct img *img);
-/* The driver (qcow2.c), for the ops amend reuses. */
-extern const struct img_driver qcow2_driver;
 
 /* qcow2-measure.c */
 int qcow2_measure(const struct img_create_opts *opts, struct img *src,

@@ -31,6 +31,7 @@ int cmd_amend(int argc, char **argv);
 int cmd_mount(int argc, char **argv);
 int cmd_umount(int argc, char **argv);
 int cmd_bitmap(int argc, char **argv);
+int cmd_snapshot(int argc, char **argv);
 
 /* Print "img: <message>\n" to stderr and return exit_code. */
 int cli_fail(int exit_code, const char *fmt, ...)
@@ -113,6 +114,32 @@ void cli_json_free(struct cli_json *j);
 /* Add the image's persistent bitmaps as "bitmaps" to a format-specific
  * data object, as qemu-img info shows them (nothing if there are none). */
 void cli_bitmap_info(struct img *img, struct cli_json *data);
+/* convert --bitmaps (tools/img/cmd-bitmap.c), with qemu-img's messages: can
+ * the sources' bitmaps go to dst (-1, error printed, if not), and after the
+ * copy, add every bitmap of src to dst with its flags and contents. */
+int cli_convert_bitmaps_check(struct img *src, unsigned n_srcs,
+			      struct img *dst, bool skip_broken);
+int cli_convert_bitmaps_copy(struct img *src, struct img *dst,
+			     bool skip_broken);
+
+/* ---- internal snapshots (tools/img/cmd-snapshot.c) ---- */
+
+/* Open the read-only view of internal snapshot `snapshot` of path (convert
+ * -l), printing "img: Could not open ..." on failure. */
+int cli_open_snapshot(const char *path, const char *fmt, unsigned flags,
+		      const char *snapshot, struct img **out);
+/* img info: the "Snapshot list:" table / the "snapshots" JSON array (nothing
+ * when the image has no snapshots). */
+void cli_snapshot_info_human(struct img *img);
+void cli_snapshot_info_json(struct img *img, struct cli_json *obj);
+/* convert -l: "NAME", "snapshot.id=ID" or "snapshot.name=NAME" to the name
+ * or id to open (static storage); prints the error and returns 1 if bad. */
+int cli_snapshot_param(const char *arg, const char **out);
+/* convert --snapshots: copy each internal snapshot of src (oldest first),
+ * then the live image, into dst (opened, of src's size), writing only what
+ * changed from one to the next. Returns the exit code (error printed). */
+int cli_convert_snapshots(const char *src_path, const char *src_fmt,
+			  unsigned src_flags, struct img *src, struct img *dst);
 
 /* Is fmt a format this build supports? */
 bool cli_format_known(const char *fmt);
