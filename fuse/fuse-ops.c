@@ -20,6 +20,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <linux/fuse.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -479,6 +480,28 @@ static void fs_op_releasedir(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_err(req, 0);
 }
 
+/*
+ * Reply to the open of the disk. An O_DIRECT open also gets
+ * FOPEN_PARALLEL_DIRECT_WRITES, so the kernel sends the writes of several
+ * threads concurrently instead of one at a time under the inode lock (they
+ * are O_DIRECT writes: no ordering between them is promised). libfuse 3.14's
+ * fuse_file_info has no bit for it, so the reply is built here; it is the
+ * same fuse_open_out that fuse_reply_open sends.
+ */
+static int reply_open_disk(fuse_req_t req, struct fuse_file_info *fi)
+{
+	struct fuse_open_out out = {
+		.fh = fi->fh,
+		.open_flags = FOPEN_KEEP_CACHE,
+	};
+	struct iovec iov = { .iov_base = &out, .iov_len = sizeof(out) };
+
+	if (!fi->direct_io)
+		return fuse_reply_open(req, fi);
+	out.open_flags |= FOPEN_DIRECT_IO | FOPEN_PARALLEL_DIRECT_WRITES;
+	return fuse_reply_iov(req, &iov, 1);
+}
+
 static void fs_op_open(fuse_req_t req, fuse_ino_t ino,
 		       struct fuse_file_info *fi)
 {
@@ -538,7 +561,8 @@ static void fs_op_open(fuse_req_t req, fuse_ino_t ino,
 		fi->keep_cache = 1;
 	}
 	fi->fh = (uintptr_t)h;
-	if (fuse_reply_open(req, fi) != 0) {
+	if ((h->img == fs->img ? reply_open_disk(req, fi) :
+				 fuse_reply_open(req, fi)) != 0) {
 		if (h->own_img)
 			img_close(h->img);
 		free(h->data);

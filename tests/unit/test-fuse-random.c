@@ -235,6 +235,87 @@ static void run_ops(int fd, int ref, const struct config *c)
 	free(want);
 }
 
+/* The whole disk read through O_DIRECT equals the reference. */
+static void check_direct_read(const char *disk, int ref, const struct config *c)
+{
+	void *a = NULL, *b = malloc(1 << 20);
+	int fd = open(disk, O_RDONLY | O_DIRECT);
+
+	CHECK(fd >= 0 && b);
+	CHECK(posix_memalign(&a, 4096, 1 << 20) == 0);
+	for (uint64_t off = 0; fd >= 0 && a && b && off + 4096 <= c->size;
+	     off += 1 << 20) {
+		size_t n = c->size - off < (1 << 20) ?
+				   (size_t)((c->size - off) & ~4095ull) :
+				   1 << 20;
+
+		CHECK(pread(fd, a, n, (off_t)off) == (ssize_t)n);
+		CHECK(pread_full(ref, b, n, off) == 0);
+		if (memcmp(a, b, n)) {
+			tap_failures++;
+			fprintf(stderr,
+				"%s: O_DIRECT read differs in MiB at %" PRIu64
+				"\n",
+				c->name, off);
+			break;
+		}
+	}
+	if (fd >= 0)
+		close(fd);
+	free(a);
+	free(b);
+}
+
+/*
+ * DIRECT_JOBS processes write 4 KiB blocks through their own O_DIRECT
+ * descriptors at once (the kernel may send them to img-fuse in parallel),
+ * each to its own blocks (index % DIRECT_JOBS), and mirror them into the
+ * reference; then the whole disk is read back through O_DIRECT.
+ */
+#define DIRECT_JOBS 4
+#define DIRECT_WRITES 400
+
+static void run_direct_writers(const char *disk, int ref,
+			       const struct config *c)
+{
+	uint64_t blocks = c->size / 4096;
+	pid_t pids[DIRECT_JOBS];
+	int status;
+
+	for (int j = 0; j < DIRECT_JOBS; j++) {
+		pids[j] = fork();
+		if (pids[j] == 0) {
+			void *buf;
+			int fd = open(disk, O_RDWR | O_DIRECT), bad = 0;
+
+			rng_state += (uint64_t)j * 7919 + 1;
+			if (fd < 0 || posix_memalign(&buf, 4096, 4096))
+				_exit(2);
+			for (int i = 0; i < DIRECT_WRITES; i++) {
+				uint64_t b = rnd_below(blocks / DIRECT_JOBS) *
+						     DIRECT_JOBS +
+					     (uint64_t)j;
+
+				fill_random(buf, 4096);
+				if (pwrite(fd, buf, 4096, (off_t)(b * 4096)) !=
+					    4096 ||
+				    pwrite_full(ref, buf, 4096, b * 4096) < 0)
+					bad = 1;
+			}
+			if (fsync(fd) != 0)
+				bad = 1;
+			_exit(bad);
+		}
+		CHECK(pids[j] > 0);
+	}
+	for (int j = 0; j < DIRECT_JOBS; j++)
+		CHECK(pids[j] > 0 && waitpid(pids[j], &status, 0) == pids[j] &&
+		      WIFEXITED(status) && WEXITSTATUS(status) == 0);
+	check_direct_read(disk, ref, c);
+	test_note("%s: %d O_DIRECT writers x %d writes", c->name, DIRECT_JOBS,
+		  DIRECT_WRITES);
+}
+
 /* The image holds exactly the reference's bytes and checks clean. */
 static void verify_image(const char *image, const char *refpath,
 			 const struct config *c)
@@ -332,6 +413,7 @@ static void run_config(const char *bindir, const struct config *c)
 		run_ops(fd, ref, c);
 		CHECK(fsync(fd) == 0);
 		close(fd);
+		run_direct_writers(disk, ref, c);
 	}
 	CHECK_EQ(test_sh("%s/img umount %s", bindir, mnt), 0);
 	verify_image(image, refpath, c);
