@@ -1284,8 +1284,10 @@ int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size)
 
 			if (!l2e && !bitmap_at(s, t, idx))
 				continue;
-			if ((l2e & QCOW2_OFLAG_COMPRESSED) &&
-			    (!whole || (l1e & QCOW2_OFLAG_COPIED))) {
+			/* A cluster's refcount counts each L1 table it is
+			 * reached through: dropping a table that a snapshot
+			 * shares drops one reference of what it maps too. */
+			if (l2e & QCOW2_OFLAG_COMPRESSED) {
 				ret = qcow2_compressed_check(
 					s, l2e, bitmap_at(s, t, idx),
 					((i << s->l2_bits) + idx)
@@ -1297,8 +1299,7 @@ int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size)
 					return ret;
 				}
 			}
-			if (has_host(s, l2e) && !has_data_file(s) &&
-			    (!whole || (l1e & QCOW2_OFLAG_COPIED))) {
+			if (has_host(s, l2e) && !has_data_file(s)) {
 				ret = qcow2_free_cluster_deferred(
 					s, l2e & QCOW2_L2E_OFFSET_MASK);
 				if (ret < 0) {

@@ -663,10 +663,10 @@ static int qcow2_resize(struct img *img, uint64_t size, unsigned flags,
 		return img_error(
 			-ENOTSUP,
 			"qcow2: cannot resize an image with persistent bitmaps");
-	if (s->h.nb_snapshots)
+	if (s->h.nb_snapshots && s->h.version < 3)
 		return img_error(
 			-ENOTSUP,
-			"qcow2: cannot resize an image with internal snapshots");
+			"qcow2: Can't resize a v2 image which has snapshots");
 	if (size == old)
 		return 0;
 	if (size < old) {

@@ -160,3 +160,32 @@ errors() {
 	expect_exit 0 "$IMG" snapshot -f raw -l "$T/r.raw"
 }
 
+
+# img resize on images with snapshots, as qemu-img 7.2: v3 grows and
+# shrinks (snapshots keep their size and contents), v2 refuses.
+resized() {
+	ctx="resize"
+	rm -f "$f"
+	must qemu-img create -q -f qcow2 -o cluster_size=4096 "$f" 4M
+	qemu_ops "$f" qcow2 "write -P 0x61 0 4M"
+	must qemu-img snapshot -c small "$f"
+	must "$IMG" resize -q "$f" 12M
+	img_ops "$f" qcow2 "write -P 0x62 3M 6M"
+	must "$IMG" snapshot -c big "$f"
+	must "$IMG" resize -q --shrink "$f" 2M
+	qcheck "$f"
+	must qemu-img snapshot -a small "$f"
+	qemu-img info "$f" | grep -q "(4194304 bytes)" || fail "[$ctx] size after -a small"
+	qemu_ops "$f" qcow2 "read -P 0x61 0 4M"
+	must qemu-img snapshot -a big "$f"
+	qemu_ops "$f" qcow2 "read -P 0x61 0 3M" "read -P 0x62 3M 6M" "read -P 0 9M 3M"
+	must "$IMG" snapshot -d small "$f"
+	must "$IMG" snapshot -d big "$f"
+	qcheck "$f"
+	rm -f "$f"
+	must qemu-img create -q -f qcow2 -o compat=0.10 "$f" 1M
+	must qemu-img snapshot -c x "$f"
+	expect_exit 1 "$IMG" resize "$f" 2M
+	grep -q "Can't resize a v2 image which has snapshots" "$T/.err" ||
+		fail "[$ctx] v2 message: $(cat "$T/.err")"
+}
