@@ -2,8 +2,8 @@
 /*
  * qcow2 internal snapshots against a reference model: a seeded stream of
  * writes, zeroes, discards, snapshot creates, applies, deletes and reopens
- * runs on an image and on a model holding the live contents and every
- * snapshot's contents; the live image and (through read-only snapshot views)
+ * (and resizes, growing and shrinking) runs on an image and on a model holding
+ * the live contents and every snapshot's contents and size; the live image and (through read-only snapshot views)
  * every snapshot must match the model throughout, and at the end check must
  * find no corruption and no leak (qemu-img check too, when installed). Also:
  * an image with 100 snapshots; and crash replay (every prefix of the host
@@ -31,6 +31,7 @@ struct model {
 	struct {
 		char name[16];
 		uint8_t *data;
+		uint64_t size;
 	} sn[MAX_SNAPS];
 	unsigned next_name;
 };
@@ -108,8 +109,9 @@ static bool verify_snapshots(struct img_io *mem, const struct model *m,
 			ok = false;
 			break;
 		}
-		ok = img_size(v) == m->size &&
-		     qt_compare(v, m->sn[k].data, 0, m->size, list[i].name);
+		ok = img_size(v) == m->sn[k].size &&
+		     qt_compare(v, m->sn[k].data, 0, m->sn[k].size,
+				list[i].name);
 		img_close(v);
 	}
 	img_snapshot_list_free(list, n);
@@ -136,7 +138,7 @@ static const struct variant variants[] = {
 	{ "lazy_refcounts", "cluster_size=4096,lazy_refcounts=on", 2 << 20,
 	  4096, MAX_SNAPS },
 	{ "refcount_bits=4", "cluster_size=4096,refcount_bits=4", 2 << 20, 4096,
-	  13 },
+	  14 },
 };
 
 static bool run_model(const struct variant *v, struct qt_rng *rng)
@@ -149,7 +151,8 @@ static bool run_model(const struct variant *v, struct qt_rng *rng)
 	bool ok = true;
 	int ret;
 
-	m.cur = calloc(1, v->size);
+	/* Resizes stay within [size / 2, 2 * size]. */
+	m.cur = calloc(1, 2 * v->size);
 	if (!buf || !m.cur ||
 	    qt_create_mem(v->opts, v->size, NULL, NULL, &mem) < 0 ||
 	    qt_open_borrowed(mem, 0, &img) < 0) {
@@ -163,21 +166,21 @@ static bool run_model(const struct variant *v, struct qt_rng *rng)
 
 		if (r < 50) {
 			uint64_t len = 1 + qt_below(rng, 3 * v->cluster_size);
-			uint64_t off = qt_below(rng, v->size - len);
+			uint64_t off = qt_below(rng, m.size - len);
 
 			qt_fill(rng, buf, len);
 			ret = img_write(img, buf, off, len, 0);
 			memcpy(m.cur + off, buf, len);
 		} else if (r < 58) {
 			uint64_t len = 1 + qt_below(rng, 4 * v->cluster_size);
-			uint64_t off = qt_below(rng, v->size - len);
+			uint64_t off = qt_below(rng, m.size - len);
 
 			ret = img_zero(img, off, len,
 				       r & 1 ? IMG_ZERO_MAY_UNMAP : 0);
 			memset(m.cur + off, 0, len);
 		} else if (r < 63) {
 			uint64_t len = 1 + qt_below(rng, 4 * v->cluster_size);
-			uint64_t off = qt_below(rng, v->size - len);
+			uint64_t off = qt_below(rng, m.size - len);
 
 			ret = img_discard(img, off, len);
 			if (ret == 0)
@@ -192,23 +195,39 @@ static bool run_model(const struct variant *v, struct qt_rng *rng)
 				CHECK_ERR(ret, -ERANGE);
 				continue;
 			}
-			m.sn[k].data = malloc(v->size);
+			m.sn[k].data = malloc(m.size);
 			if (!m.sn[k].data)
 				break;
-			memcpy(m.sn[k].data, m.cur, v->size);
+			memcpy(m.sn[k].data, m.cur, m.size);
+			m.sn[k].size = m.size;
 			n_snaps++;
 		} else if (r < 83) {
 			if (!m.sn[k].data)
 				continue;
 			ret = img_snapshot_apply(img, m.sn[k].name);
-			memcpy(m.cur, m.sn[k].data, v->size);
-		} else if (r < 92) {
+			m.size = m.sn[k].size;
+			memcpy(m.cur, m.sn[k].data, m.size);
+		} else if (r < 91) {
 			if (!m.sn[k].data)
 				continue;
 			ret = img_snapshot_delete(img, m.sn[k].name);
 			free(m.sn[k].data);
 			m.sn[k].data = NULL;
 			n_snaps--;
+		} else if (r < 93) {
+			uint64_t size =
+				v->size / 2 +
+				qt_below(rng, 3 * v->size / 2 / 512 + 1) * 512;
+
+			ret = img_resize(img, size, IMG_RESIZE_SHRINK,
+					 IMG_PREALLOC_OFF);
+			if (n_snaps && strstr(v->opts, "compat=0.10")) {
+				CHECK_ERR(ret, -ENOTSUP);
+				continue;
+			}
+			if (size > m.size)
+				memset(m.cur + m.size, 0, size - m.size);
+			m.size = size;
 		} else if (r < 95) {
 			ret = img_close(img);
 			img = NULL;
@@ -217,7 +236,7 @@ static bool run_model(const struct variant *v, struct qt_rng *rng)
 		} else {
 			ret = img_flush(img);
 			ok = ret == 0 &&
-			     qt_compare(img, m.cur, 0, v->size, "live") &&
+			     qt_compare(img, m.cur, 0, m.size, "live") &&
 			     verify_snapshots(mem, &m, true, v->name);
 		}
 		if (ret < 0) {
@@ -228,7 +247,7 @@ static bool run_model(const struct variant *v, struct qt_rng *rng)
 	}
 	if (ok)
 		ok = img_flush(img) == 0 &&
-		     qt_compare(img, m.cur, 0, v->size, "live") &&
+		     qt_compare(img, m.cur, 0, m.size, "live") &&
 		     verify_snapshots(mem, &m, true, v->name);
 	if (ok) {
 		struct img_check res;
@@ -250,7 +269,7 @@ static bool run_model(const struct variant *v, struct qt_rng *rng)
 		struct img_check res;
 
 		ok = qt_check(img, &res, v->name) == 0 && !res.corruptions &&
-		     !res.leaks && qt_compare(img, m.cur, 0, v->size, "end");
+		     !res.leaks && qt_compare(img, m.cur, 0, m.size, "end");
 	}
 out:
 	img_close(img);
@@ -434,6 +453,7 @@ static int crash_setup(struct model *m, struct img_io **mem)
 		if (ret == 0)
 			ret = img_snapshot_create(img, m->sn[i].name);
 		m->sn[i].data = malloc(CR_SIZE);
+		m->sn[i].size = CR_SIZE;
 		if (!m->sn[i].data)
 			ret = -ENOMEM;
 		else
@@ -501,6 +521,7 @@ static void test_crash(enum sn_op op)
 	 * be listed, with its contents. */
 	if (op == OP_CREATE) {
 		snprintf(m.sn[3].name, sizeof(m.sn[3].name), "new");
+		m.sn[3].size = CR_SIZE;
 		m.sn[3].data = malloc(CR_SIZE);
 		if (m.sn[3].data)
 			memcpy(m.sn[3].data, m.cur, CR_SIZE);
@@ -557,6 +578,7 @@ static void test_faults(enum sn_op op)
 	model_after(&m, op, after);
 	if (op == OP_CREATE) {
 		snprintf(m.sn[3].name, sizeof(m.sn[3].name), "new");
+		m.sn[3].size = CR_SIZE;
 		m.sn[3].data = malloc(CR_SIZE);
 		if (m.sn[3].data)
 			memcpy(m.sn[3].data, m.cur, CR_SIZE);
