@@ -337,7 +337,8 @@ static int read_chunk(struct qcow2 *s, const uint8_t *t, uint8_t *p,
 			if (run_len && type == run_type &&
 			    (type != QCOW2_CLUSTER_NORMAL ||
 			     run_host + run_len == host) &&
-			    (type != QCOW2_CLUSTER_COMPRESSED || run_l2e == l2e)) {
+			    (type != QCOW2_CLUSTER_COMPRESSED ||
+			     run_l2e == l2e)) {
 				run_len += piece_end - pos;
 				pos = piece_end;
 				continue;

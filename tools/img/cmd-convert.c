@@ -608,6 +608,7 @@ struct cv_args {
 	bool shared;
 	bool out_of_order;
 	bool compress;
+	bool slots_given; /* -m: with -c, also the compressor threads */
 	bool bitmaps; /* --bitmaps (tools/img/cmd-bitmap.c does the work) */
 	bool skip_broken_bitmaps;
 	const char *snapshot; /* -l (tools/img/cmd-snapshot.c) */
@@ -732,6 +733,7 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 					"of coroutines is between 1 and %d",
 					CV_MAX_SLOTS);
 			a->n_slots = (unsigned)v;
+			a->slots_given = true;
 			break;
 		}
 		case 'W':
@@ -981,7 +983,8 @@ int cmd_convert(int argc, char **argv)
 				      a.skip_broken_bitmaps) < 0)
 		goto out;
 	if (a.compress) {
-		ret = cvc_new(cv->dst, cv->compress_level, 0, &cv->cvc);
+		ret = cvc_new(cv->dst, cv->compress_level,
+			      a.slots_given ? a.n_slots : 0, &cv->cvc);
 		if (ret < 0) {
 			cli_fail(1, "%s", img_last_error());
 			goto out;
