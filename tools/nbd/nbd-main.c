@@ -58,6 +58,7 @@ struct cfg {
 	const char *snapshot;
 	const char *tls_creds;
 	struct nbd_tls_opts tls;
+	char *tls_paths[3]; /* what resolve_tls() allocated */
 	bool read_only;
 	bool fork;
 	bool snapshot_exports;
@@ -189,7 +190,7 @@ static char *join(const char *dir, const char *file)
 	return s;
 }
 
-/* Resolve --tls-creds ID into cfg->tls (paths leak until exit: small). */
+/* Resolve --tls-creds ID into cfg->tls (paths kept in cfg->tls_paths). */
 static int resolve_tls(struct cfg *cfg)
 {
 	for (size_t i = 0; i < cfg->n_objects; i++) {
@@ -198,13 +199,19 @@ static int resolve_tls(struct cfg *cfg)
 		if (strcmp(o->id, cfg->tls_creds))
 			continue;
 		if (o->psk) {
-			cfg->tls.psk_file = join(o->dir, "keys.psk");
+			cfg->tls.psk_file = cfg->tls_paths[0] =
+				join(o->dir, "keys.psk");
 		} else {
-			cfg->tls.cert = join(o->dir, "server-cert.pem");
-			cfg->tls.key = join(o->dir, "server-key.pem");
-			cfg->tls.ca = join(o->dir, "ca-cert.pem");
+			cfg->tls.cert = cfg->tls_paths[0] =
+				join(o->dir, "server-cert.pem");
+			cfg->tls.key = cfg->tls_paths[1] =
+				join(o->dir, "server-key.pem");
+			cfg->tls.ca = cfg->tls_paths[2] =
+				join(o->dir, "ca-cert.pem");
 			cfg->tls.verify_peer = o->verify_peer;
 		}
+		if (!cfg->tls_paths[0])
+			return img_error(-ENOMEM, "out of memory");
 		return 0;
 	}
 	return img_error(-EINVAL, "--tls-creds %s: no such --object",
@@ -756,12 +763,16 @@ int main(int argc, char **argv)
 	bool unix_sock = false;
 
 	ret = parse_args(argc, argv, &cfg);
-	if (ret)
-		return ret == 2 ? 0 : 1;
+	if (ret) {
+		ret = ret == 2 ? 0 : 1;
+		goto out;
+	}
 	signal(SIGPIPE, SIG_IGN);
 	if (cfg.tls.psk_file || cfg.tls.cert || cfg.tls.key) {
-		if (nbd_tls_new(&cfg.tls, &tls) < 0)
-			return die(img_last_error());
+		if (nbd_tls_new(&cfg.tls, &tls) < 0) {
+			ret = die(img_last_error());
+			goto out;
+		}
 		cfg.srv.tls = tls;
 	}
 	ret = listen_activation(fds, &n_fds);
@@ -776,10 +787,10 @@ int main(int argc, char **argv)
 			ret = listen_tcp(cfg.bind_addr, cfg.port, fds, &n_fds);
 		}
 	}
-	if (ret < 0)
-		return die(img_last_error());
-	if (cfg.fork && fork_and_wait(&ready_fd) < 0)
-		return die(img_last_error());
+	if (ret < 0 || (cfg.fork && fork_and_wait(&ready_fd) < 0)) {
+		ret = die(img_last_error());
+		goto out;
+	}
 
 	ret = open_exports(&cfg, &exports, &n_exports);
 	if (ret >= 0)
@@ -818,5 +829,7 @@ out:
 		free(cfg.objects[i].id);
 		free(cfg.objects[i].dir);
 	}
+	for (int i = 0; i < 3; i++)
+		free(cfg.tls_paths[i]);
 	return ret;
 }
