@@ -7,8 +7,8 @@
  * the downgrade to compat=0.10 last (after the features it cannot keep were
  * dropped). Messages and refusals are qemu-img's; beyond it, backing_file and
  * backing_fmt may be changed (a header-only change, as rebase -u; qemu-img
- * 7.2 refuses). Encryption options are the LUKS code's: this file only
- * refuses them with a clear message until that hook exists.
+ * 7.2 refuses). Encryption options (LUKS key slots) are handled by
+ * qcow2_crypt_amend (qcow2-crypt.c).
  *
  * Refcount width change, crash-safe: the new refcount blocks and table are
  * allocated in free clusters through the old structures (repeated until the
@@ -162,11 +162,6 @@ static int parse_params(struct qcow2 *s, const struct img_kv *kv, size_t n,
 	if (p->encrypt && s->h.crypt_method != QCOW2_CRYPT_LUKS)
 		return img_error(-ENOTSUP,
 				 "Only LUKS encryption options can be amended");
-	if (p->encrypt)
-		/* The hook for the LUKS key-slot code (issue 4). */
-		return img_error(
-			-ENOTSUP,
-			"qcow2: amending LUKS key slots is not supported yet");
 	if (p->set_data_file && !s->data_file_name)
 		return img_error(
 			-EINVAL,
@@ -867,6 +862,12 @@ int qcow2_amend(struct img *img, const struct img_kv *opts, size_t n,
 	ret = parse_params(s, opts, n, &p);
 	if (ret < 0)
 		return ret;
+	if (p.encrypt) {
+		/* LUKS key slots: qcow2-crypt.c. */
+		ret = qcow2_crypt_amend(s, opts, n);
+		if (ret < 0)
+			return ret;
+	}
 	while ((1ull << order) < p.refcount_bits)
 		order++;
 	total = (p.version != s->h.version) +
@@ -904,11 +905,52 @@ int qcow2_amend(struct img *img, const struct img_kv *opts, size_t n,
 	return 0;
 }
 
+/*
+ * Unmap the L2 table of L1 entry i: the L1 entry is cleared first, and only
+ * then are the table and the clusters only it references queued for release
+ * (freed after that entry is stable), so a failed write frees nothing still
+ * in use.
+ */
+static int drop_l2(struct qcow2 *s, uint64_t i)
+{
+	uint64_t l1e = s->l1[i], off = l1e & QCOW2_L1E_OFFSET_MASK;
+	bool data_file = s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE;
+	uint8_t zero[8] = { 0 }, *t;
+	int ret = img_cache_get(s->l2_cache, off, (void **)&t);
+
+	if (ret < 0)
+		return ret;
+	ret = img_io_pwrite(s->file, zero, sizeof(zero),
+			    s->h.l1_table_offset + i * 8);
+	if (ret < 0) {
+		img_cache_put(s->l2_cache, t);
+		return ret;
+	}
+	s->l1[i] = 0;
+	/* A table a snapshot shares keeps its clusters. */
+	for (uint64_t j = 0;
+	     (l1e & QCOW2_OFLAG_COPIED) && j < s->l2_entries && ret == 0; j++) {
+		uint64_t l2e = img_be64(t + j * s->l2_entry_size);
+
+		if (l2e & QCOW2_OFLAG_COMPRESSED)
+			ret = qcow2_compressed_free(s, l2e);
+		else if ((l2e & QCOW2_L2E_OFFSET_MASK) && !data_file)
+			ret = qcow2_free_cluster_deferred(
+				s, l2e & QCOW2_L2E_OFFSET_MASK);
+	}
+	img_cache_put(s->l2_cache, t);
+	if (ret == 0)
+		ret = qcow2_free_cluster_deferred(s, off);
+	if (ret == 0 && s->n_pending_free > QCOW2_MAX_PENDING_FREE)
+		ret = qcow2_metadata_write_back(s);
+	return ret;
+}
+
 int qcow2_make_empty(struct img *img)
 {
 	struct qcow2 *s = img_priv(img);
 	uint64_t end, file_size;
-	int ret;
+	int ret = 0;
 
 	if (s->corrupt)
 		return img_error(
@@ -918,9 +960,11 @@ int qcow2_make_empty(struct img *img)
 		return img_error(
 			-ENOTSUP,
 			"qcow2: an image with a raw external data file cannot be emptied");
-	/* Drops every L2 table (and the clusters only it references), L1
-	 * entries first, frees after they are stable. */
-	ret = qcow2_shrink_clusters(s, 0);
+	for (uint64_t i = 0; i < s->l1_size && ret == 0; i++)
+		if (s->l1[i] & QCOW2_L1E_OFFSET_MASK)
+			ret = drop_l2(s, i);
+	if (ret == 0)
+		ret = qcow2_metadata_write_back(s);
 	if (ret == 0)
 		ret = img_io_flush(s->file);
 	if (ret == 0)
