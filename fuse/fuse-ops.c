@@ -396,21 +396,27 @@ static int dirbuf_add(fuse_req_t req, struct fs_dirbuf *d, const char *name,
 static int build_listing(fuse_req_t req, struct fs *fs, fuse_ino_t ino,
 			 struct fs_dirbuf *d)
 {
-	int ret;
+	static const struct {
+		const char *name;
+		fuse_ino_t dir, ino;
+		mode_t mode;
+	} fixed[] = {
+		{ ".", FS_INO_ROOT, FS_INO_ROOT, S_IFDIR },
+		{ "..", FS_INO_ROOT, FS_INO_ROOT, S_IFDIR },
+		{ "disk", FS_INO_ROOT, FS_INO_DISK, S_IFREG },
+		{ "info.json", FS_INO_ROOT, FS_INO_INFO, S_IFREG },
+		{ "snapshots", FS_INO_ROOT, FS_INO_SNAPDIR, S_IFDIR },
+		{ ".", FS_INO_SNAPDIR, FS_INO_SNAPDIR, S_IFDIR },
+		{ "..", FS_INO_SNAPDIR, FS_INO_ROOT, S_IFDIR },
+	};
+	int ret = 0;
 
-	if (ino == FS_INO_ROOT) {
-		if ((ret = dirbuf_add(req, d, ".", FS_INO_ROOT, S_IFDIR)) < 0 ||
-		    (ret = dirbuf_add(req, d, "..", FS_INO_ROOT, S_IFDIR)) <
-			    0 ||
-		    (ret = dirbuf_add(req, d, "disk", FS_INO_DISK, S_IFREG)) <
-			    0 ||
-		    (ret = dirbuf_add(req, d, "info.json", FS_INO_INFO,
-				      S_IFREG)) < 0)
-			return ret;
-		return dirbuf_add(req, d, "snapshots", FS_INO_SNAPDIR, S_IFDIR);
-	}
-	if ((ret = dirbuf_add(req, d, ".", FS_INO_SNAPDIR, S_IFDIR)) < 0 ||
-	    (ret = dirbuf_add(req, d, "..", FS_INO_ROOT, S_IFDIR)) < 0)
+	for (size_t i = 0; ret >= 0 && i < sizeof(fixed) / sizeof(fixed[0]);
+	     i++)
+		if (fixed[i].dir == ino)
+			ret = dirbuf_add(req, d, fixed[i].name, fixed[i].ino,
+					 fixed[i].mode);
+	if (ret < 0 || ino == FS_INO_ROOT)
 		return ret;
 	pthread_mutex_lock(&fs->snap_lock);
 	ret = fs_snap_refresh(fs);
