@@ -1366,6 +1366,9 @@ static int run(struct qcow2 *s, unsigned fix, bool force_rebuild,
 		if (ret < 0)
 			return ret;
 	}
+	ret = qcow2_snapshot_check_table(s, fix, res);
+	if (ret < 0)
+		return ret;
 	memset(&sub, 0, sizeof(sub));
 	sub.report = res->report;
 	sub.opaque = res->opaque;

@@ -77,6 +77,7 @@ struct qcow2_snapshot {
 	uint64_t vm_state_size;
 	uint64_t disk_size;
 	uint64_t icount; /* UINT64_MAX if absent */
+	uint32_t extra_size; /* extra data bytes as read */
 	uint8_t *unknown_extra; /* extra data past SNX_SIZE, preserved */
 	uint32_t unknown_extra_len;
 };
@@ -154,6 +155,7 @@ static int read_entry(struct qcow2 *s, uint64_t off, uint64_t end,
 	sn->vm_clock_nsec = img_be64(h + SN_VM_CLOCK_NSEC);
 	sn->vm_state_size = img_be32(h + SN_VM_STATE_SIZE);
 	extra = img_be32(h + SN_EXTRA_DATA_SIZE);
+	sn->extra_size = extra;
 	sn->disk_size = s->h.size;
 	sn->icount = UINT64_MAX;
 	off += SN_HEADER_SIZE;
@@ -906,4 +908,41 @@ int qcow2_snapshot_load(struct img *img, const char *name_or_id)
 	}
 	table_release(&t);
 	return ret;
+}
+
+int qcow2_snapshot_check_table(struct qcow2 *s, unsigned fix,
+			       struct img_check *res)
+{
+	struct sn_table t;
+	uint64_t n_bad = 0;
+	int ret;
+
+	/* Unreadable tables are the refcount check's to report. */
+	if (s->h.version < 3 || table_read(s, &t) < 0)
+		return 0;
+	fix &= s->read_only ? 0 : IMG_CHECK_FIX_ERRORS;
+	for (uint32_t i = 0; i < t.n; i++) {
+		char line[96];
+
+		/* v3 requires vm_state_size_large and disk_size. */
+		if (t.sn[i].extra_size >= SNX_DISK_SIZE + 8)
+			continue;
+		n_bad++;
+		snprintf(line, sizeof(line),
+			 "%s snapshot table entry %" PRIu32 " is incomplete",
+			 fix ? "Repairing" : "ERROR", i);
+		if (res->report)
+			res->report(res->opaque, line);
+	}
+	ret = n_bad && fix ? table_write(s, &t) : 0;
+	if (ret == 0 && n_bad && fix)
+		ret = sync_all(s); /* the check reads refcounts from disk */
+	table_release(&t);
+	if (ret < 0)
+		return ret;
+	if (fix)
+		res->corruptions_fixed += n_bad;
+	else
+		res->corruptions += n_bad;
+	return 0;
 }

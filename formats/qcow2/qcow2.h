@@ -344,6 +344,10 @@ int qcow2_snapshot_create(struct img *img, const char *name);
 int qcow2_snapshot_apply(struct img *img, const char *name_or_id);
 int qcow2_snapshot_delete(struct img *img, const char *name_or_id);
 int qcow2_snapshot_load(struct img *img, const char *name_or_id);
+/* check: report (and with IMG_CHECK_FIX_ERRORS in fix, complete) v3 table
+ * entries without the mandatory extra data, counting corruptions. */
+int qcow2_snapshot_check_table(struct qcow2 *s, unsigned fix,
+			       struct img_check *res);
 
 /* qcow2-crypt.c: encryption (crypt_method 1 read-only, 2 LUKS) */
 /* Set up s->crypt when the image is encrypted: parse the LUKS header and,
