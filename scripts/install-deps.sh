@@ -5,7 +5,7 @@
 set -e
 PKGS="build-essential pkg-config clang clang-format \
 liburing-dev libzstd-dev zlib1g-dev libssl-dev libfuse3-dev fuse3 \
-qemu-utils nbdkit libnbd-bin fio e2fsprogs util-linux"
+qemu-utils nbdkit libnbd-bin fio e2fsprogs util-linux python3"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
