@@ -350,3 +350,82 @@ bool qcow2_crypt_hides_offsets(const struct qcow2 *s)
 {
 	return s->crypt != NULL;
 }
+
+static int amend_secret(const struct img_create_opts *o, const char *key,
+			const struct img_secret **out)
+{
+	const char *id = NULL;
+	int ret = img_opt_str(o, key, &id);
+
+	*out = NULL;
+	if (ret <= 0)
+		return ret;
+	*out = img_secret_lookup(id);
+	if (!*out)
+		return img_error(-EINVAL, "No secret with id '%s' found", id);
+	return 1;
+}
+
+int qcow2_crypt_amend(struct qcow2 *s, const struct img_kv *kv, size_t n)
+{
+	const struct img_create_opts o = { .opts = kv, .n_opts = n };
+	const struct img_secret *new_secret, *old_secret;
+	struct qcow2_crypt *c = s->crypt;
+	const char *state = NULL;
+	uint64_t slot = UINT64_MAX, iter_time = 2000;
+	struct area_io a;
+	int ret;
+
+	if (!c || !c->luks)
+		return img_error(-EINVAL, "Can't amend encryption options - "
+					  "encryption not present");
+	if ((ret = img_opt_str(&o, "encrypt.state", &state)) < 0 ||
+	    (ret = img_opt_u64(&o, "encrypt.keyslot", &slot)) < 0 ||
+	    (ret = img_opt_u64(&o, "encrypt.iter-time", &iter_time)) < 0 ||
+	    (ret = amend_secret(&o, "encrypt.new-secret", &new_secret)) < 0 ||
+	    (ret = amend_secret(&o, "encrypt.old-secret", &old_secret)) < 0)
+		return ret;
+	if (!state)
+		return img_error(-EINVAL,
+				 "Parameter 'encrypt.state' is missing "
+				 "(active or inactive)");
+	if (slot != UINT64_MAX && slot >= IMG_LUKS_SLOTS)
+		return img_error(-EINVAL,
+				 "Invalid keyslot %" PRIu64 " specified", slot);
+	if (!strcmp(state, "active")) {
+		if (!new_secret)
+			return img_error(-EINVAL, "'new-secret' is required to "
+						  "activate a keyslot");
+		if (old_secret)
+			return img_error(-EINVAL,
+					 "'old-secret' must not be given "
+					 "when activating keyslots");
+		ret = img_luks_add_key(c->luks,
+				       slot == UINT64_MAX ? -1 : (int)slot,
+				       new_secret, iter_time);
+	} else if (!strcmp(state, "inactive")) {
+		if (new_secret)
+			return img_error(-EINVAL,
+					 "'new-secret' must not be given "
+					 "when erasing keyslots");
+		if (slot == UINT64_MAX && !old_secret)
+			return img_error(-EINVAL,
+					 "A keyslot or the old password must "
+					 "be given to erase keyslots");
+		a = (struct area_io){ s, c->area_off, c->area_len };
+		ret = img_luks_erase_key(c->luks,
+					 slot == UINT64_MAX ? -1 : (int)slot,
+					 old_secret, area_read, &a);
+	} else {
+		return img_error(
+			-EINVAL,
+			"Invalid encrypt.state '%s' (active, inactive)", state);
+	}
+	if (ret < 0)
+		return ret;
+	a = (struct area_io){ s, c->area_off, c->area_len };
+	ret = img_luks_write_area(c->luks, area_write, &a);
+	if (ret == 0)
+		ret = img_io_flush(s->file);
+	return ret;
+}
