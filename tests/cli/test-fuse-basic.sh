@@ -5,7 +5,8 @@
 # --backing-chain`, the command returning only once the mount works, the pid
 # file, -r (writes refused, "ro" mount), allow_other only when asked,
 # truncate refused without --growable and resizing with it (also by writing
-# past the end), statfs, --file mode, `img mount` / `img umount` (which
+# past the end), statfs, --file mode, reads of a corrupt image failing with
+# EUCLEAN while the mount stays up, `img mount` / `img umount` (which
 # returns only after the image is closed), SIGTERM flushing and closing, and
 # errors (missing image, bad mount point) exiting 1 with nothing mounted.
 . "$(dirname "$0")/functions.sh"
@@ -128,6 +129,22 @@ for _ in $(seq 100); do is_mounted "$mnt" && break; sleep 0.1; done
 is_mounted "$mnt" || fail "-f did not mount"
 "$IMG" umount "$mnt" || fail "umount -f"
 wait "$fpid" || fail "foreground img-fuse exited non-zero"
+
+# ---- a corrupt L1 entry: reads there fail (EUCLEAN), the mount stays up ----
+qemu-img create -q -f qcow2 "$T/c.qcow2" 8M || fail "create c"
+qemu-img convert -O raw "$T/c.qcow2" "$T/c.raw" || fail "convert c"
+qemu-io -c "write -P 1 0 64k" -c "write -P 2 4M 64k" "$T/c.qcow2" >/dev/null ||
+	fail "qemu-io c"
+l1=$((16#$(od -An -tx1 -j40 -N8 "$T/c.qcow2" | tr -d ' ')))
+# the L2 table of the first 512 MiB at an offset that is not cluster-aligned
+printf '\x80\x00\x00\x00\x7f\x00\x02\x00' |
+	dd of="$T/c.qcow2" bs=1 seek=$l1 conv=notrunc status=none
+fuse_mount -r "$T/c.qcow2" "$mnt"
+dd if="$mnt/disk" of=/dev/null bs=64k count=1 2>"$T/dd.err" &&
+	fail "read through a corrupt L1 entry succeeded"
+grep -q "Structure needs cleaning" "$T/dd.err" || fail "read error: $(cat "$T/dd.err")"
+[ "$(stat -c %s "$mnt/disk")" = $((8 * M)) ] || fail "mount gone after a bad read"
+"$IMG" umount "$mnt" || fail "umount c"
 
 # ---- errors ----
 expect_exit 1 "$IMG_FUSE" "$T/missing.qcow2" "$mnt"
