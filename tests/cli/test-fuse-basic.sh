@@ -130,6 +130,16 @@ is_mounted "$mnt" || fail "-f did not mount"
 "$IMG" umount "$mnt" || fail "umount -f"
 wait "$fpid" || fail "foreground img-fuse exited non-zero"
 
+# ---- a backing chain: the disk reads through it, info.json lists it ----
+"$IMG" create -q -f qcow2 -b "$img" -F qcow2 "$T/top.qcow2" || fail "create top"
+fuse_mount -r "$T/top.qcow2" "$mnt"
+cmp "$mnt/disk" "$T/after.raw" || fail "chain contents"
+"$IMG" info --output=json --backing-chain -U "$T/top.qcow2" >"$T/info.chain" ||
+	fail "img info chain"
+cmp "$mnt/info.json" "$T/info.chain" || fail "chain info.json differs from img info"
+grep -c '"filename"' "$mnt/info.json" | grep -qx 2 || fail "info.json: not 2 layers"
+"$IMG" umount "$mnt" || fail "umount chain"
+
 # ---- a corrupt L1 entry: reads there fail (EUCLEAN), the mount stays up ----
 qemu-img create -q -f qcow2 "$T/c.qcow2" 8M || fail "create c"
 qemu-img convert -O raw "$T/c.qcow2" "$T/c.raw" || fail "convert c"
