@@ -122,8 +122,8 @@ static int deflate_one(struct codec_ctx *c, enum img_compress_type type,
 	return img_error(-EIO, "compress: deflate failed (%d)", ret);
 }
 
-static int zstd_one(struct codec_ctx *c, int level, const void *src,
-		    size_t len, void *dst, size_t dst_size)
+static int zstd_one(struct codec_ctx *c, int level, const void *src, size_t len,
+		    void *dst, size_t dst_size)
 {
 	size_t r;
 
@@ -243,8 +243,8 @@ static int unzstd_one(struct codec_ctx *c, const void *src, size_t src_len,
 	return 0;
 }
 
-int img_decompress(enum img_compress_type type, const void *src,
-		   size_t src_len, void *dst, size_t dst_len)
+int img_decompress(enum img_compress_type type, const void *src, size_t src_len,
+		   void *dst, size_t dst_len)
 {
 	struct codec_ctx *c;
 
@@ -280,8 +280,8 @@ int img_compress_params(struct img *img, enum img_compress_type *type,
 	return ret;
 }
 
-int img_write_compressed(struct img *img, uint64_t off, const void *cdata,
-			 size_t clen)
+int img_write_compressed(struct img *img, const struct img_compressed *v,
+			 size_t n)
 {
 	int ret;
 
@@ -289,19 +289,23 @@ int img_write_compressed(struct img *img, uint64_t off, const void *cdata,
 		return img_error(-ENOTSUP,
 				 "Compression not supported for this file "
 				 "format");
-	if (off >= img->size || !clen)
-		return img_error(-EINVAL,
-				 "compressed write at offset %" PRIu64
-				 " is past the end of the image (size %" PRIu64
-				 ")",
-				 off, img->size);
+	for (size_t i = 0; i < n; i++)
+		if (v[i].off >= img->size || !v[i].len)
+			return img_error(
+				-EINVAL,
+				"compressed write at offset %" PRIu64
+				" is past the end of the image (size %" PRIu64
+				")",
+				v[i].off, img->size);
 	if (img_read_only(img))
-		return img_error(-EROFS, "%s: cannot write '%s': opened "
-				 "read-only",
+		return img_error(-EROFS,
+				 "%s: cannot write '%s': opened read-only",
 				 img->drv->name, img_filename(img));
+	if (!n)
+		return 0;
 	if (!img->drv->thread_safe)
 		pthread_mutex_lock(&img->lock);
-	ret = img->drv->write_compressed(img, off, cdata, clen);
+	ret = img->drv->write_compressed(img, v, n);
 	if (!img->drv->thread_safe)
 		pthread_mutex_unlock(&img->lock);
 	return ret;

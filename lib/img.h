@@ -400,15 +400,21 @@ int img_decompress(enum img_compress_type type, const void *src,
  */
 int img_compress_params(struct img *img, enum img_compress_type *type,
 			uint64_t *cluster_size);
+/* One cluster's compressed data for img_write_compressed(). */
+struct img_compressed {
+	uint64_t off; /* guest offset, cluster aligned */
+	const void *data; /* from img_compress() with the type above */
+	size_t len; /* smaller than the cluster */
+};
+
 /*
- * Store one cluster given compressed (clen bytes from img_compress() with the
- * type above, smaller than the cluster) at guest offset off, which is cluster
- * aligned; the last cluster of an image not a multiple of the cluster size is
- * compressed zero-padded to a whole cluster. Consecutive calls pack the data
- * back to back in the host file as QEMU does.
+ * Store n clusters given compressed; the last cluster of an image whose size
+ * is not a multiple of the cluster size is compressed zero-padded to a whole
+ * cluster. The data is packed back to back in the host file as QEMU does,
+ * clusters of one call in order, with as few host writes as that allows.
  */
-int img_write_compressed(struct img *img, uint64_t off, const void *cdata,
-			 size_t clen);
+int img_write_compressed(struct img *img, const struct img_compressed *v,
+			 size_t n);
 
 /* ---- chain operations: commit, rebase, amend (lib/commit.c, rebase.c,
  * amend.c) ---- */

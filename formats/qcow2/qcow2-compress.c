@@ -38,8 +38,8 @@ int qcow2_compressed_decode(unsigned cluster_bits, uint64_t l2e,
 {
 	unsigned x = csize_shift(cluster_bits);
 	uint64_t off = l2e & ((1ull << x) - 1);
-	uint64_t sectors = ((l2e >> x) & ((1ull << (cluster_bits - 8)) - 1)) +
-			   1;
+	uint64_t sectors =
+		((l2e >> x) & ((1ull << (cluster_bits - 8)) - 1)) + 1;
 
 	if (cluster_bits < QCOW2_MIN_CLUSTER_BITS ||
 	    cluster_bits > QCOW2_MAX_CLUSTER_BITS ||
@@ -48,17 +48,19 @@ int qcow2_compressed_decode(unsigned cluster_bits, uint64_t l2e,
 	*file_off = off;
 	*len = sectors * SECTOR - (off & (SECTOR - 1));
 	if (off < (1ull << cluster_bits))
-		return img_error(-IMG_ECORRUPT,
-				 "qcow2: compressed cluster descriptor %#" PRIx64
-				 " points into the header cluster",
-				 l2e);
+		return img_error(
+			-IMG_ECORRUPT,
+			"qcow2: compressed cluster descriptor %#" PRIx64
+			" points into the header cluster",
+			l2e);
 	/* Offsets past what any qcow2 file may hold (bits 9-55 of a normal
 	 * entry) would also overflow off + len. */
 	if (off + *len > QCOW2_L2E_OFFSET_MASK + 1)
-		return img_error(-IMG_ECORRUPT,
-				 "qcow2: compressed cluster descriptor %#" PRIx64
-				 " points past the largest file offset",
-				 l2e);
+		return img_error(
+			-IMG_ECORRUPT,
+			"qcow2: compressed cluster descriptor %#" PRIx64
+			" points past the largest file offset",
+			l2e);
 	return 0;
 }
 
@@ -82,9 +84,9 @@ int qcow2_compressed_check(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
 			guest_off, bitmap);
 	ret = qcow2_compressed_decode(s->cluster_bits, l2e, &off, &len);
 	if (ret < 0)
-		return qcow2_signal_corruption(
-			s, "%s (guest offset %#" PRIx64 ")", img_last_error(),
-			guest_off);
+		return qcow2_signal_corruption(s,
+					       "%s (guest offset %#" PRIx64 ")",
+					       img_last_error(), guest_off);
 	return 0;
 }
 
@@ -163,7 +165,8 @@ void qcow2_compress_release(struct qcow2 *s)
 {
 	free(s->cin);
 	free(s->cout);
-	s->cin = s->cout = NULL;
+	free(s->cstage);
+	s->cin = s->cout = s->cstage = NULL;
 	s->cout_l2e = 0;
 }
 
@@ -225,12 +228,29 @@ static int alloc_bytes(struct qcow2 *s, uint64_t len, uint64_t *file_off)
 	return 0;
 }
 
-int qcow2_write_compressed(struct img *img, uint64_t off, const void *cdata,
-			   size_t clen)
+/* Bytes of consecutive compressed data gathered into one host write. */
+#define STAGE_SIZE (1u << 20)
+
+static int stage_flush(struct qcow2 *s, uint64_t file_off, uint32_t *len)
+{
+	int ret;
+
+	if (!*len)
+		return 0;
+	ret = qcow2_overlap_check(s, 0, file_off, *len);
+	if (ret == 0)
+		ret = img_io_pwrite(s->file, s->cstage, *len, file_off);
+	*len = 0;
+	return ret;
+}
+
+int qcow2_write_compressed(struct img *img, const struct img_compressed *v,
+			   size_t n)
 {
 	struct qcow2 *s = img_priv(img);
-	uint64_t cs = s->cluster_size, host, sectors, l2e;
+	uint64_t cs = s->cluster_size, run_off = 0, *hosts;
 	enum img_compress_type type;
+	uint32_t run_len = 0;
 	int ret;
 
 	if (s->corrupt)
@@ -240,37 +260,68 @@ int qcow2_write_compressed(struct img *img, uint64_t off, const void *cdata,
 	ret = qcow2_compress_params(img, &type, &cs);
 	if (ret < 0)
 		return ret;
-	if (off & (cs - 1))
-		return img_error(-EINVAL,
-				 "qcow2: compressed write at %#" PRIx64
-				 " is not cluster aligned",
-				 off);
-	if (!clen || clen >= cs)
-		return img_error(-EINVAL,
-				 "qcow2: compressed cluster of %zu bytes does "
-				 "not fit a %" PRIu64 "-byte cluster",
-				 clen, cs);
-	ret = alloc_bytes(s, clen, &host);
+	for (size_t i = 0; i < n; i++) {
+		if (v[i].off & (cs - 1))
+			return img_error(-EINVAL,
+					 "qcow2: compressed write at %#" PRIx64
+					 " is not cluster aligned",
+					 v[i].off);
+		if (!v[i].len || v[i].len >= cs)
+			return img_error(-EINVAL,
+					 "qcow2: compressed cluster of %zu "
+					 "bytes does not fit a %" PRIu64
+					 "-byte cluster",
+					 v[i].len, cs);
+	}
+	if (!s->cstage) {
+		s->cstage = malloc(STAGE_SIZE);
+		if (!s->cstage)
+			return img_error(-ENOMEM, "qcow2: out of memory");
+	}
+	hosts = malloc(n * sizeof(*hosts));
+	if (!hosts)
+		return img_error(-ENOMEM, "qcow2: out of memory");
+
+	/* The data of every cluster, back to back where the packing makes
+	 * it contiguous, in as few writes as that allows. */
+	for (size_t i = 0; i < n; i++) {
+		ret = alloc_bytes(s, v[i].len, &hosts[i]);
+		if (ret < 0)
+			goto out;
+		if (run_len && (run_off + run_len != hosts[i] ||
+				run_len + v[i].len > STAGE_SIZE)) {
+			ret = stage_flush(s, run_off, &run_len);
+			if (ret < 0)
+				goto out;
+		}
+		if (!run_len)
+			run_off = hosts[i];
+		memcpy(s->cstage + run_len, v[i].data, v[i].len);
+		run_len += (uint32_t)v[i].len;
+	}
+	ret = stage_flush(s, run_off, &run_len);
 	if (ret < 0)
-		return ret;
-	ret = qcow2_overlap_check(s, 0, host, clen);
-	if (ret < 0)
-		return ret;
-	ret = img_io_pwrite(s->file, cdata, clen, host);
-	if (ret < 0)
-		return ret;
+		goto out;
 	s->cout_l2e = 0;
-	sectors = ((host + clen - 1) >> 9) - (host >> 9);
-	l2e = host | QCOW2_OFLAG_COMPRESSED |
-	      sectors << csize_shift(s->cluster_bits);
-	/* The data is written before the entry: the L2 table reaches the
-	 * disk only after the refcount blocks and a flush. */
-	ret = qcow2_l2_set_entry(s, off, l2e);
-	if (ret < 0)
-		return ret;
+
+	/* Then the entries: the L2 tables reach the disk only after the
+	 * refcount blocks and a flush, so never before the data. */
+	for (size_t i = 0; i < n; i++) {
+		uint64_t sectors =
+			((hosts[i] + v[i].len - 1) >> 9) - (hosts[i] >> 9);
+
+		ret = qcow2_l2_set_entry(
+			s, v[i].off,
+			hosts[i] | QCOW2_OFLAG_COMPRESSED |
+				sectors << csize_shift(s->cluster_bits));
+		if (ret < 0)
+			goto out;
+	}
 	if (s->n_pending_free > QCOW2_MAX_PENDING_FREE)
-		return qcow2_metadata_write_back(s);
-	return 0;
+		ret = qcow2_metadata_write_back(s);
+out:
+	free(hosts);
+	return ret;
 }
 
 int qcow2_compress_info(struct qcow2 *s, struct img_info *info)

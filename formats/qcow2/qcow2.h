@@ -195,6 +195,7 @@ struct qcow2 {
 	uint8_t *cin;
 	uint8_t *cout;
 	uint64_t cout_l2e;
+	uint8_t *cstage; /* compressed data gathered for one write */
 	struct qcow2_bitmaps *bitmaps; /* qcow2-bitmap.c; NULL: none */
 	/* Whether the file looks metadata-preallocated (clusters in use
 	 * clearly outnumber the clusters the host allocates): block status
@@ -323,8 +324,8 @@ void qcow2_compressed_forget(struct qcow2 *s, uint64_t cluster_idx);
 void qcow2_compress_release(struct qcow2 *s);
 int qcow2_compress_params(struct img *img, enum img_compress_type *type,
 			  uint64_t *cluster_size);
-int qcow2_write_compressed(struct img *img, uint64_t off, const void *cdata,
-			   size_t clen);
+int qcow2_write_compressed(struct img *img, const struct img_compressed *v,
+			   size_t n);
 /* Add the compressed-cluster count and size to *info (when there are any). */
 int qcow2_compress_info(struct qcow2 *s, struct img_info *info);
 

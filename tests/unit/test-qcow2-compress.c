@@ -26,13 +26,15 @@ static void fill_text(uint8_t *p, size_t len, unsigned seed)
 	static const char words[] = "qcow2 compressed cluster zstd deflate ";
 
 	for (size_t i = 0; i < len; i++)
-		p[i] = (uint8_t)words[(i * 7 + seed + i / 97) % (sizeof(words) - 1)];
+		p[i] = (uint8_t)
+			words[(i * 7 + seed + i / 97) % (sizeof(words) - 1)];
 }
 
 static void test_codec_one(enum img_compress_type type, const char *name)
 {
 	size_t n = 65536;
-	uint8_t *src = malloc(n), *c = malloc(n + GUARD), *d = malloc(n + GUARD);
+	uint8_t *src = malloc(n), *c = malloc(n + GUARD),
+		*d = malloc(n + GUARD);
 	struct qt_rng rng = { 42 };
 	int clen;
 
@@ -60,7 +62,8 @@ static void test_codec_one(enum img_compress_type type, const char *name)
 	CHECK_OK(img_decompress(type, c, (size_t)clen, d, 1000));
 	CHECK(memcmp(d, src, 1000) == 0 && d[1000] == 0xee);
 	/* The stream cut short: the cluster cannot be filled. */
-	CHECK_EQ(img_decompress(type, c, (size_t)clen / 2, d, n), -IMG_ECORRUPT);
+	CHECK_EQ(img_decompress(type, c, (size_t)clen / 2, d, n),
+		 -IMG_ECORRUPT);
 	/* Asking for more than the stream holds. */
 	CHECK_EQ(img_decompress(type, c, (size_t)clen, d, n + 1),
 		 -IMG_ECORRUPT);
@@ -113,8 +116,8 @@ static void test_descriptor(void)
 		CHECK_OK(qcow2_compressed_decode(cb, l2e, &off, &len));
 		CHECK_EQ(len, (cs >> 9) * 512);
 		/* COPIED (bit 63) is not part of the descriptor. */
-		CHECK_OK(qcow2_compressed_decode(
-			cb, l2e | QCOW2_OFLAG_COPIED, &off, &len));
+		CHECK_OK(qcow2_compressed_decode(cb, l2e | QCOW2_OFLAG_COPIED,
+						 &off, &len));
 		CHECK_EQ(off, cs);
 		/* Not compressed. */
 		CHECK_EQ(qcow2_compressed_decode(cb, cs, &off, &len), -EINVAL);
@@ -153,8 +156,13 @@ static int put_compressed(struct img *img, uint64_t idx, const uint8_t *data)
 	if (!c)
 		return -ENOMEM;
 	clen = img_compress(type, 0, data, cs, c, cs - 1);
-	ret = clen < 0 ? clen :
-			 img_write_compressed(img, idx * cs, c, (size_t)clen);
+	if (clen < 0) {
+		ret = clen;
+	} else {
+		struct img_compressed v = { idx * cs, c, (size_t)clen };
+
+		ret = img_write_compressed(img, &v, 1);
+	}
 	free(c);
 	return ret;
 }
@@ -211,8 +219,15 @@ static void test_image(const char *opts, uint64_t size)
 	CHECK(have);
 
 	/* Misuse: unaligned, too long. */
-	CHECK_EQ(img_write_compressed(img, 100, buf, 10), -EINVAL);
-	CHECK_EQ(img_write_compressed(img, cs, buf, cs), -EINVAL);
+	{
+		struct img_compressed bad[] = { { 100, buf, 10 },
+						{ cs, buf, cs },
+						{ size, buf, 10 } };
+
+		CHECK_EQ(img_write_compressed(img, &bad[0], 1), -EINVAL);
+		CHECK_EQ(img_write_compressed(img, &bad[1], 1), -EINVAL);
+		CHECK_EQ(img_write_compressed(img, &bad[2], 1), -EINVAL);
+	}
 
 	/* Partial write over a compressed cluster: copy-on-write. */
 	memset(ref + 4 * cs + 5, 0x11, 33);
@@ -329,9 +344,11 @@ static void test_crash(void)
 			bool touched = f == 1 && memcmp(snap[1] + c * cs,
 							snap[2] + c * cs, cs);
 
-			if (!touched && memcmp(buf + c * cs, snap[f] + c * cs, cs))
+			if (!touched &&
+			    memcmp(buf + c * cs, snap[f] + c * cs, cs))
 				ok = false;
-			if (touched && memcmp(buf + c * cs, snap[1] + c * cs, cs) &&
+			if (touched &&
+			    memcmp(buf + c * cs, snap[1] + c * cs, cs) &&
 			    memcmp(buf + c * cs, snap[2] + c * cs, cs))
 				ok = false;
 		}

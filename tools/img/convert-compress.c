@@ -49,6 +49,7 @@ struct cvc_job {
 	uint8_t *in; /* CVC_JOB_MAX bytes */
 	uint8_t *out; /* cluster i's compressed data at i * cluster size */
 	int32_t *clen; /* per cluster: compressed length, or 0 = store raw */
+	struct img_compressed *batch; /* for img_write_compressed */
 };
 
 struct cvc {
@@ -180,21 +181,32 @@ static int64_t cvc_store_job(struct cvc *c, struct cvc_job *j)
 		r = img_write(c->dst, j->in, j->off, j->len, 0);
 		return r < 0 ? r : (int64_t)j->len;
 	}
-	for (uint64_t i = 0; i < n; i++) {
-		uint64_t off = j->off + i * c->cs;
-		uint64_t len = cvc_min(c->cs, j->len - i * c->cs);
+	/* The compressed clusters in one call (one host write per run the
+	 * packing keeps contiguous), runs of the others with img_write. */
+	for (uint64_t i = 0, nb = 0; i <= n; i++) {
+		uint64_t k = i;
 
-		if (j->clen[i]) {
-			r = img_write_compressed(c->dst, off,
-						 j->out + i * c->cs,
-						 (size_t)j->clen[i]);
-			used += (uint64_t)j->clen[i];
-		} else {
-			r = img_write(c->dst, j->in + i * c->cs, off, len, 0);
-			used += len;
+		if (i == n || j->clen[i]) {
+			if (i < n) {
+				j->batch[nb].off = j->off + i * c->cs;
+				j->batch[nb].data = j->out + i * c->cs;
+				j->batch[nb].len = (size_t)j->clen[i];
+				used += j->batch[nb++].len;
+			} else {
+				r = img_write_compressed(c->dst, j->batch, nb);
+				if (r < 0)
+					return r;
+			}
+			continue;
 		}
+		while (k < n && !j->clen[k])
+			k++;
+		r = img_write(c->dst, j->in + i * c->cs, j->off + i * c->cs,
+			      cvc_min(k * c->cs, j->len) - i * c->cs, 0);
 		if (r < 0)
 			return r;
+		used += cvc_min(k * c->cs, j->len) - i * c->cs;
+		i = k - 1;
 	}
 	return (int64_t)used;
 }
@@ -358,6 +370,7 @@ void cvc_free(struct cvc *c)
 		free(c->jobs[i].in);
 		free(c->jobs[i].out);
 		free(c->jobs[i].clen);
+		free(c->jobs[i].batch);
 	}
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->work);
@@ -404,7 +417,8 @@ int cvc_new(struct img *dst, int level, unsigned nthreads, struct cvc **out)
 		j->in = malloc(CVC_JOB_MAX);
 		j->out = malloc(CVC_JOB_MAX);
 		j->clen = calloc(CVC_JOB_MAX / c->cs, sizeof(*j->clen));
-		if (!j->in || !j->out || !j->clen) {
+		j->batch = calloc(CVC_JOB_MAX / c->cs, sizeof(*j->batch));
+		if (!j->in || !j->out || !j->clen || !j->batch) {
 			ret = img_error(-ENOMEM, "convert: out of memory");
 			goto fail;
 		}
