@@ -3,11 +3,13 @@
 # img-nbd against a hostile client: the cases in nbd-hostile.py (more than
 # 150: bad magics, unknown options, commands and flags, zero, oversize and
 # overflowing lengths, truncated payloads, disconnects mid-request, STARTTLS
-# misuse, options after failed negotiation, long names, stalled handshakes,
-# the connection cap) run while a second client does verified I/O. Then the
-# server must still be alive, stop cleanly on SIGTERM, and leave a qcow2
-# that qemu-img check finds clean.
-. "$(dirname "$0")/nbd-lib.sh"
+# misuse, options after failed negotiation, long names) run while a second
+# client does verified I/O. Then the server must still be alive, stop
+# cleanly on SIGTERM, and leave a qcow2 that qemu-img check finds clean.
+# test-nbd-hostile-slow.sh sources this file with HOSTILE_SET=slow for the
+# cases that wait on server timeouts (stalled handshakes, a client that
+# never reads, the connection cap).
+. "$(dirname "${BASH_SOURCE[0]}")/nbd-lib.sh"
 requires python3 openssl
 
 qemu-img create -q -f qcow2 "$T/a.qcow2" 64M
@@ -21,8 +23,9 @@ nbd_start tls -t --handshake-timeout 2 -k "$T/t.sock" -x exp -f qcow2 \
 	--tls-cert "$T/pki/srv/server-cert.pem" \
 	--tls-key "$T/pki/srv/server-key.pem" "$T/ro.qcow2"
 
-python3 "$(dirname "$0")/nbd-hostile.py" "$T/s.sock" "$T/c.sock" \
-	"$T/t.sock" "$T/pki/ca-cert.pem" || fail "hostile cases failed"
+python3 "$(dirname "${BASH_SOURCE[0]}")/nbd-hostile.py" "$T/s.sock" "$T/c.sock" \
+	"$T/t.sock" "$T/pki/ca-cert.pem" "${HOSTILE_SET:-fast}" ||
+	fail "hostile cases failed"
 for s in main capped tls; do
 	kill -0 "$(cat "$T/$s.pid")" || fail "server $s died"
 done

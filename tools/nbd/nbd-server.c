@@ -53,6 +53,7 @@
 #define MAX_STATUS_CALLS 8192 /* img_block_status calls per chunk */
 #define MAX_DISCARD_OPT (16u << 20) /* option payload we skip over */
 #define PREFERRED_BLOCK 4096
+#define SEND_TIMEOUT 10 /* seconds a reply may wait for the client */
 #define BUF_CACHE_SLOTS 4 /* data buffers a connection keeps for reuse */
 #define BUF_CACHE_MAX (1u << 20) /* the largest one kept */
 
@@ -243,10 +244,10 @@ static int conn_writev(struct conn *c, struct iovec *iov, int n)
 			iov++;
 			n--;
 		}
-		if (n) {
-			iov->iov_base = (uint8_t *)iov->iov_base + r;
-			iov->iov_len -= r;
-		}
+		if (!n)
+			break;
+		iov->iov_base = (uint8_t *)iov->iov_base + r;
+		iov->iov_len -= r;
 	}
 	return 0;
 }
@@ -1244,11 +1245,11 @@ static int handshake(struct conn *c)
 
 /* ---- connections and the accept loop ---- */
 
-static void set_rcvtimeo(int fd, unsigned secs)
+static void set_timeout(int fd, int opt, unsigned secs)
 {
 	struct timeval tv = { .tv_sec = secs };
 
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv));
 }
 
 static void *conn_thread(void *arg)
@@ -1260,11 +1261,16 @@ static void *conn_thread(void *arg)
 	if (timeout) {
 		clock_gettime(CLOCK_MONOTONIC, &c->deadline);
 		c->deadline.tv_sec += timeout;
-		set_rcvtimeo(c->fd, timeout);
+		set_timeout(c->fd, SO_RCVTIMEO, timeout);
 	}
 	if (handshake(c) == 0) {
 		c->deadline.tv_sec = 0;
-		set_rcvtimeo(c->fd, 0);
+		set_timeout(c->fd, SO_RCVTIMEO, 0);
+		/* A pool worker blocks in send while a client does not read its
+		 * replies: a client that takes nothing for SEND_TIMEOUT (twice
+		 * that when the stall begins inside one send call) is dropped,
+		 * so it cannot hold the shared workers for longer. */
+		set_timeout(c->fd, SO_SNDTIMEO, SEND_TIMEOUT);
 		pthread_mutex_lock(&s->lock);
 		s->served = true;
 		pthread_mutex_unlock(&s->lock);
