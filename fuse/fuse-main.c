@@ -78,6 +78,8 @@ static void usage(FILE *f)
 		"      --object secret,id=ID,file=PATH[,format=raw|base64]\n"
 		"      --key-file=PATH    passphrase of an encrypted image\n"
 		"      --key-fd=N         read the passphrase from fd N\n"
+		"      --kdf-max-iter=N   accept LUKS key slots of up to N "
+		"PBKDF2 iterations\n"
 		"  -d, --debug            print every FUSE request (implies "
 		"-f)\n"
 		"  -h, --help             this help\n"
@@ -146,6 +148,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		OPT_OBJECT,
 		OPT_KEY_FILE,
 		OPT_KEY_FD,
+		OPT_KDF_MAX_ITER,
 	};
 	static const struct option longopts[] = {
 		{ "read-only", no_argument, NULL, 'r' },
@@ -162,6 +165,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
 		{ "key-fd", required_argument, NULL, OPT_KEY_FD },
+		{ "kdf-max-iter", required_argument, NULL, OPT_KDF_MAX_ITER },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -245,6 +249,15 @@ static int parse_args(int argc, char **argv, struct options *o)
 				return fail("invalid --key-fd '%s'", optarg);
 			key_fd = (int)v;
 			break;
+		case OPT_KDF_MAX_ITER: {
+			unsigned long long n = strtoull(optarg, &end, 10);
+
+			if (*end || !n)
+				return fail("invalid --kdf-max-iter '%s'",
+					    optarg);
+			img_luks_set_max_iter(n);
+			break;
+		}
 		case 'h':
 			usage(stdout);
 			return 0;

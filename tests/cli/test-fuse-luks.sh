@@ -1,7 +1,8 @@
 #!/bin/bash
 # SPDX-License-Identifier: MIT
 # Encrypted (LUKS) qcow2 through img-fuse, with the CLI's secret options:
-# --key-file, --key-fd and --object secret + -o encrypt.key-secret=ID. An
+# --key-file, --key-fd, --object secret + -o encrypt.key-secret=ID and
+# --kdf-max-iter. An
 # image made by img and one made by qemu-img mount and read what qemu-img
 # decrypts; writes through the mount are what qemu-img then reads; a wrong
 # or missing passphrase exits 1 with nothing mounted; the passphrase is in
@@ -73,6 +74,8 @@ sum=$(md5sum <"$T/img.qcow2")
 expect_exit 1 "$IMG_FUSE" --key-file="$T/bad" "$T/img.qcow2" "$mnt"
 expect_exit 1 "$IMG_FUSE" "$T/img.qcow2" "$mnt" </dev/null
 grep -q 'encrypted' "$T/.err" || fail "missing passphrase message"
+# a key slot costing more PBKDF2 iterations than allowed is refused
+expect_exit 1 "$IMG_FUSE" --kdf-max-iter=1 --key-file="$T/key" "$T/img.qcow2" "$mnt"
 is_mounted "$mnt" && fail "mounted without the passphrase"
 [ "$(md5sum <"$T/img.qcow2")" = "$sum" ] || fail "image changed by failed mounts"
 exit 0
