@@ -155,6 +155,8 @@ bench_row() {
 convert_row "convert raw -> qcow2" sample.raw raw qcow2
 convert_row "convert qcow2 -> raw" base.qcow2 qcow2 raw
 convert_row "convert chain(2) -> qcow2 (flatten)" overlay.qcow2 qcow2 qcow2
+. "$top/bench/luks-row.sh"
+luks_row
 bench_row "bench 4k read, q$DEPTH, stride 65521 blk" 0
 bench_row "bench 4k write, q$DEPTH, stride 65521 blk" 1
 
