@@ -3,7 +3,8 @@
 # make bench: img against qemu-img on a generated disk-like sample (2 GiB by
 # default: ~40% holes, ~30% compressible, ~30% random; see gen-sample.c).
 # Rows: convert raw->qcow2, qcow2->raw, a two-image qcow2 chain (base +
-# overlay with ~10% rewritten) flattened to qcow2, and 4 KiB reads and writes
+# overlay with ~10% rewritten) flattened to qcow2, compressed convert (-c,
+# zstd and zlib) against qemu-img's default and -m 8 -W, and 4 KiB reads and writes
 # spread over the image through each library (img bench / qemu-img bench,
 # same count, depth and stride). The two tools run alternately in the same
 # run, RUNS times each; the table shows the best time of each (every time is
@@ -89,10 +90,12 @@ add_row() {
 	all_t+=("img:$2 / qemu-img:$3")
 }
 
-# convert_row NAME SRC SRC_FMT OUT_FMT: time both tools (wall clock, target
+# convert_row NAME SRC SRC_FMT OUT_FMT [OPTIONS]: time both tools (wall clock, target
 # cache unsafe for both: qemu-img's default and ours), verify each result.
 convert_row() {
 	local name=$1 src=$2 sfmt=$3 ofmt=$4 r tool t0 t1 a="" q=""
+	local opts=()
+	[ -n "${5:-}" ] && opts=(-o "$5")
 	for r in $(seq "$RUNS"); do
 		for tool in img qemu; do
 			# alternate who goes first
@@ -101,9 +104,9 @@ convert_row() {
 			sync
 			t0=$(now)
 			if [ $tool = img ]; then
-				"$IMG" convert -f "$sfmt" -O "$ofmt" "$src" out.$ofmt
+				"$IMG" convert -f "$sfmt" -O "$ofmt" "${opts[@]}" "$src" out.$ofmt
 			else
-				qemu-img convert -f "$sfmt" -O "$ofmt" "$src" out.$ofmt
+				qemu-img convert -f "$sfmt" -O "$ofmt" "${opts[@]}" "$src" out.$ofmt
 			fi || die "$tool convert $src failed"
 			t1=$(now)
 			if ! qemu-img compare -q -f "$sfmt" -F "$ofmt" "$src" out.$ofmt; then
@@ -152,11 +155,65 @@ bench_row() {
 	add_row "$name" "$a" "$q"
 }
 
+# compress_row TYPE: convert -c raw -> qcow2 with compression_type=TYPE; img
+# with its defaults (a compressor thread per core) against qemu-img's default,
+# and img -m 8 (8 compressor threads) against qemu-img -m 8 -W (8 parallel
+# requests, out-of-order: its fastest), all in the same run, alternating; each
+# result checked (qemu-img check and compare). On a loaded host the thread
+# count decides the CPU share, hence the -m 8 pair. Output sizes are listed.
+compress_row() {
+	local ct=$1 r v t0 t1 a="" am="" q="" qw="" order
+	for r in $(seq "$RUNS"); do
+		order="img qemu imgM qemuW"
+		[ $((r % 2)) = 0 ] && order="qemuW imgM qemu img"
+		for v in $order; do
+			rm -f out.qcow2
+			sync
+			t0=$(now)
+			case $v in
+			img) "$IMG" convert -c -O qcow2 -o compression_type=$ct sample.raw out.qcow2 ;;
+			imgM) "$IMG" convert -c -m 8 -O qcow2 -o compression_type=$ct sample.raw out.qcow2 ;;
+			qemu) qemu-img convert -c -O qcow2 -o compression_type=$ct sample.raw out.qcow2 ;;
+			qemuW) qemu-img convert -c -m 8 -W -O qcow2 -o compression_type=$ct sample.raw out.qcow2 ;;
+			esac || die "$v convert -c $ct failed"
+			t1=$(now)
+			if ! qemu-img check -q out.qcow2 ||
+				! qemu-img compare -q -f raw -F qcow2 sample.raw out.qcow2; then
+				echo "bench: convert -c $ct: $v's result does not verify" >&2
+				failed=1
+			fi
+			sizes+=("convert -c $ct, $v: $(stat -c %s out.qcow2) bytes")
+			case $v in
+			img) a+=" $(elapsed "$t0" "$t1")" ;;
+			imgM) am+=" $(elapsed "$t0" "$t1")" ;;
+			qemu) q+=" $(elapsed "$t0" "$t1")" ;;
+			qemuW) qw+=" $(elapsed "$t0" "$t1")" ;;
+			esac
+		done
+	done
+	rm -f out.qcow2
+	add_row "convert -c $ct (qemu-img default)" "$a" "$q"
+	add_row "convert -c $ct -m 8 (qemu-img -m 8 -W)" "$am" "$qw"
+}
+sizes=()
+
 convert_row "convert raw -> qcow2" sample.raw raw qcow2
 convert_row "convert qcow2 -> raw" base.qcow2 qcow2 raw
 convert_row "convert chain(2) -> qcow2 (flatten)" overlay.qcow2 qcow2 qcow2
 . "$top/bench/luks-row.sh"
 luks_row
+# Other formats (formats/vmdk, vhdx): their inputs are made by qemu-img.
+for f in vmdk vhdx; do
+	"$IMG" --help | grep -q "^Supported formats:.* $f" || continue
+	o=""
+	[ $f = vmdk ] && o=subformat=streamOptimized
+	[ -f base.$f ] || qemu-img convert -O $f ${o:+-o $o} base.qcow2 base.$f ||
+		die "base.$f"
+	convert_row "convert qcow2 -> $f${o:+ ${o#*=}}" base.qcow2 qcow2 $f "$o"
+	convert_row "convert $f${o:+ ${o#*=}} -> qcow2" base.$f $f qcow2
+done
+compress_row zstd
+compress_row zlib
 bench_row "bench 4k read, q$DEPTH, stride 65521 blk" 0
 bench_row "bench 4k write, q$DEPTH, stride 65521 blk" 1
 
@@ -176,6 +233,7 @@ echo "every run (seconds):"
 for i in "${!rows[@]}"; do
 	printf '  %-40s %s\n' "${rows[$i]}" "${all_t[$i]}"
 done
+printf '  %s\n' "${sizes[@]}" | sort -u
 echo "total bench time: $(elapsed "$start_all" "$(now)") s"
 [ $failed = 0 ] || die "a result did not verify"
 if [ ${#slower[@]} -gt 0 ]; then
