@@ -561,15 +561,17 @@ static int table_write(struct qcow2 *s, struct sn_table *t)
 	img_put_be32(hdr, t->n);
 	img_put_be64(hdr + 4, new_off);
 	ret = img_io_pwrite(s->file, hdr, sizeof(hdr), 60);
-	if (ret == 0)
-		ret = img_io_flush(s->file);
 	if (ret < 0)
 		return ret;
+	/* Written, if not yet stable: from here on the state in memory
+	 * follows the file, so later header writes agree with it (a failed
+	 * flush then only leaks the old table). */
 	s->h.nb_snapshots = t->n;
 	s->h.snapshots_offset = new_off;
 	t->file_off = new_off;
 	t->size = len;
-	if (old_size)
+	ret = img_io_flush(s->file);
+	if (ret == 0 && old_size)
 		ret = qcow2_free_clusters_now(
 			s, old_off, img_align_up(old_size, s->cluster_size));
 	return ret;
@@ -790,12 +792,12 @@ int qcow2_snapshot_apply(struct img *img, const char *name_or_id)
 	img_put_be32(hdr + 12, n);
 	img_put_be64(hdr + 16, new_off);
 	ret = img_io_pwrite(s->file, hdr, sizeof(hdr), 24);
-	if (ret == 0)
-		ret = img_io_flush(s->file);
 	if (ret < 0)
 		goto out;
 
-	/* Switched: the old active L1 and what only it referenced go. */
+	/* Switched (memory follows the file even if the flush fails, which
+	 * then only leaks the old L1): the old active L1 and what only it
+	 * referenced go. */
 	{
 		uint64_t *old = s->l1;
 
@@ -807,7 +809,9 @@ int qcow2_snapshot_apply(struct img *img, const char *name_or_id)
 		img_set_size(img, sn->disk_size);
 		l1 = old;
 	}
-	ret = walk_l1(s, l1, old_n, -1);
+	ret = img_io_flush(s->file);
+	if (ret == 0)
+		ret = walk_l1(s, l1, old_n, -1);
 	if (ret == 0 && old_n)
 		ret = qcow2_free_clusters_now(s, old_off,
 					      img_align_up((uint64_t)old_n * 8,
