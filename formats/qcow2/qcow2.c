@@ -12,9 +12,8 @@
  * (subcluster allocation), external data files (raw or not), zero clusters,
  * lazy refcounts, backing files, preallocation, resize, compressed clusters
  * (zlib and zstd, qcow2-compress.c), encryption (LUKS; legacy AES read
- * only; qcow2-crypt.c). Not yet:
- * internal snapshot operations (images with snapshots open and are written
- * with copy-on-write of shared clusters, but cannot be resized). Persistent
+ * only; qcow2-crypt.c), internal snapshots (qcow2-snapshot.c; resize of
+ * v2 images with snapshots is refused, as QEMU does). Persistent
  * dirty bitmaps: qcow2-bitmap.c (images with bitmaps cannot be resized yet).
  *
  * On-disk invariants kept: every cluster in use by metadata or data has a
