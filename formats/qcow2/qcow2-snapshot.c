@@ -267,6 +267,22 @@ static int not_found(const char *id_or_name)
 	return img_error(-ENOENT, "qcow2: snapshot '%s' not found", id_or_name);
 }
 
+/* Read the table and find name_or_id in it (*t released on failure). */
+static int table_lookup(struct qcow2 *s, const char *name_or_id,
+			struct sn_table *t, int64_t *idx)
+{
+	int ret = table_read(s, t);
+
+	if (ret < 0)
+		return ret;
+	*idx = table_find(t, name_or_id);
+	if (*idx < 0) {
+		table_release(t);
+		return not_found(name_or_id);
+	}
+	return 0;
+}
+
 static uint64_t l1_entries_for(const struct qcow2 *s, uint64_t size)
 {
 	unsigned bits = s->cluster_bits + s->l2_bits;
@@ -749,16 +765,10 @@ int qcow2_snapshot_apply(struct img *img, const char *name_or_id)
 	int ret;
 
 	ret = check_writable(s);
+	if (ret == 0)
+		ret = table_lookup(s, name_or_id, &t, &idx);
 	if (ret < 0)
 		return ret;
-	ret = table_read(s, &t);
-	if (ret < 0)
-		return ret;
-	idx = table_find(&t, name_or_id);
-	if (idx < 0) {
-		ret = not_found(name_or_id);
-		goto out;
-	}
 	sn = &t.sn[idx];
 	ret = read_sn_l1(s, sn, &l1, &n);
 	if (ret == 0)
@@ -835,17 +845,10 @@ int qcow2_snapshot_delete(struct img *img, const char *name_or_id)
 	int ret;
 
 	ret = check_writable(s);
+	if (ret == 0)
+		ret = table_lookup(s, name_or_id, &t, &idx);
 	if (ret < 0)
 		return ret;
-	ret = table_read(s, &t);
-	if (ret < 0)
-		return ret;
-	idx = table_find(&t, name_or_id);
-	if (idx < 0) {
-		ret = not_found(name_or_id);
-		table_release(&t);
-		return ret;
-	}
 	ret = read_sn_l1(s, &t.sn[idx], &l1, &n);
 	if (ret < 0) {
 		table_release(&t);
@@ -896,14 +899,10 @@ int qcow2_snapshot_load(struct img *img, const char *name_or_id)
 	int64_t idx;
 	int ret;
 
-	ret = table_read(s, &t);
+	ret = table_lookup(s, name_or_id, &t, &idx);
 	if (ret < 0)
 		return ret;
-	idx = table_find(&t, name_or_id);
-	if (idx < 0)
-		ret = not_found(name_or_id);
-	else
-		ret = read_sn_l1(s, &t.sn[idx], &l1, &n);
+	ret = read_sn_l1(s, &t.sn[idx], &l1, &n);
 	if (ret == 0) {
 		free(s->l1);
 		s->l1 = l1;
