@@ -7,6 +7,7 @@
 
 extern const struct img_driver qcow2_driver;
 extern const struct img_driver raw_driver;
+extern const struct img_driver vmdk_driver;
 extern const struct img_driver vdi_driver;
 extern const struct img_driver vpc_driver;
 
@@ -14,6 +15,7 @@ const struct img_driver *const img_format_table[] = {
 	&qcow2_driver,
 	&vpc_driver,
 	&vdi_driver,
+	&vmdk_driver,
 	&raw_driver,
 	NULL,
 };

@@ -85,6 +85,9 @@ enum img_io_kind {
 /* Open without reading data (info): an encrypted image opens without its
  * passphrase; reads and writes then fail -EACCES. */
 #define IMG_OPEN_NO_IO (1u << 8)
+/* VMDK: extent files may be outside the image's directory (absolute names
+ * or ".." components in its descriptor), which untrusted images must not. */
+#define IMG_OPEN_ANY_EXTENT_PATH (1u << 9)
 
 struct img_open_opts {
 	const char *

@@ -1,7 +1,10 @@
 # SPDX-License-Identifier: MIT
 # Sourced by the per-format round-trip tests (tests/interop/test-fmt-*.sh).
 # On top of interop-lib.sh it provides:
-#   FM_ALL                    every writable variant "format:options" img has
+#   FM_ALL                    the targets every variant under test converts
+#                             to: each writable format once (VMDK twice:
+#                             plain and compressed grains take different
+#                             write paths)
 #   fm_contents               make $T/c-{sparse,random,zero,mixed}.raw (same
 #                             size; mixed: holes, random data, zero data)
 #   fm_same OUT REF           raw OUT equals raw REF (a zero tail past REF's
@@ -23,9 +26,9 @@ FM_ALL=(
 	"raw:"
 	"qcow2:"
 	"vpc:subformat=dynamic,force_size=on"
-	"vpc:subformat=fixed,force_size=on"
 	"vdi:static=off"
-	"vdi:static=on"
+	"vmdk:subformat=monolithicSparse"
+	"vmdk:subformat=streamOptimized"
 )
 
 fm_contents() {

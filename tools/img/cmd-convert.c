@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "convert-profile.h"
 #include "convert-compress.h"
 
 /*
@@ -154,6 +155,7 @@ static void cv_usage(void)
 	       "  --target-is-zero  with -n: the target already reads as zeroes\n"
 	       "  --bitmaps         copy the source's persistent bitmaps too\n"
 	       "  --skip-broken-bitmaps  with --bitmaps: leave out bitmaps in use\n"
+	       "  --profile azure|esxi|hyperv  a cloud's format and options\n"
 	       "  -S sparse_size    skip all-zero runs of this size (default 4k;\n"
 	       "                    0 fully allocates the target)\n"
 	       "  -t cache          target cache mode (default unsafe)\n"
@@ -611,11 +613,14 @@ struct cv_args {
 	bool slots_given; /* -m: with -c, also the compressor threads */
 	bool bitmaps; /* --bitmaps (tools/img/cmd-bitmap.c does the work) */
 	bool skip_broken_bitmaps;
+	const char *profile; /* --profile (tools/img/convert-profile.c) */
 	const char *snapshot; /* -l (tools/img/cmd-snapshot.c) */
 	bool snapshots; /* --snapshots */
 	uint64_t min_sparse;
 	unsigned n_slots;
 };
+
+#define CV_OPT_PROFILE 0x1000
 
 static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 {
@@ -639,6 +644,7 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 		{ "salvage", no_argument, NULL, OPT_SALVAGE },
 		{ "bitmaps", no_argument, NULL, OPT_BITMAPS },
 		{ "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN },
+		{ "profile", required_argument, NULL, CV_OPT_PROFILE },
 		{ "snapshots", no_argument, NULL, OPT_SNAPSHOTS },
 		{ "force-share", no_argument, NULL, 'U' },
 		{ NULL, 0, NULL, 0 },
@@ -746,6 +752,9 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 			return cli_fail(
 				-1,
 				"convert: rate limit (-r) is not supported");
+		case CV_OPT_PROFILE:
+			a->profile = optarg;
+			break;
 		case OPT_TARGET_IS_ZERO:
 			a->target_is_zero = true;
 			break;
@@ -906,6 +915,9 @@ int cmd_convert(int argc, char **argv)
 		return 0; /* -h */
 	if (ret < 0)
 		return 1;
+	if (a.profile &&
+	    cv_profile_apply(a.profile, &a.out_fmt, &a.options) < 0)
+		return 1;
 	if (!a.out_fmt)
 		a.out_fmt = "raw";
 	if (a.options) {
@@ -970,7 +982,8 @@ int cmd_convert(int argc, char **argv)
 		total += s->size;
 	}
 
-	if (cv_open_target(cv, &a, dst, total) < 0)
+	if (cv_open_target(cv, &a, dst,
+			   cv_profile_size(a.profile, total, a.quiet)) < 0)
 		goto out;
 	if (a.snapshots) {
 		if (cli_convert_snapshots(cv->srcs[0].path, a.src_fmt,

@@ -1,0 +1,1010 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Hosted sparse VMDK extents (Virtual Disk Format 1.1, "Hosted Sparse
+ * Extents" and "Stream-Optimized Compressed Sparse Extents"): the 512-byte
+ * "KDMV" header, the grain directory (GD) and its redundant copy (RGD), grain
+ * tables (GT) of 32-bit sector numbers (0 unallocated, 1 a zeroed grain when
+ * the header says so), plain grains, and deflate-compressed grains (zlib
+ * format, each behind a 12-byte marker: LBA, size). A stream-optimized
+ * extent may keep its metadata at the end (gdOffset = -1): GT, GD, footer
+ * and end-of-stream markers follow the grains, and the footer (a copy of
+ * the header with the real gdOffset) sits 1536 bytes before the end.
+ *
+ * GTs are loaded into memory on first use. Plain and in-place compressed
+ * extents append new grains (and GTs where the GD has none) at the end of
+ * the file and write the dirty GTs, the GD and the RGD at flush, after the
+ * data has been flushed, so a crash leaves at worst unreferenced grains.
+ * Stream extents with the metadata at the end accept grains only while
+ * appendable (no grain yet when opened) and each grain once; flush writes
+ * the GTs, the GD, the footer and the end-of-stream marker after the last
+ * grain (a later write overwrites them and the next flush rewrites them).
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "vmdk.h"
+
+#define MARKER_EOS 0
+#define MARKER_GT 1
+#define MARKER_GD 2
+#define MARKER_FOOTER 3
+#define VMDK_MAX_GRAIN (2u << 20)
+#define VMDK_DESC_SECTORS 20
+#define VMDK_DEFAULT_GRAIN_SECTORS 128
+#define VMDK_GTES 512
+
+void vmdk_hdr_decode(const uint8_t *b, struct vmdk_sparse_hdr *h)
+{
+	h->version = img_le32(b + 4);
+	h->flags = img_le32(b + 8);
+	h->capacity = img_le64(b + 12);
+	h->grain_sectors = img_le64(b + 20);
+	h->desc_sector = img_le64(b + 28);
+	h->desc_sectors = img_le64(b + 36);
+	h->gtes_per_gt = img_le32(b + 44);
+	h->rgd_sector = img_le64(b + 48);
+	h->gd_sector = img_le64(b + 56);
+	h->overhead = img_le64(b + 64);
+	h->compress_algorithm = img_le16(b + 77);
+}
+
+void vmdk_hdr_encode(const struct vmdk_sparse_hdr *h, uint8_t *b)
+{
+	memset(b, 0, VMDK_SECTOR);
+	memcpy(b, VMDK_MAGIC, 4);
+	img_put_le32(b + 4, h->version);
+	img_put_le32(b + 8, h->flags);
+	img_put_le64(b + 12, h->capacity);
+	img_put_le64(b + 20, h->grain_sectors);
+	img_put_le64(b + 28, h->desc_sector);
+	img_put_le64(b + 36, h->desc_sectors);
+	img_put_le32(b + 44, h->gtes_per_gt);
+	img_put_le64(b + 48, h->rgd_sector);
+	img_put_le64(b + 56, h->gd_sector);
+	img_put_le64(b + 64, h->overhead);
+	memcpy(b + 73, "\n \r\n", 4);
+	img_put_le16(b + 77, h->compress_algorithm);
+}
+
+static uint64_t vmdk_gt_bytes(const struct vmdk_extent *e)
+{
+	return (uint64_t)e->h.gtes_per_gt * 4;
+}
+
+static uint64_t vmdk_file_size(struct vmdk_extent *e)
+{
+	uint64_t size = 0;
+
+	if (img_io_size(e->io, &size) < 0)
+		return 0;
+	return size;
+}
+
+/* The footer of a stream extent whose header says "GD at the end". */
+static int vmdk_read_footer(struct vmdk_extent *e, uint64_t file_size)
+{
+	uint8_t buf[3 * VMDK_SECTOR];
+	int ret;
+
+	if (file_size < 4 * VMDK_SECTOR)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: '%s' is too small for a footer",
+				 e->file);
+	ret = img_io_pread(e->io, buf, sizeof(buf), file_size - sizeof(buf));
+	if (ret < 0)
+		return ret;
+	if (img_le32(buf + 8) != 0 || img_le32(buf + 12) != MARKER_FOOTER ||
+	    memcmp(buf + VMDK_SECTOR, VMDK_MAGIC, 4) ||
+	    img_le64(buf + 2 * VMDK_SECTOR) != 0 ||
+	    img_le32(buf + 2 * VMDK_SECTOR + 8) != 0 ||
+	    img_le32(buf + 2 * VMDK_SECTOR + 12) != MARKER_EOS)
+		return img_error(
+			-IMG_ECORRUPT,
+			"vmdk: '%s' has no valid footer and end-of-stream marker",
+			e->file);
+	vmdk_hdr_decode(buf + VMDK_SECTOR, &e->h);
+	if (e->h.gd_sector == VMDK_GD_AT_END)
+		return img_error(
+			-IMG_ECORRUPT,
+			"vmdk: the footer of '%s' has no grain directory offset",
+			e->file);
+	return 0;
+}
+
+static int vmdk_check_header(struct vmdk_extent *e, const uint8_t *b)
+{
+	const struct vmdk_sparse_hdr *h = &e->h;
+
+	if (h->version < 1 || h->version > 3)
+		return img_error(
+			-ENOTSUP,
+			"vmdk: unsupported sparse extent version %" PRIu32,
+			h->version);
+	if ((h->flags & VMDK_FLAG_NL_DETECT) && memcmp(b + 73, "\n \r\n", 4))
+		return img_error(
+			-IMG_ECORRUPT,
+			"vmdk: the newline check bytes of '%s' are damaged (text-mode transfer?)",
+			e->file);
+	if ((h->flags & VMDK_FLAG_COMPRESS) && h->compress_algorithm != 1)
+		return img_error(-ENOTSUP,
+				 "vmdk: unsupported compression algorithm %u",
+				 h->compress_algorithm);
+	if (!img_is_pow2(h->grain_sectors) ||
+	    h->grain_sectors > VMDK_MAX_GRAIN / VMDK_SECTOR)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: grain size of %" PRIu64
+				 " sectors is not a power of two up to 2 MiB",
+				 h->grain_sectors);
+	if (h->gtes_per_gt < 1 || h->gtes_per_gt > VMDK_GTES)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: %" PRIu32
+				 " entries per grain table (1..512)",
+				 h->gtes_per_gt);
+	if (h->capacity > (UINT64_MAX >> 10))
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: capacity of %" PRIu64
+				 " sectors is too large",
+				 h->capacity);
+	return 0;
+}
+
+static int vmdk_read_gd(struct vmdk_extent *e, uint64_t sector,
+			uint64_t file_size, uint32_t **out)
+{
+	uint64_t bytes = (uint64_t)e->n_gts * 4;
+	uint32_t *gd;
+	int ret;
+
+	if (sector > file_size / VMDK_SECTOR ||
+	    bytes > file_size - sector * VMDK_SECTOR)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: grain directory at sector %" PRIu64
+				 " (%" PRIu32 " entries) is outside '%s'",
+				 sector, e->n_gts, e->file);
+	gd = malloc(bytes ? bytes : 1);
+	if (!gd)
+		return img_error(-ENOMEM, "vmdk: out of memory");
+	ret = img_io_pread(e->io, gd, bytes, sector * VMDK_SECTOR);
+	if (ret < 0) {
+		free(gd);
+		return ret;
+	}
+	for (uint32_t i = 0; i < e->n_gts; i++)
+		gd[i] = img_le32(&gd[i]);
+	*out = gd;
+	return 0;
+}
+
+int vmdk_sparse_open(struct img *img, struct vmdk_extent *e, bool writable)
+{
+	uint8_t b[VMDK_SECTOR];
+	uint64_t file_size = vmdk_file_size(e), grains;
+	int ret;
+
+	ret = img_io_pread(e->io, b, sizeof(b), 0);
+	if (ret < 0)
+		return ret;
+	if (memcmp(b, VMDK_MAGIC, 4))
+		return img_error(
+			memcmp(b, "COWD", 4) ? -IMG_ECORRUPT : -ENOTSUP,
+			"vmdk: '%s' is not a hosted sparse extent (no KDMV magic)",
+			e->file);
+	vmdk_hdr_decode(b, &e->h);
+	if (e->h.gd_sector == VMDK_GD_AT_END) {
+		e->at_end = true;
+		ret = vmdk_read_footer(e, file_size);
+		if (ret < 0)
+			return ret;
+	}
+	ret = vmdk_check_header(e, b);
+	if (ret < 0)
+		return ret;
+	e->grain_size = e->h.grain_sectors * VMDK_SECTOR;
+	e->gt_cover = e->grain_size * e->h.gtes_per_gt;
+	if (!e->len)
+		e->len = e->h.capacity * VMDK_SECTOR;
+	if (e->len > e->h.capacity * VMDK_SECTOR)
+		return img_error(
+			-IMG_ECORRUPT,
+			"vmdk: extent '%s' of %" PRIu64
+			" bytes is larger than its capacity of %" PRIu64
+			" sectors",
+			e->file, e->len, e->h.capacity);
+	grains = (e->h.capacity + e->h.grain_sectors - 1) / e->h.grain_sectors;
+	if ((grains + e->h.gtes_per_gt - 1) / e->h.gtes_per_gt > UINT32_MAX)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: grain directory too large");
+	e->n_gts =
+		(uint32_t)((grains + e->h.gtes_per_gt - 1) / e->h.gtes_per_gt);
+	e->compressed = e->h.flags & VMDK_FLAG_COMPRESS;
+	e->markers = e->h.flags & VMDK_FLAG_MARKER;
+	e->zero_grain = e->h.flags & VMDK_FLAG_ZERO_GRAIN;
+	ret = vmdk_read_gd(e, e->h.gd_sector, file_size, &e->gd);
+	if (ret < 0)
+		return ret;
+	if (writable && !e->at_end && (e->h.flags & VMDK_FLAG_RGD) &&
+	    e->h.rgd_sector) {
+		ret = vmdk_read_gd(e, e->h.rgd_sector, file_size, &e->rgd);
+		if (ret < 0)
+			return ret;
+	}
+	e->gts = calloc(e->n_gts ? e->n_gts : 1, sizeof(*e->gts));
+	if (!e->gts)
+		return img_error(-ENOMEM, "vmdk: out of memory");
+	e->next_free = img_align_up(file_size, VMDK_SECTOR);
+	if (e->at_end) {
+		/* Appendable only while it holds no grain: new grains then go
+		 * where the metadata starts (the GD's marker). */
+		e->appendable = e->h.gd_sector > 1;
+		for (uint32_t i = 0; i < e->n_gts && e->appendable; i++)
+			e->appendable = !e->gd[i];
+		if (e->appendable)
+			e->next_free = (e->h.gd_sector - 1) * VMDK_SECTOR;
+	}
+	e->gbuf_idx = UINT64_MAX;
+	e->wbuf_idx = UINT64_MAX;
+	if (e->compressed) {
+		e->cbuf = malloc(compressBound((uLong)e->grain_size) +
+				 2 * VMDK_SECTOR);
+		e->gbuf = malloc(e->grain_size);
+		e->wbuf = malloc(e->grain_size);
+		if (!e->cbuf || !e->gbuf || !e->wbuf)
+			return img_error(-ENOMEM, "vmdk: out of memory");
+	}
+	return 0;
+}
+
+void vmdk_sparse_close(struct vmdk_extent *e)
+{
+	if (e->gts)
+		for (uint32_t i = 0; i < e->n_gts; i++)
+			free(e->gts[i].e);
+	free(e->gts);
+	free(e->gd);
+	free(e->rgd);
+	free(e->cbuf);
+	free(e->gbuf);
+	free(e->wbuf);
+}
+
+/* Append a zeroed GT (and one for the RGD) in the file for GD entry i. */
+static int vmdk_alloc_gt_space(struct vmdk_extent *e, uint32_t i)
+{
+	uint64_t bytes = img_align_up(vmdk_gt_bytes(e), VMDK_SECTOR);
+	unsigned copies = e->rgd ? 2 : 1;
+	int ret;
+
+	if ((e->next_free + copies * bytes) / VMDK_SECTOR > UINT32_MAX)
+		return img_error(-ENOSPC, "vmdk: '%s' is full", e->file);
+	ret = img_io_zero(e->io, e->next_free, copies * bytes, 0);
+	if (ret < 0)
+		return ret;
+	e->gd[i] = (uint32_t)(e->next_free / VMDK_SECTOR);
+	if (e->rgd)
+		e->rgd[i] = (uint32_t)((e->next_free + bytes) / VMDK_SECTOR);
+	e->next_free += copies * bytes;
+	e->gd_dirty = true;
+	return 0;
+}
+
+/*
+ * The GT for GD entry i in memory: *out NULL when the GD has none and
+ * create is false.
+ */
+static int vmdk_gt(struct vmdk_extent *e, uint32_t i, bool create,
+		   uint32_t **out)
+{
+	struct vmdk_gt *gt = &e->gts[i];
+	uint64_t bytes = vmdk_gt_bytes(e), off;
+	int ret;
+
+	*out = NULL;
+	if (gt->e) {
+		*out = gt->e;
+		return 0;
+	}
+	if (!e->gd[i] && !create)
+		return 0;
+	gt->e = calloc(e->h.gtes_per_gt, 4);
+	if (!gt->e)
+		return img_error(-ENOMEM, "vmdk: out of memory");
+	if (!e->gd[i]) {
+		gt->dirty = true;
+		if (!e->at_end) {
+			ret = vmdk_alloc_gt_space(e, i);
+			if (ret < 0)
+				goto fail;
+		}
+		*out = gt->e;
+		return 0;
+	}
+	off = (uint64_t)e->gd[i] * VMDK_SECTOR;
+	if (off + bytes > img_align_up(vmdk_file_size(e), VMDK_SECTOR)) {
+		ret = img_error(-IMG_ECORRUPT,
+				"vmdk: grain table %" PRIu32
+				" at sector %" PRIu32 " is outside '%s'",
+				i, e->gd[i], e->file);
+		goto fail;
+	}
+	ret = img_io_pread(e->io, gt->e, bytes, off);
+	if (ret < 0)
+		goto fail;
+	for (uint32_t k = 0; k < e->h.gtes_per_gt; k++)
+		gt->e[k] = img_le32(&gt->e[k]);
+	*out = gt->e;
+	return 0;
+fail:
+	free(gt->e);
+	gt->e = NULL;
+	return ret;
+}
+
+/* The GT entry of the grain at extent offset off (0 if none). */
+static int vmdk_gte(struct vmdk_extent *e, uint64_t off, uint32_t *gte)
+{
+	uint64_t grain = off / e->grain_size;
+	uint32_t *gt;
+	int ret;
+
+	ret = vmdk_gt(e, (uint32_t)(grain / e->h.gtes_per_gt), false, &gt);
+	if (ret < 0)
+		return ret;
+	*gte = gt ? gt[grain % e->h.gtes_per_gt] : 0;
+	return 0;
+}
+
+/* Inflate the compressed grain whose marker (or data) is at sector s. */
+static int vmdk_inflate(struct vmdk_extent *e, uint64_t grain, uint32_t s)
+{
+	uint64_t off = (uint64_t)s * VMDK_SECTOR, file_size = vmdk_file_size(e);
+	uint64_t cap = compressBound((uLong)e->grain_size) + VMDK_SECTOR;
+	uint64_t clen;
+	uLongf out_len = (uLongf)e->grain_size;
+	int ret, z;
+
+	if (e->gbuf_idx == grain)
+		return 0;
+	if (off >= file_size)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: compressed grain at sector %" PRIu32
+				 " is past the end of '%s'",
+				 s, e->file);
+	if (e->markers) {
+		uint8_t m[12];
+
+		ret = img_io_pread(e->io, m, sizeof(m), off);
+		if (ret < 0)
+			return ret;
+		clen = img_le32(m + 8);
+		if (!clen || clen > cap || clen > file_size - off - 12)
+			return img_error(
+				-IMG_ECORRUPT,
+				"vmdk: compressed grain at sector %" PRIu32
+				" has a bad size %" PRIu64,
+				s, clen);
+		off += 12;
+	} else {
+		clen = img_min(cap, file_size - off);
+	}
+	ret = img_io_pread(e->io, e->cbuf, clen, off);
+	if (ret < 0)
+		return ret;
+	e->gbuf_idx = UINT64_MAX;
+	z = uncompress(e->gbuf, &out_len, e->cbuf, (uLong)clen);
+	if (z != Z_OK)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: compressed grain at sector %" PRIu32
+				 " does not inflate (zlib error %d)",
+				 s, z);
+	memset(e->gbuf + out_len, 0, e->grain_size - out_len);
+	e->gbuf_idx = grain;
+	return 0;
+}
+
+/* Read [off, off + len) within one grain. */
+static int vmdk_read_grain(struct img *img, struct vmdk_extent *e, uint8_t *buf,
+			   uint64_t off, uint64_t len)
+{
+	uint64_t grain = off / e->grain_size, in = off % e->grain_size;
+	uint32_t gte;
+	int ret;
+
+	if (e->wbuf_idx == grain) {
+		memcpy(buf, e->wbuf + in, len);
+		return 0;
+	}
+	ret = vmdk_gte(e, off, &gte);
+	if (ret < 0)
+		return ret;
+	if (!gte)
+		return img_read_backing(img, buf, e->start + off, len);
+	if (gte == 1 && e->zero_grain) {
+		memset(buf, 0, len);
+		return 0;
+	}
+	if (gte == 1)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: grain %" PRIu64
+				 " of '%s' points at the header",
+				 grain, e->file);
+	if (e->compressed) {
+		ret = vmdk_inflate(e, grain, gte);
+		if (ret >= 0)
+			memcpy(buf, e->gbuf + in, len);
+		return ret;
+	}
+	return img_io_pread(e->io, buf, len, (uint64_t)gte * VMDK_SECTOR + in);
+}
+
+int vmdk_sparse_read(struct img *img, struct vmdk_extent *e, uint8_t *buf,
+		     uint64_t off, uint64_t len)
+{
+	while (len) {
+		uint64_t n = img_min(len, e->grain_size - off % e->grain_size);
+		int ret;
+
+		/* Runs of contiguous plain grains in one read. */
+		if (!e->compressed) {
+			uint32_t gte, next;
+
+			ret = vmdk_gte(e, off, &gte);
+			if (ret < 0)
+				return ret;
+			while (gte > 1 && n < len) {
+				ret = vmdk_gte(e, off + n, &next);
+				if (ret < 0)
+					return ret;
+				if (next != gte + (off % e->grain_size + n) /
+							    VMDK_SECTOR)
+					break;
+				n = img_min(len, n + e->grain_size);
+			}
+			if (gte > 1) {
+				ret = img_io_pread(e->io, buf, n,
+						   (uint64_t)gte * VMDK_SECTOR +
+							   off % e->grain_size);
+				if (ret < 0)
+					return ret;
+				buf += n;
+				off += n;
+				len -= n;
+				continue;
+			}
+		}
+		ret = vmdk_read_grain(img, e, buf, off, n);
+		if (ret < 0)
+			return ret;
+		buf += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+/* Point the GT entry of grain at s (sector). */
+static int vmdk_set_gte(struct vmdk_extent *e, uint64_t grain, uint32_t s)
+{
+	uint32_t i = (uint32_t)(grain / e->h.gtes_per_gt), *gt;
+	int ret;
+
+	ret = vmdk_gt(e, i, true, &gt);
+	if (ret < 0)
+		return ret;
+	gt[grain % e->h.gtes_per_gt] = s;
+	e->gts[i].dirty = true;
+	return 0;
+}
+
+/* The guest bytes of a whole grain before a partial write: backing or 0. */
+static int vmdk_grain_base(struct img *img, struct vmdk_extent *e,
+			   uint64_t grain, uint32_t gte, uint8_t *buf)
+{
+	uint64_t goff = grain * e->grain_size;
+	uint64_t n = img_min(e->grain_size, e->len - goff);
+
+	memset(buf + n, 0, e->grain_size - n);
+	if (gte == 1 && e->zero_grain) {
+		memset(buf, 0, n);
+		return 0;
+	}
+	return img_read_backing(img, buf, e->start + goff, n);
+}
+
+/* Compress one grain and append it behind a marker. */
+static int vmdk_append_compressed(struct vmdk_extent *e, uint64_t grain,
+				  const uint8_t *data)
+{
+	uLongf clen = (uLongf)(compressBound((uLong)e->grain_size));
+	uint64_t total;
+	int ret, z;
+
+	if (e->next_free / VMDK_SECTOR >= UINT32_MAX)
+		return img_error(-ENOSPC, "vmdk: '%s' is full", e->file);
+	z = compress2(e->cbuf + 12, &clen, data, (uLong)e->grain_size, 1);
+	if (z != Z_OK)
+		return img_error(-EIO, "vmdk: deflate failed (zlib error %d)",
+				 z);
+	img_put_le64(e->cbuf, grain * e->h.grain_sectors);
+	img_put_le32(e->cbuf + 8, (uint32_t)clen);
+	total = img_align_up(12 + clen, VMDK_SECTOR);
+	memset(e->cbuf + 12 + clen, 0, total - 12 - clen);
+	ret = img_io_pwrite(e->io, e->cbuf, total, e->next_free);
+	if (ret < 0)
+		return ret;
+	ret = vmdk_set_gte(e, grain, (uint32_t)(e->next_free / VMDK_SECTOR));
+	if (ret < 0)
+		return ret;
+	e->next_free += total;
+	e->stream_dirty = true;
+	return 0;
+}
+
+/* Write the grain being assembled, if any. */
+static int vmdk_put_wbuf(struct img *img, struct vmdk_extent *e)
+{
+	uint64_t grain = e->wbuf_idx;
+
+	if (grain == UINT64_MAX)
+		return 0;
+	e->wbuf_idx = UINT64_MAX;
+	if (img_is_zero(e->wbuf, e->grain_size) && !img_has_backing(img))
+		return 0;
+	return vmdk_append_compressed(e, grain, e->wbuf);
+}
+
+static int vmdk_write_compressed_grain(struct img *img, struct vmdk_extent *e,
+				       const uint8_t *buf, uint64_t off,
+				       uint64_t n)
+{
+	uint64_t grain = off / e->grain_size, in = off % e->grain_size;
+	uint32_t gte;
+	int ret;
+
+	if (e->at_end && !e->appendable)
+		return img_error(
+			-ENOTSUP,
+			"vmdk: '%s' is a finished streamOptimized image: writes are not supported",
+			e->file);
+	if (e->wbuf_idx != grain) {
+		ret = vmdk_gte(e, off, &gte);
+		if (ret < 0)
+			return ret;
+		if (gte > 1 || (gte == 1 && !e->zero_grain))
+			return img_error(
+				-ENOTSUP,
+				"vmdk: grain %" PRIu64
+				" of streamOptimized '%s' is already written",
+				grain, e->file);
+		ret = vmdk_put_wbuf(img, e);
+		if (ret < 0)
+			return ret;
+		if (n == e->grain_size) {
+			if (img_is_zero(buf, n) && !img_has_backing(img))
+				return 0;
+			return vmdk_append_compressed(e, grain, buf);
+		}
+		ret = vmdk_grain_base(img, e, grain, gte, e->wbuf);
+		if (ret < 0)
+			return ret;
+		e->wbuf_idx = grain;
+	}
+	memcpy(e->wbuf + in, buf, n);
+	return 0;
+}
+
+static int vmdk_write_plain_grain(struct img *img, struct vmdk_extent *e,
+				  const uint8_t *buf, uint64_t off, uint64_t n)
+{
+	uint64_t grain = off / e->grain_size, in = off % e->grain_size;
+	uint8_t *full = NULL;
+	uint64_t file_off;
+	uint32_t gte;
+	int ret;
+
+	ret = vmdk_gte(e, off, &gte);
+	if (ret < 0)
+		return ret;
+	if (gte > 1)
+		return img_io_pwrite(e->io, buf, n,
+				     (uint64_t)gte * VMDK_SECTOR + in);
+	if ((e->next_free + e->grain_size) / VMDK_SECTOR > UINT32_MAX)
+		return img_error(-ENOSPC, "vmdk: '%s' is full", e->file);
+	/* Make sure the GT exists first: it may take the space at the end. */
+	ret = vmdk_set_gte(e, grain, gte);
+	if (ret < 0)
+		return ret;
+	file_off = e->next_free;
+	if (n < e->grain_size) {
+		full = malloc(e->grain_size);
+		if (!full)
+			return img_error(-ENOMEM, "vmdk: out of memory");
+		ret = vmdk_grain_base(img, e, grain, gte, full);
+		if (ret < 0) {
+			free(full);
+			return ret;
+		}
+		memcpy(full + in, buf, n);
+		buf = full;
+	}
+	ret = img_io_pwrite(e->io, buf, e->grain_size, file_off);
+	free(full);
+	if (ret < 0)
+		return ret;
+	e->next_free += e->grain_size;
+	return vmdk_set_gte(e, grain, (uint32_t)(file_off / VMDK_SECTOR));
+}
+
+int vmdk_sparse_write(struct img *img, struct vmdk_extent *e,
+		      const uint8_t *buf, uint64_t off, uint64_t len)
+{
+	while (len) {
+		uint64_t n = img_min(len, e->grain_size - off % e->grain_size);
+		int ret;
+
+		if (e->compressed)
+			ret = vmdk_write_compressed_grain(img, e, buf, off, n);
+		else
+			ret = vmdk_write_plain_grain(img, e, buf, off, n);
+		if (ret < 0)
+			return ret;
+		buf += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int vmdk_sparse_zero(struct img *img, struct vmdk_extent *e, uint64_t off,
+		     uint64_t len)
+{
+	uint8_t *zeroes = NULL;
+	int ret = 0;
+
+	while (len && ret >= 0) {
+		uint64_t n = img_min(len, e->grain_size - off % e->grain_size);
+		uint64_t grain = off / e->grain_size;
+		uint32_t gte;
+
+		ret = vmdk_gte(e, off, &gte);
+		if (ret < 0)
+			break;
+		if (n == e->grain_size && e->zero_grain && !e->compressed) {
+			/* The data of an allocated grain is leaked. */
+			ret = vmdk_set_gte(e, grain, 1);
+		} else if (!gte && !img_has_backing(img) &&
+			   e->wbuf_idx != grain) {
+			ret = 0; /* reads zero already */
+		} else {
+			if (!zeroes)
+				zeroes = calloc(1, e->grain_size);
+			ret = zeroes ?
+				      vmdk_sparse_write(img, e, zeroes, off,
+							n) :
+				      img_error(-ENOMEM, "vmdk: out of memory");
+		}
+		off += n;
+		len -= n;
+	}
+	free(zeroes);
+	return ret;
+}
+
+static int vmdk_write_gt(struct vmdk_extent *e, uint32_t i, uint64_t off)
+{
+	uint64_t bytes = vmdk_gt_bytes(e);
+	uint8_t *raw = calloc(1, img_align_up(bytes, VMDK_SECTOR));
+	int ret;
+
+	if (!raw)
+		return img_error(-ENOMEM, "vmdk: out of memory");
+	for (uint32_t k = 0; k < e->h.gtes_per_gt; k++)
+		img_put_le32(raw + 4 * k, e->gts[i].e[k]);
+	ret = img_io_pwrite(
+		e->io, raw,
+		e->at_end ? img_align_up(bytes, VMDK_SECTOR) : bytes, off);
+	free(raw);
+	return ret;
+}
+
+static int vmdk_marker(struct vmdk_extent *e, uint64_t val, uint32_t type,
+		       uint64_t off)
+{
+	uint8_t m[VMDK_SECTOR];
+
+	memset(m, 0, sizeof(m));
+	img_put_le64(m, val);
+	img_put_le32(m + 12, type);
+	return img_io_pwrite(e->io, m, sizeof(m), off);
+}
+
+/* GT, GD, footer and end-of-stream markers after the last grain. */
+static int vmdk_write_stream_tail(struct vmdk_extent *e)
+{
+	uint64_t gt_bytes = img_align_up(vmdk_gt_bytes(e), VMDK_SECTOR);
+	uint64_t gd_bytes = img_align_up((uint64_t)e->n_gts * 4, VMDK_SECTOR);
+	uint64_t pos = e->next_free, gd_pos;
+	struct vmdk_sparse_hdr f = e->h;
+	uint8_t hdr[VMDK_SECTOR];
+	int ret;
+
+	for (uint32_t i = 0; i < e->n_gts; i++) {
+		bool used = false;
+
+		e->gd[i] = 0;
+		for (uint32_t k = 0; e->gts[i].e && k < e->h.gtes_per_gt; k++)
+			used |= e->gts[i].e[k] != 0;
+		if (!used)
+			continue;
+		ret = vmdk_marker(e, gt_bytes / VMDK_SECTOR, MARKER_GT, pos);
+		if (ret >= 0)
+			ret = vmdk_write_gt(e, i, pos + VMDK_SECTOR);
+		if (ret < 0)
+			return ret;
+		e->gd[i] = (uint32_t)((pos + VMDK_SECTOR) / VMDK_SECTOR);
+		pos += VMDK_SECTOR + gt_bytes;
+	}
+	ret = vmdk_marker(e, gd_bytes / VMDK_SECTOR, MARKER_GD, pos);
+	if (ret < 0)
+		return ret;
+	gd_pos = pos + VMDK_SECTOR;
+	ret = img_table32_write(e->io, e->gd, 0, e->n_gts, gd_pos, false);
+	if (ret < 0)
+		return ret;
+	if (gd_bytes > (uint64_t)e->n_gts * 4) {
+		ret = img_io_zero(e->io, gd_pos + (uint64_t)e->n_gts * 4,
+				  gd_bytes - (uint64_t)e->n_gts * 4, 0);
+		if (ret < 0)
+			return ret;
+	}
+	pos = gd_pos + gd_bytes;
+	f.gd_sector = gd_pos / VMDK_SECTOR;
+	vmdk_hdr_encode(&f, hdr);
+	ret = vmdk_marker(e, 1, MARKER_FOOTER, pos);
+	if (ret >= 0)
+		ret = img_io_pwrite(e->io, hdr, sizeof(hdr), pos + VMDK_SECTOR);
+	if (ret >= 0)
+		ret = vmdk_marker(e, 0, MARKER_EOS, pos + 2 * VMDK_SECTOR);
+	if (ret >= 0)
+		ret = img_io_truncate(e->io, pos + 3 * VMDK_SECTOR);
+	return ret;
+}
+
+int vmdk_sparse_flush(struct img *img, struct vmdk_extent *e)
+{
+	int ret;
+
+	ret = vmdk_put_wbuf(img, e);
+	if (ret < 0)
+		return ret;
+	if (e->at_end) {
+		if (!e->stream_dirty)
+			return 0;
+		ret = img_io_flush(e->io);
+		if (ret >= 0)
+			ret = vmdk_write_stream_tail(e);
+		if (ret >= 0)
+			e->stream_dirty = false;
+		return ret;
+	}
+	ret = img_io_flush(e->io);
+	if (ret < 0)
+		return ret;
+	for (uint32_t i = 0; i < e->n_gts; i++) {
+		if (!e->gts[i].dirty)
+			continue;
+		ret = vmdk_write_gt(e, i, (uint64_t)e->gd[i] * VMDK_SECTOR);
+		if (ret >= 0 && e->rgd && e->rgd[i])
+			ret = vmdk_write_gt(e, i,
+					    (uint64_t)e->rgd[i] * VMDK_SECTOR);
+		if (ret < 0)
+			return ret;
+		e->gts[i].dirty = false;
+	}
+	if (e->gd_dirty) {
+		ret = img_table32_write(e->io, e->gd, 0, e->n_gts,
+					e->h.gd_sector * VMDK_SECTOR, false);
+		if (ret >= 0 && e->rgd)
+			ret = img_table32_write(e->io, e->rgd, 0, e->n_gts,
+						e->h.rgd_sector * VMDK_SECTOR,
+						false);
+		if (ret < 0)
+			return ret;
+		e->gd_dirty = false;
+	}
+	e->stream_dirty = false;
+	return 0;
+}
+
+int vmdk_sparse_status(struct img *img, struct vmdk_extent *e, uint64_t off,
+		       uint64_t len, struct img_extent *ext)
+{
+	uint64_t grain = off / e->grain_size;
+	uint64_t n = img_min(len, e->grain_size - off % e->grain_size);
+	uint32_t gte, next;
+	int ret;
+
+	ret = vmdk_gte(e, off, &gte);
+	if (ret < 0)
+		return ret;
+	if (e->wbuf_idx == grain) {
+		ext->len = n;
+		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED;
+		return 0;
+	}
+	/* Merge following grains of the same kind (contiguous if data). */
+	while (n < len) {
+		ret = vmdk_gte(e, off + n, &next);
+		if (ret < 0)
+			return ret;
+		if (e->wbuf_idx == (off + n) / e->grain_size)
+			break;
+		if (gte > 1 ? (e->compressed ||
+			       next != gte + (off % e->grain_size + n) /
+						       VMDK_SECTOR) :
+			      next != gte)
+			break;
+		n = img_min(len, n + e->grain_size);
+	}
+	ext->len = n;
+	if (!gte) {
+		ext->flags = img_has_backing(img) ? 0 : IMG_EXT_ZERO;
+	} else if (gte == 1 && e->zero_grain) {
+		ext->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
+	} else if (e->compressed) {
+		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			     IMG_EXT_COMPRESSED;
+	} else {
+		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			     IMG_EXT_OFFSET_VALID;
+		ext->file_off =
+			(uint64_t)gte * VMDK_SECTOR + off % e->grain_size;
+		ext->file = e->file;
+	}
+	return 0;
+}
+
+int vmdk_sparse_check(struct vmdk_extent *e, struct img_check *res)
+{
+	uint64_t file_size = img_align_up(vmdk_file_size(e), VMDK_SECTOR);
+	uint64_t total = (e->len + e->grain_size - 1) / e->grain_size;
+	char line[256];
+
+	res->total_clusters += total;
+	for (uint32_t i = 0; i < e->n_gts; i++) {
+		uint32_t *gt;
+		int ret;
+
+		ret = vmdk_gt(e, i, false, &gt);
+		if (ret < 0) {
+			res->corruptions++;
+			if (res->report) {
+				snprintf(line, sizeof(line), "ERROR %s",
+					 img_last_error());
+				res->report(res->opaque, line);
+			}
+			continue;
+		}
+		for (uint32_t k = 0; gt && k < e->h.gtes_per_gt; k++) {
+			uint64_t s = gt[k];
+
+			if (!s || (s == 1 && e->zero_grain))
+				continue;
+			res->allocated_clusters++;
+			if (s * VMDK_SECTOR < e->h.overhead * VMDK_SECTOR ||
+			    s * VMDK_SECTOR >= file_size) {
+				res->corruptions++;
+				if (res->report) {
+					snprintf(
+						line, sizeof(line),
+						"ERROR grain %" PRIu64
+						" of '%s' at sector %" PRIu64
+						" is outside the data area",
+						(uint64_t)i * e->h.gtes_per_gt +
+							k,
+						e->file, s);
+					res->report(res->opaque, line);
+				}
+			}
+			if (e->compressed)
+				res->compressed_clusters++;
+		}
+	}
+	res->has_stats = true;
+	return 0;
+}
+
+int vmdk_sparse_create(struct img_io *io, uint64_t capacity, bool stream,
+		       bool zeroed_grain, const char *desc)
+{
+	struct vmdk_sparse_hdr h = {
+		.capacity = (capacity + VMDK_SECTOR - 1) / VMDK_SECTOR,
+		.grain_sectors = VMDK_DEFAULT_GRAIN_SECTORS,
+		.desc_sector = 1,
+		.desc_sectors = VMDK_DESC_SECTORS,
+		.gtes_per_gt = VMDK_GTES,
+	};
+	uint64_t grains = (h.capacity + h.grain_sectors - 1) / h.grain_sectors;
+	uint64_t gt_count = (grains + VMDK_GTES - 1) / VMDK_GTES;
+	uint64_t gt_sectors = VMDK_GTES * 4 / VMDK_SECTOR;
+	uint64_t gd_sectors = (gt_count * 4 + VMDK_SECTOR - 1) / VMDK_SECTOR;
+	uint8_t hdr[VMDK_SECTOR];
+	uint32_t *gd;
+	int ret;
+
+	if (desc && strlen(desc) > VMDK_DESC_SECTORS * VMDK_SECTOR)
+		return img_error(-EINVAL, "vmdk: descriptor too long");
+	if (gt_count > UINT32_MAX / 4)
+		return img_error(-EINVAL, "vmdk: size %" PRIu64 " is too large",
+				 capacity);
+	if (stream) {
+		h.version = 3;
+		h.flags = VMDK_FLAG_NL_DETECT | VMDK_FLAG_COMPRESS |
+			  VMDK_FLAG_MARKER;
+		h.gd_sector = VMDK_GD_AT_END;
+		h.overhead = VMDK_DEFAULT_GRAIN_SECTORS;
+		h.compress_algorithm = 1;
+	} else {
+		h.version = zeroed_grain ? 2 : 1;
+		h.flags = VMDK_FLAG_NL_DETECT | VMDK_FLAG_RGD |
+			  (zeroed_grain ? VMDK_FLAG_ZERO_GRAIN : 0);
+		h.rgd_sector = h.desc_sector + h.desc_sectors;
+		h.gd_sector = h.rgd_sector + gd_sectors + gt_sectors * gt_count;
+		h.overhead = img_align_up(h.gd_sector + gd_sectors +
+						  gt_sectors * gt_count,
+					  h.grain_sectors);
+	}
+	if (h.overhead * VMDK_SECTOR / VMDK_SECTOR != h.overhead ||
+	    h.gd_sector + gd_sectors + gt_sectors * gt_count > UINT32_MAX)
+		return img_error(-EINVAL, "vmdk: size %" PRIu64 " is too large",
+				 capacity);
+	vmdk_hdr_encode(&h, hdr);
+	ret = img_io_truncate(io, 0);
+	if (ret >= 0)
+		ret = img_io_pwrite(io, hdr, sizeof(hdr), 0);
+	if (ret >= 0 && desc)
+		ret = img_io_pwrite(io, desc, strlen(desc), VMDK_SECTOR);
+	if (ret < 0)
+		return ret;
+	if (stream) {
+		struct vmdk_extent e = { .io = io,
+					 .h = h,
+					 .n_gts = (uint32_t)gt_count };
+		struct vmdk_gt none = { 0 };
+
+		e.gd = calloc(gt_count ? gt_count : 1, 4);
+		e.gts = gt_count ? calloc(gt_count, sizeof(none)) : &none;
+		if (!e.gd || !e.gts) {
+			free(e.gd);
+			if (e.gts != &none)
+				free(e.gts);
+			return img_error(-ENOMEM, "vmdk: out of memory");
+		}
+		e.at_end = true;
+		e.next_free = h.overhead * VMDK_SECTOR;
+		ret = vmdk_write_stream_tail(&e);
+		free(e.gd);
+		if (e.gts != &none)
+			free(e.gts);
+		return ret;
+	}
+	ret = img_io_truncate(io, h.overhead * VMDK_SECTOR);
+	if (ret < 0)
+		return ret;
+	gd = malloc(gt_count ? gt_count * 4 : 4);
+	if (!gd)
+		return img_error(-ENOMEM, "vmdk: out of memory");
+	for (uint64_t i = 0; i < gt_count; i++)
+		gd[i] = (uint32_t)(h.rgd_sector + gd_sectors + i * gt_sectors);
+	ret = img_table32_write(io, gd, 0, (uint32_t)gt_count,
+				h.rgd_sector * VMDK_SECTOR, false);
+	for (uint64_t i = 0; i < gt_count; i++)
+		gd[i] = (uint32_t)(h.gd_sector + gd_sectors + i * gt_sectors);
+	if (ret >= 0)
+		ret = img_table32_write(io, gd, 0, (uint32_t)gt_count,
+					h.gd_sector * VMDK_SECTOR, false);
+	free(gd);
+	return ret;
+}

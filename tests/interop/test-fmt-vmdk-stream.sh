@@ -1,0 +1,37 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# VMDK streamOptimized against qemu-img, for sparse, random and zero-heavy
+# contents (tests/interop/fmt-matrix.sh; the cross-format matrix on one
+# image mixing the three): made by img and by qemu-img, read identically
+# through both, qemu-img check clean; converted by img to every writable
+# format and back to raw byte for byte. Then: img's image has VMware's
+# stream layout (version 3, GD at the end, footer and end-of-stream
+# markers, ddb.toolsVersion) and refuses to rewrite it.
+. "$(dirname "$0")/fmt-matrix.sh"
+need_format vmdk
+fm_contents
+
+V=(vmdk:subformat=streamOptimized)
+for c in sparse random zero; do
+	tcase fm_direct $c "${V[@]}"
+done
+tcase fm_matrix "${V[@]}"
+
+stream_layout() {
+	ctx="stream layout"
+	must "$IMG" convert -f raw -O vmdk -o subformat=streamOptimized "$T/c-sparse.raw" "$T/s.vmdk"
+	# Header: version 3, gdOffset -1 (GD at the end).
+	[ "$(od -An -tu4 -j4 -N4 "$T/s.vmdk" | tr -d ' ')" = 3 ] || fail "[$ctx] version"
+	[ "$(od -An -tx8 -j56 -N8 "$T/s.vmdk" | tr -d ' ')" = ffffffffffffffff ] || fail "[$ctx] gdOffset"
+	# Footer marker (type 3), footer ("KDMV"), end-of-stream (type 0).
+	size=$(stat -c %s "$T/s.vmdk")
+	[ "$(od -An -tu4 -j$((size - 1536 + 12)) -N4 "$T/s.vmdk" | tr -d ' ')" = 3 ] || fail "[$ctx] footer marker"
+	[ "$(dd if="$T/s.vmdk" bs=1 skip=$((size - 1024)) count=4 status=none)" = KDMV ] || fail "[$ctx] footer"
+	cmp -n 512 -i $((size - 512)):0 "$T/s.vmdk" /dev/zero || fail "[$ctx] end-of-stream marker"
+	grep -a -q 'ddb.toolsVersion' "$T/s.vmdk" || fail "[$ctx] no toolsVersion"
+	expect_exit 1 "$IMG" io -f vmdk -c 'write -P 1 0 512' "$T/s.vmdk"
+	cat "$T/.out" "$T/.err" | grep -q "not supported" || fail "[$ctx] rewrite: $(cat "$T/.out" "$T/.err")"
+}
+
+tcase stream_layout
+finish
