@@ -34,6 +34,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,7 +79,7 @@ struct nbd_server {
 	struct conn *conns; /* live connections */
 	unsigned n_conns;
 	bool served; /* a client reached transmission at some point */
-	volatile sig_atomic_t stopping;
+	atomic_int stopping; /* lock-free: set from a signal handler */
 };
 
 struct conn {
@@ -823,7 +824,7 @@ static void transmission(struct conn *c)
 				break;
 			continue;
 		}
-		if (c->srv->stopping) {
+		if (atomic_load(&c->srv->stopping)) {
 			if (payload && conn_skip(c, payload) < 0)
 				break;
 			if (r.type == NBD_CMD_DISC ||
@@ -1288,10 +1289,11 @@ static void *conn_thread(void *arg)
 		c->next->prev = c->prev;
 	s->n_conns--;
 	close(c->fd);
-	pthread_cond_broadcast(&s->gone);
-	pthread_mutex_unlock(&s->lock);
 	if (!s->opts.persistent && s->served && !s->n_conns)
 		nbd_server_stop(s);
+	pthread_cond_broadcast(&s->gone);
+	/* s may be freed as soon as the lock is released. */
+	pthread_mutex_unlock(&s->lock);
 
 	pthread_mutex_destroy(&c->send_lock);
 	pthread_mutex_destroy(&c->lock);
@@ -1398,7 +1400,7 @@ void nbd_server_stop(struct nbd_server *s)
 {
 	char b = 1;
 
-	s->stopping = 1;
+	atomic_store(&s->stopping, 1);
 	if (write(s->stop_pipe[1], &b, 1) < 0) {
 		/* The pipe is full: a stop is already pending. */
 	}
@@ -1416,13 +1418,13 @@ int nbd_server_run(struct nbd_server *s, const int *listen_fds, size_t n)
 	}
 	pfd[n].fd = s->stop_pipe[0];
 	pfd[n].events = POLLIN;
-	while (!s->stopping) {
+	while (!atomic_load(&s->stopping)) {
 		if (poll(pfd, n + 1, -1) < 0) {
 			if (errno == EINTR)
 				continue;
 			break;
 		}
-		for (size_t i = 0; i < n && !s->stopping; i++) {
+		for (size_t i = 0; i < n && !atomic_load(&s->stopping); i++) {
 			int fd;
 
 			if (!(pfd[i].revents & POLLIN))
