@@ -7,6 +7,7 @@
 
 extern const struct img_driver qcow2_driver;
 extern const struct img_driver raw_driver;
+extern const struct img_driver vhdx_driver;
 extern const struct img_driver vmdk_driver;
 extern const struct img_driver vdi_driver;
 extern const struct img_driver vpc_driver;
@@ -16,6 +17,7 @@ const struct img_driver *const img_format_table[] = {
 	&vpc_driver,
 	&vdi_driver,
 	&vmdk_driver,
+	&vhdx_driver,
 	&raw_driver,
 	NULL,
 };

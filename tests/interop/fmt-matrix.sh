@@ -29,6 +29,7 @@ FM_ALL=(
 	"vdi:static=off"
 	"vmdk:subformat=monolithicSparse"
 	"vmdk:subformat=streamOptimized"
+	"vhdx:subformat=dynamic"
 )
 
 fm_contents() {

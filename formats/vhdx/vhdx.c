@@ -1,0 +1,1152 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The VHDX format (MS-VHDX 1.0, as Hyper-V and QEMU 7.2 write it): a file
+ * identifier, two headers (the valid one with the higher sequence number
+ * wins), two region tables naming the BAT and the metadata region, the
+ * metadata items (block size, virtual size, logical and physical sector
+ * size, disk id, parent locator), the BAT (64-bit entries: state and the
+ * block's offset in MiB, with a sector bitmap entry after every chunk of
+ * 2^23 * sector_size / block_size payload entries) and the log.
+ *
+ * Supported: fixed and dynamic disks, block sizes 1 to 256 MiB, 512 and
+ * 4096-byte logical sectors, log replay on open (into the file on a
+ * read-write open; in memory, as an overlay of the replayed sectors, on a
+ * read-only one), differencing disks read through their parent (located by
+ * relative_path, then absolute_win32_path) with the sector bitmaps, and
+ * writes. Created images are fixed or dynamic with an empty log.
+ *
+ * Writes do not use the log: a new block is placed at the end of the file
+ * (MiB aligned) and its data written first; its BAT entry is written at
+ * flush after the data has been flushed, so a crash leaves at worst an
+ * unreferenced block. Writing to a differencing disk is not supported.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "img-driver.h"
+
+#define KIB 1024ull
+#define MIB (1024ull * 1024)
+#define VHDX_HEADER1 (64 * KIB)
+#define VHDX_HEADER2 (128 * KIB)
+#define VHDX_REGION1 (192 * KIB)
+#define VHDX_REGION2 (256 * KIB)
+#define VHDX_HEADER_SIZE (4 * KIB)
+#define VHDX_REGION_SIZE (64 * KIB)
+#define VHDX_MAX_LOG (256 * MIB)
+#define VHDX_MAX_META (256 * MIB)
+#define VHDX_MAX_PATCHES 4096u /* sectors a read-only replay keeps */
+
+#define PAYLOAD_NOT_PRESENT 0
+#define PAYLOAD_UNDEFINED 1
+#define PAYLOAD_ZERO 2
+#define PAYLOAD_UNMAPPED 3
+#define PAYLOAD_FULLY_PRESENT 6
+#define PAYLOAD_PARTIALLY_PRESENT 7
+#define SB_PRESENT 6
+
+/* GUIDs in their on-disk (mixed-endian) byte order. */
+static const uint8_t guid_bat[16] = { 0x66, 0x77, 0xc2, 0x2d, 0x23, 0xf6,
+				      0x00, 0x42, 0x9d, 0x64, 0x11, 0x5e,
+				      0x9b, 0xfd, 0x4a, 0x08 };
+static const uint8_t guid_meta[16] = { 0x06, 0xa2, 0x7c, 0x8b, 0x90, 0x47,
+				       0x9a, 0x4b, 0xb8, 0xfe, 0x57, 0x5f,
+				       0x05, 0x0f, 0x88, 0x6e };
+static const uint8_t guid_file_params[16] = { 0x37, 0x67, 0xa1, 0xca,
+					      0x36, 0xfa, 0x43, 0x4d,
+					      0xb3, 0xb6, 0x33, 0xf0,
+					      0xaa, 0x44, 0xe7, 0x6b };
+static const uint8_t guid_vsize[16] = { 0x24, 0x42, 0xa5, 0x2f, 0x1b, 0xcd,
+					0x76, 0x48, 0xb2, 0x11, 0x5d, 0xbe,
+					0xd8, 0x3b, 0xf4, 0xb8 };
+static const uint8_t guid_disk_id[16] = { 0xab, 0x12, 0xca, 0xbe, 0xe6, 0xb2,
+					  0x23, 0x45, 0x93, 0xef, 0xc3, 0x09,
+					  0xe0, 0x00, 0xc7, 0x46 };
+static const uint8_t guid_lsector[16] = { 0x1d, 0xbf, 0x41, 0x81, 0x6f, 0xa9,
+					  0x09, 0x47, 0xba, 0x47, 0xf2, 0x33,
+					  0xa8, 0xfa, 0xab, 0x5f };
+static const uint8_t guid_psector[16] = { 0xc7, 0x48, 0xa3, 0xcd, 0x5d, 0x44,
+					  0x71, 0x44, 0x9c, 0xc9, 0xe9, 0x88,
+					  0x52, 0x51, 0xc5, 0x56 };
+static const uint8_t guid_parent[16] = { 0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3,
+					 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8,
+					 0x48, 0x34, 0xab, 0x0c };
+
+/* A sector the log replay supplies (read-only opens). */
+struct vhdx_patch {
+	uint64_t file_off; /* 4 KiB aligned */
+	uint8_t data[4096];
+};
+
+struct vhdx {
+	struct img *img;
+	uint8_t header[VHDX_HEADER_SIZE];
+	uint64_t header_off;
+	uint64_t size;
+	uint32_t block_size;
+	uint32_t lsector;
+	uint32_t psector;
+	bool has_parent;
+	bool leave_allocated;
+	uint64_t bat_off;
+	uint64_t bat_len;
+	uint64_t chunk_ratio;
+	uint64_t n_blocks;
+	uint64_t n_entries;
+	uint64_t *bat;
+	uint64_t dirty_lo, dirty_hi;
+	uint64_t next_free; /* MiB aligned */
+	uint64_t meta_off;
+	struct vhdx_patch *patches;
+	size_t n_patches;
+	char *parent;
+};
+
+static uint32_t crc32c_table[256];
+
+static void crc32c_init(void)
+{
+	for (uint32_t i = 0; i < 256; i++) {
+		uint32_t c = i;
+
+		for (int k = 0; k < 8; k++)
+			c = c & 1 ? (c >> 1) ^ 0x82f63b78 : c >> 1;
+		crc32c_table[i] = c;
+	}
+}
+
+/* CRC-32C of buf with the 4 bytes at csum_off taken as zero. */
+static uint32_t vhdx_crc(const uint8_t *buf, size_t len, size_t csum_off)
+{
+	uint32_t c = 0xffffffff;
+
+	if (!crc32c_table[1])
+		crc32c_init();
+	for (size_t i = 0; i < len; i++) {
+		uint8_t b = (i >= csum_off && i < csum_off + 4) ? 0 : buf[i];
+
+		c = crc32c_table[(c ^ b) & 0xff] ^ (c >> 8);
+	}
+	return ~c;
+}
+
+static int vhdx_probe(const uint8_t *buf, size_t len)
+{
+	return len >= 8 && !memcmp(buf, "vhdxfile", 8) ? 100 : 0;
+}
+
+/* Read from the file as the log replay left it. */
+static int vhdx_pread(struct vhdx *s, void *buf, uint64_t len, uint64_t off)
+{
+	int ret = img_io_pread(img_file(s->img), buf, len, off);
+
+	if (ret < 0 || !s->n_patches)
+		return ret;
+	for (size_t i = 0; i < s->n_patches; i++) {
+		const struct vhdx_patch *p = &s->patches[i];
+		uint64_t a = p->file_off, b = p->file_off + 4096;
+
+		if (b <= off || a >= off + len)
+			continue;
+		if (a < off)
+			memcpy(buf, p->data + (off - a),
+			       img_min(b, off + len) - off);
+		else
+			memcpy((uint8_t *)buf + (a - off), p->data,
+			       img_min(b, off + len) - a);
+	}
+	return 0;
+}
+
+static int vhdx_read_headers(struct vhdx *s)
+{
+	uint8_t h[2][VHDX_HEADER_SIZE];
+	bool ok[2];
+	int ret;
+
+	for (int i = 0; i < 2; i++) {
+		ret = img_io_pread(img_file(s->img), h[i], VHDX_HEADER_SIZE,
+				   i ? VHDX_HEADER2 : VHDX_HEADER1);
+		if (ret < 0)
+			return ret;
+		ok[i] = !memcmp(h[i], "head", 4) &&
+			img_le32(h[i] + 4) ==
+				vhdx_crc(h[i], VHDX_HEADER_SIZE, 4) &&
+			img_le16(h[i] + 66) == 1;
+	}
+	if (!ok[0] && !ok[1])
+		return img_error(
+			-IMG_ECORRUPT,
+			"vhdx: no valid header (signature, checksum, version 1)");
+	if (ok[0] && ok[1] && img_le64(h[0] + 8) == img_le64(h[1] + 8) &&
+	    memcmp(h[0], h[1], VHDX_HEADER_SIZE))
+		return img_error(
+			-IMG_ECORRUPT,
+			"vhdx: both headers have sequence number %" PRIu64,
+			img_le64(h[0] + 8));
+	{
+		int cur = !ok[0] ||
+			  (ok[1] && img_le64(h[1] + 8) > img_le64(h[0] + 8));
+
+		memcpy(s->header, h[cur], VHDX_HEADER_SIZE);
+		s->header_off = cur ? VHDX_HEADER2 : VHDX_HEADER1;
+	}
+	if (img_le16(s->header + 64) != 0)
+		return img_error(-ENOTSUP, "vhdx: unsupported log version %u",
+				 img_le16(s->header + 64));
+	return 0;
+}
+
+/*
+ * Log replay: the log is a ring of entries ("loge", 4 KiB aligned); the
+ * active sequence is the run of valid entries with consecutive sequence
+ * numbers and the header's log GUID ending at the entry with the highest
+ * sequence number. Its descriptors are applied in order.
+ */
+struct vhdx_log {
+	uint8_t *buf;
+	uint64_t len;
+};
+
+static bool vhdx_entry_valid(const struct vhdx *s, const struct vhdx_log *l,
+			     uint64_t off, uint64_t *seq, uint64_t *entry_len)
+{
+	const uint8_t *e = l->buf + off;
+	uint32_t len, ndesc;
+	uint8_t *copy;
+	bool ok;
+
+	if (off + 64 > l->len || memcmp(e, "loge", 4))
+		return false;
+	len = img_le32(e + 8);
+	ndesc = img_le32(e + 24);
+	if (len < 4096 || len % 4096 || len > l->len - off ||
+	    (uint64_t)ndesc * 32 + 64 > len ||
+	    memcmp(e + 32, s->header + 48, 16))
+		return false;
+	copy = malloc(len);
+	if (!copy)
+		return false;
+	memcpy(copy, e, len);
+	ok = img_le32(e + 4) == vhdx_crc(copy, len, 4);
+	free(copy);
+	*seq = img_le64(e + 16);
+	*entry_len = len;
+	return ok;
+}
+
+static int vhdx_apply(struct vhdx *s, bool in_file, uint64_t file_off,
+		      const uint8_t *data)
+{
+	struct vhdx_patch *grown;
+	size_t i;
+
+	if (file_off % 4096)
+		return img_error(
+			-IMG_ECORRUPT,
+			"vhdx: log writes to unaligned offset %#" PRIx64,
+			file_off);
+	if (in_file)
+		return img_io_pwrite(img_file(s->img), data, 4096, file_off);
+	for (i = 0; i < s->n_patches; i++)
+		if (s->patches[i].file_off == file_off)
+			break;
+	if (i == s->n_patches && i >= VHDX_MAX_PATCHES)
+		return img_error(
+			-ENOTSUP,
+			"vhdx: the log changes more than %u sectors: open read-write to replay it",
+			VHDX_MAX_PATCHES);
+	if (i == s->n_patches) {
+		grown = realloc(s->patches, (i + 1) * sizeof(*grown));
+		if (!grown)
+			return img_error(-ENOMEM, "vhdx: out of memory");
+		s->patches = grown;
+		s->n_patches++;
+		s->patches[i].file_off = file_off;
+	}
+	memcpy(s->patches[i].data, data, 4096);
+	return 0;
+}
+
+static int vhdx_replay_entry(struct vhdx *s, const struct vhdx_log *l,
+			     uint64_t off, uint64_t entry_len, bool in_file)
+{
+	const uint8_t *e = l->buf + off;
+	uint32_t ndesc = img_le32(e + 24);
+	uint64_t data_off = off + img_align_up(64 + (uint64_t)ndesc * 32, 4096);
+	uint8_t sector[4096];
+	int ret;
+
+	for (uint32_t i = 0; i < ndesc; i++) {
+		const uint8_t *d = e + 64 + 32 * i;
+		uint64_t file_off = img_le64(d + 16);
+
+		if (!memcmp(d, "zero", 4)) {
+			uint64_t zlen = img_le64(d + 8);
+
+			if (zlen % 4096 || zlen > 64 * MIB)
+				return img_error(
+					-IMG_ECORRUPT,
+					"vhdx: log zero descriptor of %" PRIu64
+					" bytes",
+					zlen);
+			memset(sector, 0, sizeof(sector));
+			for (uint64_t k = 0; k < zlen; k += 4096) {
+				ret = vhdx_apply(s, in_file, file_off + k,
+						 sector);
+				if (ret < 0)
+					return ret;
+			}
+			continue;
+		}
+		if (memcmp(d, "desc", 4))
+			return img_error(-IMG_ECORRUPT,
+					 "vhdx: bad log descriptor signature");
+		if (data_off + 4096 > off + entry_len ||
+		    memcmp(l->buf + data_off, "data", 4))
+			return img_error(-IMG_ECORRUPT,
+					 "vhdx: log data sector missing");
+		memcpy(sector, d + 8, 8);
+		memcpy(sector + 8, l->buf + data_off + 8, 4084);
+		memcpy(sector + 4092, d + 4, 4);
+		ret = vhdx_apply(s, in_file, file_off, sector);
+		if (ret < 0)
+			return ret;
+		data_off += 4096;
+	}
+	return 0;
+}
+
+static int vhdx_replay_log(struct vhdx *s, bool in_file)
+{
+	uint64_t log_off = img_le64(s->header + 72);
+	uint32_t log_len = img_le32(s->header + 68);
+	uint64_t file_size, best_seq = 0, best_off = 0, off, seq, len;
+	struct vhdx_log l;
+	bool found = false;
+	int ret;
+
+	if (img_is_zero(s->header + 48, 16))
+		return 0; /* log GUID zero: nothing to replay */
+	ret = img_io_size(img_file(s->img), &file_size);
+	if (ret < 0)
+		return ret;
+	if (log_len % MIB || log_off % MIB || !log_len ||
+	    log_len > VHDX_MAX_LOG || log_off > file_size ||
+	    log_len > file_size - log_off)
+		return img_error(-IMG_ECORRUPT,
+				 "vhdx: log of %" PRIu32 " bytes at %#" PRIx64
+				 " is outside the file or unaligned",
+				 log_len, log_off);
+	l.len = log_len;
+	l.buf = malloc(log_len);
+	if (!l.buf)
+		return img_error(-ENOMEM, "vhdx: out of memory for the log");
+	ret = img_io_pread(img_file(s->img), l.buf, log_len, log_off);
+	if (ret < 0)
+		goto out;
+	/* The head: the valid entry with the highest sequence number. */
+	for (off = 0; off < log_len; off += 4096)
+		if (vhdx_entry_valid(s, &l, off, &seq, &len) &&
+		    (!found || seq > best_seq)) {
+			found = true;
+			best_seq = seq;
+			best_off = off;
+		}
+	if (!found)
+		goto out;
+	/* Walk back to the start of the sequence (the head's tail). */
+	{
+		uint64_t tail = img_le32(l.buf + best_off + 12);
+		uint64_t n = 0, prev_seq = 0;
+
+		if (tail % 4096 || tail >= log_len) {
+			ret = img_error(-IMG_ECORRUPT,
+					"vhdx: log tail %#" PRIx64 " is bad",
+					tail);
+			goto out;
+		}
+		off = tail;
+		for (;;) {
+			if (!vhdx_entry_valid(s, &l, off, &seq, &len)) {
+				ret = img_error(
+					-IMG_ECORRUPT,
+					"vhdx: log entry at %#" PRIx64
+					" in the active sequence is invalid",
+					off);
+				goto out;
+			}
+			if (n && seq != prev_seq + 1) {
+				ret = img_error(
+					-IMG_ECORRUPT,
+					"vhdx: log sequence breaks at %#" PRIx64,
+					off);
+				goto out;
+			}
+			prev_seq = seq;
+			ret = vhdx_replay_entry(s, &l, off, len, in_file);
+			if (ret < 0 || off == best_off || ++n > log_len / 4096)
+				break;
+			off = (off + len) % log_len;
+		}
+	}
+	if (ret >= 0 && in_file) {
+		/* Replayed: clear the log GUID so it is not replayed again. */
+		uint8_t *h = s->header;
+
+		memset(h + 48, 0, 16);
+		img_put_le64(h + 8, img_le64(h + 8) + 1);
+		img_put_le32(h + 4, 0);
+		img_put_le32(h + 4, vhdx_crc(h, VHDX_HEADER_SIZE, 4));
+		ret = img_io_flush(img_file(s->img));
+		if (ret >= 0)
+			ret = img_io_pwrite(img_file(s->img), h,
+					    VHDX_HEADER_SIZE,
+					    s->header_off == VHDX_HEADER1 ?
+						    VHDX_HEADER2 :
+						    VHDX_HEADER1);
+		if (ret >= 0)
+			ret = img_io_flush(img_file(s->img));
+	}
+out:
+	free(l.buf);
+	return ret;
+}
+
+static int vhdx_read_regions(struct vhdx *s, uint64_t *meta_len)
+{
+	uint8_t *r = malloc(VHDX_REGION_SIZE);
+	bool have_bat = false, have_meta = false;
+	int ret = 0;
+
+	if (!r)
+		return img_error(-ENOMEM, "vhdx: out of memory");
+	for (int i = 0; i < 2; i++) {
+		ret = vhdx_pread(s, r, VHDX_REGION_SIZE,
+				 i ? VHDX_REGION2 : VHDX_REGION1);
+		if (ret < 0)
+			goto out;
+		if (!memcmp(r, "regi", 4) &&
+		    img_le32(r + 4) == vhdx_crc(r, VHDX_REGION_SIZE, 4))
+			break;
+		if (i) {
+			ret = img_error(-IMG_ECORRUPT,
+					"vhdx: no valid region table");
+			goto out;
+		}
+	}
+	if (img_le32(r + 8) > 2047) {
+		ret = img_error(-IMG_ECORRUPT,
+				"vhdx: region table has %" PRIu32 " entries",
+				img_le32(r + 8));
+		goto out;
+	}
+	for (uint32_t i = 0; i < img_le32(r + 8); i++) {
+		const uint8_t *e = r + 16 + 32 * i;
+		uint64_t off = img_le64(e + 16);
+		uint32_t len = img_le32(e + 24);
+
+		if (!memcmp(e, guid_bat, 16)) {
+			s->bat_off = off;
+			s->bat_len = len;
+			have_bat = true;
+		} else if (!memcmp(e, guid_meta, 16)) {
+			s->meta_off = off;
+			*meta_len = len;
+			have_meta = true;
+		} else if (img_le32(e + 28) & 1) {
+			ret = img_error(-ENOTSUP,
+					"vhdx: unknown required region %u", i);
+			goto out;
+		}
+		if (off % MIB || len % MIB || off < MIB) {
+			ret = img_error(-IMG_ECORRUPT,
+					"vhdx: region %u at %#" PRIx64
+					" (%" PRIu32
+					" bytes) is not MiB aligned",
+					i, off, len);
+			goto out;
+		}
+	}
+	if (!have_bat || !have_meta)
+		ret = img_error(
+			-IMG_ECORRUPT,
+			"vhdx: the region table lacks the BAT or the metadata");
+out:
+	free(r);
+	return ret;
+}
+
+/* Copy metadata item guid (exactly len bytes unless len is 0) to out. */
+static int vhdx_meta_item(struct vhdx *s, const uint8_t *table,
+			  uint64_t meta_len, const uint8_t *guid, void *out,
+			  uint32_t len, uint32_t *got_len)
+{
+	uint16_t n = img_le16(table + 10);
+
+	for (uint16_t i = 0; i < n; i++) {
+		const uint8_t *e = table + 32 + 32 * i;
+		uint32_t off = img_le32(e + 16), l = img_le32(e + 20);
+
+		if (memcmp(e, guid, 16))
+			continue;
+		if ((len && l != len) || off < 64 * KIB || off > meta_len ||
+		    l > meta_len - off || (!len && l > 64 * KIB))
+			return img_error(-IMG_ECORRUPT,
+					 "vhdx: metadata item %u (%" PRIu32
+					 " bytes at %" PRIu32 ") is bad",
+					 i, l, off);
+		if (got_len)
+			*got_len = l;
+		return vhdx_pread(s, out, l, s->meta_off + off);
+	}
+	return 0;
+}
+
+static int vhdx_read_meta(struct vhdx *s, uint64_t meta_len)
+{
+	static const uint8_t *const known[] = {
+		guid_file_params, guid_vsize,	guid_disk_id,
+		guid_lsector,	  guid_psector, guid_parent,
+	};
+	uint8_t table[64 * KIB], fp[8] = { 0 }, v[8] = { 0 }, ls[4] = { 0 },
+				 ps[4] = { 0 };
+	uint16_t n;
+	int ret;
+
+	if (meta_len < 64 * KIB || meta_len > VHDX_MAX_META)
+		return img_error(-IMG_ECORRUPT,
+				 "vhdx: metadata region of %" PRIu64 " bytes",
+				 meta_len);
+	ret = vhdx_pread(s, table, sizeof(table), s->meta_off);
+	if (ret < 0)
+		return ret;
+	n = img_le16(table + 10);
+	if (memcmp(table, "metadata", 8) || n > 2047)
+		return img_error(
+			-IMG_ECORRUPT,
+			"vhdx: bad metadata table (signature or %u entries)",
+			n);
+	for (uint16_t i = 0; i < n; i++) {
+		const uint8_t *e = table + 32 + 32 * i;
+		bool is_known = false;
+
+		for (size_t k = 0; k < IMG_ARRAY_SIZE(known); k++)
+			is_known |= !memcmp(e, known[k], 16);
+		if (!is_known && (img_le32(e + 24) & 4))
+			return img_error(
+				-ENOTSUP,
+				"vhdx: unknown required metadata item %u", i);
+	}
+	if ((ret = vhdx_meta_item(s, table, meta_len, guid_file_params, fp, 8,
+				  NULL)) < 0 ||
+	    (ret = vhdx_meta_item(s, table, meta_len, guid_vsize, v, 8, NULL)) <
+		    0 ||
+	    (ret = vhdx_meta_item(s, table, meta_len, guid_lsector, ls, 4,
+				  NULL)) < 0 ||
+	    (ret = vhdx_meta_item(s, table, meta_len, guid_psector, ps, 4,
+				  NULL)) < 0)
+		return ret;
+	s->block_size = img_le32(fp);
+	s->leave_allocated = img_le32(fp + 4) & 1;
+	s->has_parent = img_le32(fp + 4) & 2;
+	s->size = img_le64(v);
+	s->lsector = img_le32(ls);
+	s->psector = img_le32(ps);
+	if (!img_is_pow2(s->block_size) || s->block_size < MIB ||
+	    s->block_size > 256 * MIB)
+		return img_error(-IMG_ECORRUPT,
+				 "vhdx: block size %" PRIu32
+				 " is not a power of two in 1..256 MiB",
+				 s->block_size);
+	if ((s->lsector != 512 && s->lsector != 4096) ||
+	    (s->psector != 512 && s->psector != 4096))
+		return img_error(-IMG_ECORRUPT,
+				 "vhdx: sector sizes %" PRIu32 "/%" PRIu32
+				 " (512 or 4096)",
+				 s->lsector, s->psector);
+	if (s->size % s->lsector || s->size > 64ull << 40)
+		return img_error(-IMG_ECORRUPT,
+				 "vhdx: virtual size %" PRIu64
+				 " is not whole sectors or above 64 TiB",
+				 s->size);
+	if (s->has_parent) {
+		uint8_t loc[64 * KIB];
+		uint32_t len = 0;
+
+		memset(loc, 0, sizeof(loc));
+		ret = vhdx_meta_item(s, table, meta_len, guid_parent, loc, 0,
+				     &len);
+		if (ret < 0)
+			return ret;
+		/* Header (20 bytes), then key/value entries (12 bytes each)
+		 * pointing at UTF-16LE strings. */
+		for (uint32_t i = 0; len >= 20 && i < img_le16(loc + 18) &&
+				     20 + 12 * (i + 1) <= len;
+		     i++) {
+			const uint8_t *e = loc + 20 + 12 * i;
+			uint32_t ko = img_le32(e), vo = img_le32(e + 4);
+			uint16_t kl = img_le16(e + 8), vl = img_le16(e + 10);
+			char *key = NULL, *val = NULL;
+
+			if (ko > len || kl > len - ko || vo > len ||
+			    vl > len - vo)
+				return img_error(
+					-IMG_ECORRUPT,
+					"vhdx: parent locator entry %u is outside the item",
+					i);
+			if (img_utf16_to_utf8(loc + ko, kl, false, &key) < 0 ||
+			    img_utf16_to_utf8(loc + vo, vl, false, &val) < 0) {
+				free(key);
+				free(val);
+				return img_error(
+					-IMG_ECORRUPT,
+					"vhdx: parent locator entry %u is not UTF-16",
+					i);
+			}
+			if ((!strcmp(key, "relative_path") ||
+			     (!strcmp(key, "absolute_win32_path") &&
+			      !s->parent)) &&
+			    *val) {
+				for (char *c = val; *c; c++)
+					if (*c == '\\')
+						*c = '/';
+				free(s->parent);
+				s->parent = val;
+				val = NULL;
+			}
+			free(key);
+			free(val);
+		}
+		if (!s->parent)
+			return img_error(
+				-IMG_ECORRUPT,
+				"vhdx: differencing disk names no parent");
+	}
+	return 0;
+}
+
+static int vhdx_read_bat(struct vhdx *s, uint64_t file_size)
+{
+	uint64_t bytes;
+	int ret;
+
+	s->chunk_ratio = ((1ull << 23) * s->lsector) / s->block_size;
+	s->n_blocks = (s->size + s->block_size - 1) / s->block_size;
+	if (s->has_parent)
+		s->n_entries =
+			((s->n_blocks + s->chunk_ratio - 1) / s->chunk_ratio) *
+			(s->chunk_ratio + 1);
+	else
+		s->n_entries =
+			s->n_blocks +
+			(s->n_blocks ? (s->n_blocks - 1) / s->chunk_ratio : 0);
+	bytes = s->n_entries * 8;
+	if (bytes > s->bat_len || s->bat_off > file_size ||
+	    bytes > file_size - s->bat_off)
+		return img_error(-IMG_ECORRUPT,
+				 "vhdx: BAT of %" PRIu64
+				 " entries does not fit its region or the file",
+				 s->n_entries);
+	s->bat = malloc(bytes ? bytes : 8);
+	if (!s->bat)
+		return img_error(-ENOMEM, "vhdx: out of memory for the BAT");
+	ret = vhdx_pread(s, s->bat, bytes, s->bat_off);
+	if (ret < 0)
+		return ret;
+	s->next_free = img_align_up(file_size, MIB);
+	for (uint64_t i = 0; i < s->n_entries; i++) {
+		uint64_t off;
+
+		s->bat[i] = img_le64(&s->bat[i]);
+		off = (s->bat[i] >> 20) * MIB;
+		if ((s->bat[i] & 7) >= PAYLOAD_FULLY_PRESENT && off < MIB)
+			return img_error(-IMG_ECORRUPT,
+					 "vhdx: BAT entry %" PRIu64
+					 " points into the headers",
+					 i);
+		if (off + s->block_size > s->next_free &&
+		    (s->bat[i] & 7) >= PAYLOAD_FULLY_PRESENT)
+			s->next_free = img_align_up(off + s->block_size, MIB);
+	}
+	return 0;
+}
+
+static int vhdx_open(struct img *img, unsigned flags)
+{
+	struct vhdx *s = img_priv(img);
+	uint8_t id[8];
+	uint64_t file_size, meta_len = 0;
+	int ret;
+
+	s->img = img;
+	s->dirty_lo = UINT64_MAX;
+	ret = img_io_size(img_file(img), &file_size);
+	if (ret >= 0)
+		ret = img_io_pread(img_file(img), id, 8, 0);
+	if (ret < 0)
+		return ret;
+	if (memcmp(id, "vhdxfile", 8))
+		return img_error(-IMG_ECORRUPT,
+				 "vhdx: no 'vhdxfile' file identifier");
+	ret = vhdx_read_headers(s);
+	if (ret >= 0)
+		ret = vhdx_replay_log(s, !(flags & IMG_OPEN_RDONLY));
+	if (ret >= 0)
+		ret = vhdx_read_regions(s, &meta_len);
+	if (ret >= 0)
+		ret = vhdx_read_meta(s, meta_len);
+	if (ret >= 0)
+		ret = vhdx_read_bat(s, file_size);
+	if (ret >= 0 && s->parent)
+		ret = img_set_backing_name(img, s->parent, "vhdx");
+	if (ret < 0) {
+		free(s->bat);
+		free(s->patches);
+		free(s->parent);
+		return ret;
+	}
+	img_set_size(img, s->size);
+	return 0;
+}
+
+static void vhdx_close(struct img *img)
+{
+	struct vhdx *s = img_priv(img);
+
+	free(s->bat);
+	free(s->patches);
+	free(s->parent);
+}
+
+static uint64_t vhdx_bat_idx(const struct vhdx *s, uint64_t block)
+{
+	return block + block / s->chunk_ratio;
+}
+
+/* Read within one block whose payload is partially present. */
+static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
+			     uint64_t len, uint64_t block_off)
+{
+	uint64_t block = off / s->block_size;
+	uint64_t sb = s->bat[(block / s->chunk_ratio) * (s->chunk_ratio + 1) +
+			     s->chunk_ratio];
+	uint64_t sb_off = (sb >> 20) * MIB;
+	uint64_t first_bit =
+		(block % s->chunk_ratio) * (s->block_size / s->lsector);
+	int ret = 0;
+
+	if ((sb & 7) != SB_PRESENT)
+		return img_error(
+			-IMG_ECORRUPT,
+			"vhdx: block %" PRIu64
+			" is partially present without a sector bitmap",
+			block);
+	while (len && ret >= 0) {
+		uint64_t in = off % s->block_size, sec = in / s->lsector;
+		uint64_t n = img_min(len, (sec + 1) * s->lsector - in);
+		uint64_t bit = first_bit + sec;
+		uint8_t byte;
+
+		ret = vhdx_pread(s, &byte, 1, sb_off + bit / 8);
+		if (ret < 0)
+			break;
+		if (byte & (1u << (bit % 8)))
+			ret = vhdx_pread(s, buf, n, block_off + in);
+		else
+			ret = img_read_backing(s->img, buf, off, n);
+		buf += n;
+		off += n;
+		len -= n;
+	}
+	return ret;
+}
+
+static int vhdx_read(struct img *img, void *buf, uint64_t off, uint64_t len)
+{
+	struct vhdx *s = img_priv(img);
+	uint8_t *p = buf;
+	int ret;
+
+	while (len) {
+		uint64_t block = off / s->block_size, in = off % s->block_size;
+		uint64_t n = img_min(len, s->block_size - in);
+		uint64_t e = s->bat[vhdx_bat_idx(s, block)];
+		uint64_t block_off = (e >> 20) * MIB;
+
+		switch (e & 7) {
+		case PAYLOAD_FULLY_PRESENT:
+			ret = vhdx_pread(s, p, n, block_off + in);
+			break;
+		case PAYLOAD_PARTIALLY_PRESENT:
+			ret = s->has_parent ?
+				      vhdx_read_partial(s, p, off, n,
+							block_off) :
+				      vhdx_pread(s, p, n, block_off + in);
+			break;
+		case PAYLOAD_ZERO:
+			memset(p, 0, n);
+			ret = 0;
+			break;
+		default:
+			if (s->has_parent) {
+				ret = img_read_backing(img, p, off, n);
+			} else {
+				memset(p, 0, n);
+				ret = 0;
+			}
+		}
+		if (ret < 0)
+			return ret;
+		p += n;
+		off += n;
+		len -= n;
+	}
+	return 0;
+}
+
+static int vhdx_write(struct img *img, const void *buf, uint64_t off,
+		      uint64_t len, unsigned flags)
+{
+	struct vhdx *s = img_priv(img);
+	const uint8_t *p = buf;
+	int ret;
+
+	if (s->has_parent)
+		return img_error(
+			-ENOTSUP,
+			"vhdx: writing to a differencing disk is not supported");
+	while (len) {
+		uint64_t block = off / s->block_size, in = off % s->block_size;
+		uint64_t n = img_min(len, s->block_size - in);
+		uint64_t idx = vhdx_bat_idx(s, block);
+		uint64_t state = s->bat[idx] & 7;
+
+		if (state != PAYLOAD_FULLY_PRESENT &&
+		    state != PAYLOAD_PARTIALLY_PRESENT) {
+			/* New block past the end: unwritten bytes read 0. */
+			if (s->next_free / MIB >= (1ull << 44))
+				return img_error(-ENOSPC, "vhdx: file full");
+			s->bat[idx] = (s->next_free / MIB) << 20 |
+				      PAYLOAD_FULLY_PRESENT;
+			s->next_free += s->block_size;
+			if (idx < s->dirty_lo)
+				s->dirty_lo = idx;
+			if (idx + 1 > s->dirty_hi)
+				s->dirty_hi = idx + 1;
+		}
+		ret = img_io_pwrite(img_file(img), p, n,
+				    (s->bat[idx] >> 20) * MIB + in);
+		if (ret < 0)
+			return ret;
+		p += n;
+		off += n;
+		len -= n;
+	}
+	return (flags & IMG_FUA) ? img_flush(img) : 0;
+}
+
+static int vhdx_flush(struct img *img)
+{
+	struct vhdx *s = img_priv(img);
+	struct img_io *io = img_file(img);
+	uint64_t size;
+	uint8_t *raw;
+	int ret;
+
+	if (s->dirty_lo >= s->dirty_hi)
+		return img_io_flush(io);
+	ret = img_io_size(io, &size);
+	if (ret >= 0 && size < s->next_free)
+		ret = img_io_truncate(io, s->next_free);
+	if (ret >= 0)
+		ret = img_io_flush(io);
+	if (ret < 0)
+		return ret;
+	raw = malloc((s->dirty_hi - s->dirty_lo) * 8);
+	if (!raw)
+		return img_error(-ENOMEM, "vhdx: out of memory");
+	for (uint64_t i = s->dirty_lo; i < s->dirty_hi; i++)
+		img_put_le64(raw + 8 * (i - s->dirty_lo), s->bat[i]);
+	ret = img_io_pwrite(io, raw, (s->dirty_hi - s->dirty_lo) * 8,
+			    s->bat_off + s->dirty_lo * 8);
+	free(raw);
+	if (ret < 0)
+		return ret;
+	s->dirty_lo = UINT64_MAX;
+	s->dirty_hi = 0;
+	return img_io_flush(io);
+}
+
+static int vhdx_block_status(struct img *img, uint64_t off, uint64_t len,
+			     struct img_extent *ext)
+{
+	struct vhdx *s = img_priv(img);
+	uint64_t block = off / s->block_size;
+	uint64_t e = s->bat[vhdx_bat_idx(s, block)];
+	uint64_t n = img_min(len, s->block_size - off % s->block_size);
+
+	ext->len = n;
+	switch (e & 7) {
+	case PAYLOAD_FULLY_PRESENT:
+		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			     IMG_EXT_OFFSET_VALID;
+		ext->file_off = (e >> 20) * MIB + off % s->block_size;
+		return 0;
+	case PAYLOAD_PARTIALLY_PRESENT:
+		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED;
+		return 0;
+	case PAYLOAD_ZERO:
+		ext->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
+		return 0;
+	default:
+		ext->flags = s->has_parent ? 0 : IMG_EXT_ZERO;
+		return 0;
+	}
+}
+
+static int vhdx_info(struct img *img, struct img_info *info)
+{
+	struct vhdx *s = img_priv(img);
+
+	info->cluster_size = s->block_size;
+	return 0;
+}
+
+static int vhdx_check(struct img *img, unsigned flags, struct img_check *res)
+{
+	struct vhdx *s = img_priv(img);
+	uint64_t file_size;
+	int ret;
+
+	ret = img_io_size(img_file(img), &file_size);
+	if (ret < 0)
+		return ret;
+	for (uint64_t b = 0; b < s->n_blocks; b++) {
+		uint64_t e = s->bat[vhdx_bat_idx(s, b)];
+
+		if ((e & 7) < PAYLOAD_FULLY_PRESENT)
+			continue;
+		res->allocated_clusters++;
+		if ((e >> 20) * MIB + s->block_size >
+		    img_align_up(file_size, MIB)) {
+			res->corruptions++;
+			if (res->report) {
+				char line[128];
+
+				snprintf(line, sizeof(line),
+					 "ERROR block %" PRIu64
+					 " is past the end of the file",
+					 b);
+				res->report(res->opaque, line);
+			}
+		}
+	}
+	res->total_clusters = s->n_blocks;
+	res->has_stats = true;
+	return 0;
+}
+
+static void vhdx_put_header(uint8_t *h, uint64_t seq, const uint8_t *guids,
+			    uint32_t log_len)
+{
+	memset(h, 0, VHDX_HEADER_SIZE);
+	memcpy(h, "head", 4);
+	img_put_le64(h + 8, seq);
+	memcpy(h + 16, guids, 32); /* FileWriteGuid, DataWriteGuid */
+	img_put_le16(h + 66, 1);
+	img_put_le32(h + 68, log_len);
+	img_put_le64(h + 72, MIB);
+	img_put_le32(h + 4, vhdx_crc(h, VHDX_HEADER_SIZE, 4));
+}
+
+static void vhdx_put_meta_entry(uint8_t *t, unsigned i, const uint8_t *guid,
+				uint32_t off, uint32_t len, uint32_t flags)
+{
+	uint8_t *e = t + 32 + 32 * i;
+
+	memcpy(e, guid, 16);
+	img_put_le32(e + 16, off);
+	img_put_le32(e + 20, len);
+	img_put_le32(e + 24, flags);
+}
+
+static int vhdx_create(const char *path, struct img_io *file,
+		       const struct img_create_opts *opts)
+{
+	const char *subformat = "dynamic";
+	uint64_t block_size = 0, log_size = MIB, lsector = 512, n_blocks;
+	uint64_t chunk, n_entries, bat_len, meta_off, data_off;
+	bool fixed, zero_state = true;
+	uint8_t guids[32], *buf = NULL, *u16 = NULL;
+	size_t u16_len;
+	int ret;
+
+	if ((ret = img_opt_str(opts, "subformat", &subformat)) < 0 ||
+	    (ret = img_opt_size(opts, "block_size", &block_size)) < 0 ||
+	    (ret = img_opt_size(opts, "log_size", &log_size)) < 0 ||
+	    (ret = img_opt_u64(opts, "logical_sector_size", &lsector)) < 0 ||
+	    (ret = img_opt_bool(opts, "block_state_zero", &zero_state)) < 0)
+		return ret;
+	if (strcmp(subformat, "dynamic") && strcmp(subformat, "fixed"))
+		return img_error(
+			-EINVAL,
+			"vhdx: invalid subformat '%s' (dynamic, fixed)",
+			subformat);
+	fixed = !strcmp(subformat, "fixed");
+	if (opts->size > 64ull << 40)
+		return img_error(-EINVAL,
+				 "vhdx: size %" PRIu64 " is above 64 TiB",
+				 opts->size);
+	if (!block_size)
+		block_size = opts->size > 32ull << 40  ? 64 * MIB :
+			     opts->size > 100ull << 30 ? 32 * MIB :
+			     opts->size > 1ull << 30   ? 16 * MIB :
+							 8 * MIB;
+	if (!img_is_pow2(block_size) || block_size < MIB ||
+	    block_size > 256 * MIB)
+		return img_error(-EINVAL,
+				 "vhdx: block size %" PRIu64
+				 " is not a power of two in 1..256 MiB",
+				 block_size);
+	if (log_size < MIB || log_size % MIB || log_size > VHDX_MAX_LOG)
+		return img_error(-EINVAL,
+				 "vhdx: log size %" PRIu64
+				 " is not a multiple of 1 MiB up to 256 MiB",
+				 log_size);
+	if (lsector != 512 && lsector != 4096)
+		return img_error(-EINVAL,
+				 "vhdx: logical sector size %" PRIu64
+				 " (512 or 4096)",
+				 lsector);
+	if (opts->size % lsector)
+		return img_error(-EINVAL,
+				 "vhdx: size %" PRIu64
+				 " is not a multiple of the sector size",
+				 opts->size);
+	if (opts->backing_file)
+		return img_error(
+			-ENOTSUP,
+			"vhdx: creating differencing disks is not supported");
+	n_blocks = (opts->size + block_size - 1) / block_size;
+	chunk = ((1ull << 23) * lsector) / block_size;
+	n_entries = n_blocks + (n_blocks ? (n_blocks - 1) / chunk : 0);
+	bat_len = img_align_up(n_entries ? n_entries * 8 : 1, MIB);
+	meta_off = MIB + log_size + bat_len;
+	data_off = meta_off + MIB;
+	buf = calloc(1, VHDX_REGION_SIZE);
+	if (!buf)
+		return img_error(-ENOMEM, "vhdx: out of memory");
+	ret = img_io_truncate(file, 0);
+	/* File identifier with the creator. */
+	memcpy(buf, "vhdxfile", 8);
+	if (ret >= 0)
+		ret = img_utf8_to_utf16("img", false, &u16, &u16_len);
+	if (ret >= 0) {
+		memcpy(buf + 8, u16, u16_len);
+		free(u16);
+		ret = img_io_pwrite(file, buf, VHDX_REGION_SIZE, 0);
+	}
+	/* Headers. */
+	if (ret >= 0)
+		ret = img_uuid_generate(guids);
+	if (ret >= 0)
+		ret = img_uuid_generate(guids + 16);
+	for (int i = 0; i < 2 && ret >= 0; i++) {
+		vhdx_put_header(buf, (uint64_t)i, guids, (uint32_t)log_size);
+		ret = img_io_pwrite(file, buf, VHDX_HEADER_SIZE,
+				    i ? VHDX_HEADER2 : VHDX_HEADER1);
+	}
+	/* Region tables. */
+	memset(buf, 0, VHDX_REGION_SIZE);
+	memcpy(buf, "regi", 4);
+	img_put_le32(buf + 8, 2);
+	memcpy(buf + 16, guid_bat, 16);
+	img_put_le64(buf + 32, MIB + log_size);
+	img_put_le32(buf + 40, (uint32_t)bat_len);
+	img_put_le32(buf + 44, 1);
+	memcpy(buf + 48, guid_meta, 16);
+	img_put_le64(buf + 64, meta_off);
+	img_put_le32(buf + 72, (uint32_t)MIB);
+	img_put_le32(buf + 76, 1);
+	img_put_le32(buf + 4, vhdx_crc(buf, VHDX_REGION_SIZE, 4));
+	for (int i = 0; i < 2 && ret >= 0; i++)
+		ret = img_io_pwrite(file, buf, VHDX_REGION_SIZE,
+				    i ? VHDX_REGION2 : VHDX_REGION1);
+	/* Metadata: the table, then the items from 64 KiB on. */
+	memset(buf, 0, VHDX_REGION_SIZE);
+	memcpy(buf, "metadata", 8);
+	img_put_le16(buf + 10, 5);
+	vhdx_put_meta_entry(buf, 0, guid_file_params, 64 * KIB, 8, 4);
+	vhdx_put_meta_entry(buf, 1, guid_vsize, 64 * KIB + 8, 8, 6);
+	vhdx_put_meta_entry(buf, 2, guid_disk_id, 64 * KIB + 16, 16, 6);
+	vhdx_put_meta_entry(buf, 3, guid_lsector, 64 * KIB + 32, 4, 6);
+	vhdx_put_meta_entry(buf, 4, guid_psector, 64 * KIB + 36, 4, 6);
+	if (ret >= 0)
+		ret = img_io_pwrite(file, buf, VHDX_REGION_SIZE, meta_off);
+	memset(buf, 0, 64);
+	img_put_le32(buf, (uint32_t)block_size);
+	img_put_le32(buf + 4, fixed ? 1 : 0);
+	img_put_le64(buf + 8, opts->size);
+	if (ret >= 0)
+		ret = img_uuid_generate(buf + 16);
+	img_put_le32(buf + 32, (uint32_t)lsector);
+	img_put_le32(buf + 36, 4096);
+	if (ret >= 0)
+		ret = img_io_pwrite(file, buf, 64, meta_off + 64 * KIB);
+	/* BAT: fixed disks map every block in order after the metadata. */
+	if (ret >= 0 && fixed && n_entries) {
+		uint64_t *bat = calloc(n_entries, 8);
+
+		if (!bat) {
+			ret = img_error(-ENOMEM, "vhdx: out of memory");
+		} else {
+			for (uint64_t b = 0; b < n_blocks; b++)
+				img_put_le64(&bat[b + b / chunk],
+					     ((data_off + b * block_size) / MIB)
+							     << 20 |
+						     PAYLOAD_FULLY_PRESENT);
+			ret = img_io_pwrite(file, bat, n_entries * 8,
+					    MIB + log_size);
+			free(bat);
+		}
+	}
+	if (ret >= 0)
+		ret = img_io_truncate(
+			file, data_off + (fixed ? n_blocks * block_size : 0));
+	free(buf);
+	return ret;
+}
+
+static const struct img_opt_desc vhdx_create_opts[] = {
+	{ "block_size", IMG_OPT_SIZE,
+	  "Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size." },
+	{ "block_state_zero", IMG_OPT_BOOL,
+	  "Accepted for qemu-img compatibility; unwritten blocks read as zeroes either way" },
+	{ "log_size", IMG_OPT_SIZE, "Log size; min 1MB." },
+	{ "logical_sector_size", IMG_OPT_NUM,
+	  "Logical sector size, 512 (default) or 4096" },
+	{ "size", IMG_OPT_SIZE, "Virtual disk size; max of 64TB." },
+	{ "subformat", IMG_OPT_STR,
+	  "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'." },
+	{ NULL, 0, NULL },
+};
+
+const struct img_driver vhdx_driver = {
+	.name = "vhdx",
+	.priv_size = sizeof(struct vhdx),
+	.probe = vhdx_probe,
+	.open = vhdx_open,
+	.close = vhdx_close,
+	.read = vhdx_read,
+	.write = vhdx_write,
+	.flush = vhdx_flush,
+	.block_status = vhdx_block_status,
+	.create = vhdx_create,
+	.create_opts = vhdx_create_opts,
+	.info = vhdx_info,
+	.check = vhdx_check,
+};

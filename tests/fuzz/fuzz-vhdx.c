@@ -1,0 +1,11 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libFuzzer target for the VHDX driver: file identifier, headers, region table, log replay, metadata region, BAT: the input is opened as vhdx read-only and
+ * read-write, read, mapped, written and checked (tests/fuzz/fuzz-format.h).
+ */
+#include "fuzz-format.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+	return fuzz_format(data, size, "vhdx");
+}
