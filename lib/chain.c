@@ -38,7 +38,7 @@ static unsigned backing_open_flags(unsigned flags)
 {
 	return IMG_OPEN_RDONLY | IMG_OPEN_NO_BACKING |
 	       (flags & (IMG_OPEN_SHARED | IMG_OPEN_DIRECT | IMG_OPEN_UNSAFE |
-			 IMG_OPEN_NO_REPAIR));
+			 IMG_OPEN_NO_REPAIR | IMG_OPEN_NO_IO));
 }
 
 static unsigned backing_io_flags(unsigned flags)

@@ -150,6 +150,12 @@ wrong_passphrase() {
 	# info needs no passphrase.
 	must "$IMG" info "$f"
 	grep -q "encrypted: yes" "$T/.must" || fail "[$ctx] info"
+	# Nor does the backing chain of an overlay; reads through it use
+	# the default secret.
+	must qemu-img create -f qcow2 -b "$f" -F qcow2 "$T/ov.qcow2"
+	must "$IMG" info --backing-chain "$T/ov.qcow2"
+	grep -q "encrypted: yes" "$T/.must" || fail "[$ctx] info --backing-chain"
+	must "$IMG" convert --key-file "$T/pw" "$T/ov.qcow2" -O raw "$T/ov.raw"
 }
 tcase wrong_passphrase
 
