@@ -31,8 +31,7 @@ static void decode_one(const uint8_t *data, size_t size)
 	if (qcow2_compressed_decode(cb, l2e, &off, &len) < 0)
 		return;
 	/* The descriptor's range: whole sectors, at most two clusters. */
-	if (len == 0 || len > 2 * cs || (off + len) % 512 ||
-	    off < cs)
+	if (len == 0 || len > 2 * cs || (off + len) % 512 || off < cs)
 		abort();
 	in = calloc(1, len);
 	out = malloc(cs + GUARD);
