@@ -26,7 +26,9 @@
  * crash therefore leaves either the old consistent bitmaps with in_use set
  * (which the spec then calls inconsistent) or the new ones, with at worst
  * leaked clusters. Bitmap operations (add, remove, clear, enable, disable,
- * merge) go through the same store.
+ * merge) go through the same store. A resize sets in_use on every bitmap
+ * before the header's size changes and stores them resized afterwards (new
+ * bits clean, as QEMU); inconsistent bitmaps block a resize.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -78,6 +80,7 @@ struct qcow2_bitmaps {
 	uint32_t n;
 	uint64_t dir_off, dir_size; /* 0, 0 without a directory */
 	bool tracking; /* in_use is set in the file on the auto bitmaps */
+	bool resizing; /* ... and on all bitmaps, for a resize */
 	/* Removed bitmaps whose clusters are freed after the next commit. */
 	struct bm *gone;
 	uint32_t n_gone;
@@ -542,7 +545,7 @@ static int encode_dir(struct qcow2 *s, uint8_t **out, uint64_t *size)
 		uint32_t flags = b->flags;
 		uint8_t *e = dir + pos;
 
-		if (bs->tracking && bm_tracked(b))
+		if ((bs->tracking && bm_tracked(b)) || bs->resizing)
 			flags |= BM_FLAG_IN_USE;
 		img_put_be64(e, b->new_table ? b->new_table_off : b->table_off);
 		img_put_be32(e + 8,
@@ -682,7 +685,7 @@ static int sync_all(struct qcow2 *s)
 	uint64_t dir_off = 0, dir_size = 0, old_off = bs->dir_off,
 		 old_size = bs->dir_size;
 	uint8_t *dir = NULL;
-	bool was_tracking = bs->tracking;
+	bool was_tracking = bs->tracking, was_resizing = bs->resizing;
 	int ret;
 
 	for (uint32_t i = 0; i < bs->n; i++) {
@@ -695,6 +698,7 @@ static int sync_all(struct qcow2 *s)
 			goto fail;
 	}
 	bs->tracking = false;
+	bs->resizing = false;
 	ret = encode_dir(s, &dir, &dir_size);
 	if (ret < 0)
 		goto fail;
@@ -752,6 +756,7 @@ fail:
 	for (uint32_t i = 0; i < bs->n; i++)
 		drop_staged(s, &bs->bm[i]);
 	bs->tracking = was_tracking;
+	bs->resizing = was_resizing;
 	return ret;
 }
 
@@ -769,12 +774,31 @@ int qcow2_bitmap_flush(struct qcow2 *s)
 	return sync_all(s);
 }
 
-/* Set in_use on the tracked bitmaps in the directory, in place, flushed. */
-static int start_tracking(struct qcow2 *s)
+/* Rewrite the directory in place (only flags change), flushed. */
+static int write_dir_in_place(struct qcow2 *s)
 {
 	struct qcow2_bitmaps *bs = s->bitmaps;
 	uint8_t *dir;
 	uint64_t size;
+	int ret;
+
+	ret = encode_dir(s, &dir, &size);
+	if (ret < 0)
+		return ret;
+	if (size != bs->dir_size)
+		ret = img_error(-EIO, "qcow2: bitmap directory size changed");
+	else
+		ret = img_io_pwrite(s->file, dir, size, bs->dir_off);
+	free(dir);
+	if (ret == 0)
+		ret = img_io_flush(s->file);
+	return ret;
+}
+
+/* Set in_use on the tracked bitmaps in the directory, in place, flushed. */
+static int start_tracking(struct qcow2 *s)
+{
+	struct qcow2_bitmaps *bs = s->bitmaps;
 	int ret;
 
 	for (uint32_t i = 0; i < bs->n; i++) {
@@ -785,22 +809,68 @@ static int start_tracking(struct qcow2 *s)
 			return ret;
 	}
 	bs->tracking = true;
-	ret = encode_dir(s, &dir, &size);
+	ret = write_dir_in_place(s);
 	if (ret < 0)
-		goto fail;
-	/* Only flags change: same layout, same size. */
-	if (size != bs->dir_size)
-		ret = img_error(-EIO, "qcow2: bitmap directory size changed");
-	else
-		ret = img_io_pwrite(s->file, dir, size, bs->dir_off);
-	free(dir);
-	if (ret == 0)
-		ret = img_io_flush(s->file);
-	if (ret == 0)
-		return 0;
-fail:
-	bs->tracking = false;
+		bs->tracking = false;
 	return ret;
+}
+
+int qcow2_bitmap_resize_begin(struct qcow2 *s)
+{
+	struct qcow2_bitmaps *bs = s->bitmaps;
+	int ret;
+
+	if (!bs || !bs->n)
+		return 0;
+	for (uint32_t i = 0; i < bs->n; i++)
+		if (bm_inconsistent(&bs->bm[i]))
+			return img_error(-ENOTSUP,
+					 "qcow2: cannot resize: bitmap '%s' is "
+					 "inconsistent (remove it first)",
+					 bs->bm[i].name);
+	for (uint32_t i = 0; i < bs->n; i++) {
+		ret = load_data(s, &bs->bm[i]);
+		if (ret < 0)
+			return ret;
+	}
+	bs->resizing = true;
+	ret = write_dir_in_place(s);
+	if (ret < 0)
+		bs->resizing = false;
+	return ret;
+}
+
+int qcow2_bitmap_resize_end(struct qcow2 *s, uint64_t old_size)
+{
+	struct qcow2_bitmaps *bs = s->bitmaps;
+
+	if (!bs || !bs->resizing)
+		return 0;
+	for (uint32_t i = 0; i < bs->n; i++) {
+		struct bm *b = &bs->bm[i];
+		uint64_t g = 1ull << b->gran_bits;
+		uint64_t old = (((old_size + g - 1) >> b->gran_bits) + 7) / 8;
+		uint64_t now = bm_data_size(s, b), bits = bm_bits(s, b);
+		uint8_t *d = NULL;
+
+		if (now + 1 <= BM_MAX_MEM - (bs->mem - old - 1))
+			d = realloc(b->data, now + 1);
+		if (!d) {
+			/* Left in use: the size on disk no longer fits it. */
+			free_data(s, b);
+			b->flags |= BM_FLAG_IN_USE;
+			continue;
+		}
+		bs->mem = bs->mem - old + now;
+		if (now > old)
+			memset(d + old, 0, now - old);
+		d[now] = 0;
+		if (bits % 8)
+			d[now - 1] &= (uint8_t)((1u << (bits % 8)) - 1);
+		b->data = d;
+		b->modified = true;
+	}
+	return sync_all(s);
 }
 
 int qcow2_bitmap_mark(struct qcow2 *s, uint64_t off, uint64_t len)
@@ -824,11 +894,6 @@ int qcow2_bitmap_mark(struct qcow2 *s, uint64_t off, uint64_t len)
 		if (bm_tracked(&bs->bm[i]))
 			mark_range(s, &bs->bm[i], off, len);
 	return 0;
-}
-
-bool qcow2_bitmap_any(const struct qcow2 *s)
-{
-	return s->bitmaps && s->bitmaps->n;
 }
 
 /* ---- operations (struct img_bitmap_ops) ---- */

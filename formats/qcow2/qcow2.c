@@ -14,7 +14,7 @@
  * (zlib and zstd, qcow2-compress.c), encryption (LUKS; legacy AES read
  * only; qcow2-crypt.c), internal snapshots (qcow2-snapshot.c; resize of
  * v2 images with snapshots is refused, as QEMU does). Persistent
- * dirty bitmaps: qcow2-bitmap.c (images with bitmaps cannot be resized yet).
+ * dirty bitmaps: qcow2-bitmap.c.
  *
  * On-disk invariants kept: every cluster in use by metadata or data has a
  * refcount >= 1; an L1/L2 entry carries COPIED exactly when the refcount of
@@ -624,6 +624,7 @@ out:
 
 static int write_size(struct qcow2 *s, uint64_t size)
 {
+	uint64_t old = s->h.size;
 	uint8_t field[8];
 	int ret;
 
@@ -635,7 +636,7 @@ static int write_size(struct qcow2 *s, uint64_t size)
 	if (ret < 0)
 		return ret;
 	s->h.size = size;
-	return 0;
+	return qcow2_bitmap_resize_end(s, old);
 }
 
 static int qcow2_resize(struct img *img, uint64_t size, unsigned flags,
@@ -658,16 +659,15 @@ static int qcow2_resize(struct img *img, uint64_t size, unsigned flags,
 		return img_error(-EINVAL,
 				 "qcow2: virtual size %" PRIu64 " is too large",
 				 size);
-	if (qcow2_bitmap_any(s))
-		return img_error(
-			-ENOTSUP,
-			"qcow2: cannot resize an image with persistent bitmaps");
 	if (s->h.nb_snapshots && s->h.version < 3)
 		return img_error(
 			-ENOTSUP,
 			"qcow2: Can't resize a v2 image which has snapshots");
 	if (size == old)
 		return 0;
+	ret = qcow2_bitmap_resize_begin(s);
+	if (ret < 0)
+		return ret;
 	if (size < old) {
 		uint64_t end, file_size;
 

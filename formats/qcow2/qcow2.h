@@ -300,8 +300,10 @@ void qcow2_bitmap_release(struct qcow2 *s);
 int qcow2_bitmap_mark(struct qcow2 *s, uint64_t off, uint64_t len);
 /* Store changed bitmaps and clear in_use (part of every flush). */
 int qcow2_bitmap_flush(struct qcow2 *s);
-/* True if the image has persistent bitmaps. */
-bool qcow2_bitmap_any(const struct qcow2 *s);
+/* Resize: before anything changes, refuse inconsistent bitmaps and mark all
+ * in use; after the header holds the new size, store them resized. */
+int qcow2_bitmap_resize_begin(struct qcow2 *s);
+int qcow2_bitmap_resize_end(struct qcow2 *s, uint64_t old_size);
 extern const struct img_bitmap_ops qcow2_bitmap_ops;
 
 /* qcow2-compress.c */

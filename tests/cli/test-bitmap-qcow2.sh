@@ -4,7 +4,7 @@
 # command-line order, -g only with --add, -b only with --merge, -F only with
 # -b), its error messages and exit code 1, default granularity (cluster size
 # clamped to 4k..64k), the list in img info (human and JSON), refusal on raw
-# and v2 images and on resize, and img check staying clean.
+# and v2 images, resize with bitmaps, and img check staying clean.
 . "$(dirname "$0")/functions.sh"
 "$IMG" --help | grep -q '^Supported formats:.* qcow2' || skip "qcow2 not built"
 cd "$T" || exit 1
@@ -65,8 +65,13 @@ expect_exit 0 "$IMG" bitmap --remove a.qcow2 c
 expect_exit 0 "$IMG" bitmap --add -g 2G a.qcow2 huge
 expect_exit 0 "$IMG" check a.qcow2
 
-# Resizing an image with bitmaps is refused (not supported yet).
-expect_exit 1 "$IMG" resize a.qcow2 128M
+# Resizing keeps the bitmaps (resized; checked against QEMU in the interop
+# test).
+expect_exit 0 "$IMG" resize a.qcow2 128M
+expect_exit 0 "$IMG" check a.qcow2
+"$IMG" info a.qcow2 | grep -q 'name: b1$' || fail "bitmap lost by resize"
+expect_exit 0 "$IMG" resize --shrink a.qcow2 64M
+expect_exit 0 "$IMG" check a.qcow2
 
 # Default granularity follows the cluster size, clamped to 4k..64k.
 for cs in 512:4096 16k:16384 2M:65536; do

@@ -10,20 +10,7 @@
 need_format qcow2
 requires dd
 
-# The "bitmaps" part of qemu-img info / img info (human).
-bitmaps_of() {
-	"$@" | sed -n '/^    bitmaps:/,/^    [a-z]/p'
-}
-
-same_info() {
-	local f=$1
-	diff <(bitmaps_of qemu-img info "$f") <(bitmaps_of "$IMG" info "$f") >"$T/.d" ||
-		{ cat "$T/.d" >&2; fail "[$ctx] bitmaps differ in info (qemu <, img >)"; }
-	diff <(qemu-img info --output=json "$f" | grep -v actual-size) \
-		<("$IMG" info --output=json "$f" | grep -v actual-size) >"$T/.d" ||
-		{ cat "$T/.d" >&2; fail "[$ctx] info --output=json differs (qemu <, img >)"; }
-}
-
+. "$(dirname "$0")/bitmap-lib.sh"
 
 in_use() {
 	ctx="in use"

@@ -7,49 +7,13 @@
 # writes: img info shows them as qemu-img does (human and JSON), img writes
 # more and QEMU sees the union; img bitmap --clear/--disable/--enable/--merge
 # (also from another file)/--remove on QEMU's image and qemu-img bitmap on
-# img's; convert --bitmaps both ways (and its refusals). In-use and stale
+# img's. Resize and convert: test-qcow2-bitmap-convert.sh; in-use and stale
 # bitmaps: test-qcow2-bitmap-inuse.sh.
 . "$(dirname "$0")/interop-lib.sh"
 need_format qcow2
 requires qemu-nbd nbdinfo timeout
 
-# The dirty ranges QEMU reads in FILE for each BITMAP=RANGES argument (one
-# qemu-nbd serving them all) must be RANGES ("off len off len ...").
-want_dirty() {
-	local f=$1 sock=$T/nbd.sock a args=() got pid
-	shift
-	for a in "$@"; do args+=(-B "${a%%=*}"); done
-	rm -f "$sock"
-	timeout 60 qemu-nbd -r -f qcow2 "${args[@]}" -k "$sock" -t "$f" &
-	pid=$!
-	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
-	for a in "$@"; do
-		got=$(timeout 20 nbdinfo --map="qemu:dirty-bitmap:${a%%=*}" \
-			"nbd+unix:///?socket=$sock" | awk '$3 == 1 { printf "%s %s ", $1, $2 }')
-		if [ "$got" != "${a#*=}" ]; then
-			kill "$pid" 2>/dev/null
-			fail "[$ctx] ${a%%=*}: QEMU reads dirty '$got', expected '${a#*=}'"
-		fi
-	done
-	kill "$pid" 2>/dev/null
-	wait "$pid" 2>/dev/null
-	true
-}
-
-# The "bitmaps" part of qemu-img info / img info (human).
-bitmaps_of() {
-	"$@" | sed -n '/^    bitmaps:/,/^    [a-z]/p'
-}
-
-same_info() {
-	local f=$1
-	diff <(bitmaps_of qemu-img info "$f") <(bitmaps_of "$IMG" info "$f") >"$T/.d" ||
-		{ cat "$T/.d" >&2; fail "[$ctx] bitmaps differ in info (qemu <, img >)"; }
-	diff <(qemu-img info --output=json "$f" | grep -v actual-size) \
-		<("$IMG" info --output=json "$f" | grep -v actual-size) >"$T/.d" ||
-		{ cat "$T/.d" >&2; fail "[$ctx] info --output=json differs (qemu <, img >)"; }
-}
-
+. "$(dirname "$0")/bitmap-lib.sh"
 
 img_made() {
 	ctx="img -> qemu"
@@ -119,31 +83,6 @@ qemu_made() {
 	true
 }
 
-convert() {
-	ctx="convert --bitmaps"
-	local q=$T/cq.qcow2 i=$T/ci.qcow2 a=$T/ca.qcow2 b=$T/cb.qcow2 want
-	must qemu-img create -q -f qcow2 -o cluster_size=16k "$q" 8M
-	must qemu-img bitmap --add "$q" on
-	must qemu-img bitmap --add -g 1M "$q" off --disable
-	must qemu-io -c 'write 100k 8k' -c 'write 5M 1k' "$q"
-	must qemu-img bitmap --enable "$q" off
-	must qemu-io -c 'write 7M 1' "$q"
-	want=("on=98304 16384 5242880 16384 7340032 16384 " "off=7340032 1048576 ")
-	# img copies QEMU's bitmaps; qemu-img copies img's copy back.
-	must "$IMG" convert --bitmaps -O qcow2 "$q" "$i"
-	qcheck "$i"
-	diff <(bitmaps_of qemu-img info "$q") <(bitmaps_of qemu-img info "$i") ||
-		fail "[$ctx] bitmaps differ after img convert"
-	want_dirty "$i" "${want[@]}"
-	must qemu-img convert --bitmaps -O qcow2 "$i" "$a"
-	want_dirty "$a" "${want[@]}"
-	expect_exit 1 "$IMG" convert --bitmaps -O raw "$q" "$T/c.raw"
-	grep -q "does not support bitmaps" "$T/.err" || fail "[$ctx] raw target: $(cat "$T/.err")"
-	expect_exit 1 "$IMG" convert --bitmaps -O qcow2 "$T/c.raw" "$b"
-	grep -q "Source lacks bitmap support" "$T/.err" || fail "[$ctx] raw source: $(cat "$T/.err")"
-}
-
 tcase img_made
 tcase qemu_made
-tcase convert
 finish

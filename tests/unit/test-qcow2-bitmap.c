@@ -3,7 +3,7 @@
  * Persistent dirty bitmaps of the qcow2 driver, on the mem and faulty
  * backends: random writes, zeroes and discards mark the enabled bitmaps as a
  * per-granule model says (checked after reopen), clear/enable/disable/merge/
- * remove, bitmaps left in use by a "crash" (reported in use, unusable, still
+ * remove, resize, bitmaps left in use by a "crash" (reported in use, unusable, still
  * removable), a stale extension (autoclear bit clear), crash replay of every
  * prefix of the recorded host writes (each opens, checks without corruption,
  * and a bitmap not in use holds every write of the last completed flush),
@@ -321,6 +321,48 @@ static void test_stale(void)
 	img_io_close(mem);
 }
 
+/* Resize keeps the marks inside the new size; new space is clean. */
+static void test_resize(void)
+{
+	struct img_io *mem;
+	struct img *img;
+	uint8_t buf[512] = { 7 };
+	uint64_t run;
+	bool dirty;
+
+	test_note("resize");
+	CHECK_OK(qt_create_mem("cluster_size=4096", SIZE, NULL, NULL, &mem));
+	CHECK_OK(qt_open_borrowed(mem, 0, &img));
+	CHECK_OK(img_bitmap_add(img, "r", 4096, false));
+	CHECK_OK(img_write(img, buf, 4096, 1, 0));
+	CHECK_OK(img_write(img, buf, SIZE - 1, 1, 0));
+	CHECK_OK(img_resize(img, 2 * SIZE, 0, IMG_PREALLOC_OFF));
+	CHECK_OK(img_bitmap_dirty(img, "r", SIZE - 4096, SIZE + 4096, &dirty,
+				  &run));
+	CHECK(dirty && run == 4096);
+	CHECK_OK(img_bitmap_dirty(img, "r", SIZE, SIZE, &dirty, &run));
+	CHECK(!dirty && run == SIZE);
+	CHECK_OK(img_write(img, buf, 2 * SIZE - 512, 512, 0));
+	CHECK_OK(img_close(img));
+	CHECK_OK(qt_open_borrowed(mem, 0, &img));
+	CHECK_OK(img_bitmap_dirty(img, "r", 2 * SIZE - 4096, 4096, &dirty,
+				  &run));
+	CHECK(dirty && run == 4096);
+	check_clean(img, "# grown: ");
+	CHECK_OK(img_resize(img, 6144, IMG_RESIZE_SHRINK, IMG_PREALLOC_OFF));
+	CHECK_OK(img_bitmap_dirty(img, "r", 0, 6144, &dirty, &run));
+	CHECK(!dirty && run == 4096);
+	CHECK_OK(img_bitmap_dirty(img, "r", 4096, 6144 - 4096, &dirty, &run));
+	CHECK(dirty && run == 6144 - 4096);
+	CHECK_OK(img_close(img));
+	CHECK_OK(qt_open_borrowed(mem, IMG_OPEN_RDONLY, &img));
+	CHECK_OK(img_bitmap_dirty(img, "r", 0, 6144, &dirty, &run));
+	CHECK(!dirty && run == 4096);
+	check_clean(img, "# shrunk: ");
+	img_close(img);
+	img_io_close(mem);
+}
+
 /* ---- crash replay ---- */
 
 static void test_crash(void)
@@ -462,7 +504,7 @@ static const struct bad bads[] = {
 	{ "granularity_bits 32", W_DIR, 17, 1, 32, -ENOTSUP },
 	{ "granularity_bits 63", W_DIR, 17, 1, 63, -ENOTSUP },
 	{ "name_size 0", W_DIR, 18, 2, 0, -IMG_ECORRUPT },
-	{ "name_size past directory", W_DIR, 18, 2, 60000, -IMG_ECORRUPT },
+	{ "name_size past directory", W_DIR, 18, 2, 61440, -IMG_ECORRUPT },
 	{ "name with NUL", W_DIR, 24, 1, 0, -IMG_ECORRUPT },
 	{ "extra_data_size 8 (past directory)", W_DIR, 20, 4, 8,
 	  -IMG_ECORRUPT },
@@ -582,6 +624,7 @@ int main(void)
 	test_tracking("cluster_size=65536,lazy_refcounts=on");
 	test_in_use();
 	test_stale();
+	test_resize();
 	test_crash();
 	test_invalid();
 	return test_done();
