@@ -10,7 +10,8 @@
  * LUKS payload offset plays no part. Metadata is not encrypted.
  * crypt_method 1 (legacy AES): AES-128-CBC, plain64 IVs from the guest
  * offset, the key being the passphrase's first 16 bytes zero padded; read
- * only here (writes are refused) so that old images can be converted out.
+ * only here (writable opens are refused) so that old images can be
+ * converted out.
  *
  * Hooks: the cluster code decrypts the host extents of a read after their
  * batch completes and encrypts write extents into a bounce buffer before
@@ -113,6 +114,14 @@ static int open_luks(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
 	return img_luks_unlock(c->luks, secret, area_read, &a);
 }
 
+static int legacy_write_error(void)
+{
+	return img_error(-ENOTSUP,
+			 "qcow2: writing to legacy AES-encrypted images is not "
+			 "supported; open them read-only and convert them to "
+			 "LUKS or to an unencrypted image");
+}
+
 static int open_aes(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
 {
 	const struct img_secret *secret = img_open_secret(s->img);
@@ -121,6 +130,10 @@ static int open_aes(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
 	size_t len;
 	int ret;
 
+	/* Zero and discard change an image without the cipher: refuse any
+	 * writable open. */
+	if (!(flags & IMG_OPEN_RDONLY))
+		return legacy_write_error();
 	if (flags & IMG_OPEN_NO_IO)
 		return 0;
 	if (!secret)
@@ -186,11 +199,7 @@ static int crypt_run(struct qcow2 *s, bool encrypt, uint8_t *buf, uint64_t len,
 	if (!c->aes)
 		return locked_error();
 	if (encrypt)
-		return img_error(
-			-ENOTSUP,
-			"qcow2: writing to legacy AES-encrypted images "
-			"is not supported; convert the image to LUKS "
-			"or to an unencrypted image");
+		return legacy_write_error();
 	return img_sector_cipher_run(c->aes, false, guest_off / SECTOR, buf,
 				     len);
 }
