@@ -24,8 +24,8 @@
  * unallocated when the image has no backing file and a new zeroed cluster
  * otherwise; the L2 entries are written (after the refcounts and the zeroes,
  * by the cache dependency) and flushed before the header says version 2.
- * Zero or zstd-compressed clusters in tables shared with internal snapshots
- * are refused (not supported yet).
+ * Tables shared with internal snapshots are changed in place (the new
+ * cluster gets the table's refcount), snapshot tables too.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -315,60 +315,25 @@ static int upgrade(struct qcow2 *s)
 	return ret;
 }
 
-/* Scan an L2 table that snapshots share: zero or compressed clusters in it
- * cannot be handled here. */
-static int check_shared_l2(struct qcow2 *s, uint64_t l2_off, bool *compressed)
-{
-	uint8_t *t;
-	int ret = img_cache_get(s->l2_cache, l2_off, (void **)&t);
-
-	if (ret < 0)
-		return ret;
-	for (uint64_t j = 0; j < s->l2_entries && ret == 0; j++) {
-		uint64_t l2e = img_be64(t + 8 * j);
-
-		if (l2e & QCOW2_OFLAG_COMPRESSED)
-			*compressed = true;
-		else if (l2e & QCOW2_OFLAG_ZERO)
-			ret = img_error(
-				-ENOTSUP,
-				"qcow2: cannot downgrade: zero clusters in tables shared with internal snapshots are not supported yet");
-	}
-	img_cache_put(s->l2_cache, t);
-	return ret;
-}
-
-static int check_snapshot_tables(struct qcow2 *s, const struct snap_view *v,
-				 bool *compressed)
-{
-	int ret = 0;
-
-	for (uint32_t i = 0; i < s->h.nb_snapshots && ret == 0; i++) {
-		uint64_t bytes = (uint64_t)v[i].l1_size * 8;
-		uint8_t *l1 = malloc(bytes ? bytes : 1);
-
-		if (!l1)
-			return img_error(-ENOMEM, "qcow2: out of memory");
-		ret = bytes ? img_io_pread(s->file, l1, bytes, v[i].l1_off) : 0;
-		for (uint32_t k = 0; k < v[i].l1_size && ret == 0; k++) {
-			uint64_t l2 = img_be64(l1 + 8 * k) &
-				      QCOW2_L1E_OFFSET_MASK;
-
-			if (l2)
-				ret = check_shared_l2(s, l2, compressed);
-		}
-		free(l1);
-	}
-	return ret;
-}
-
-/* Turn the zero clusters of one active L2 table into data clusters. */
+/*
+ * Turn the zero clusters of the L2 table at l2_off into data clusters, as
+ * QEMU does. The table may be shared (with snapshots): it is changed in
+ * place for every referrer, and a new cluster gets the table's refcount.
+ */
 static int expand_l2(struct qcow2 *s, uint64_t l2_off, bool *compressed)
 {
 	bool backing = s->backing_name != NULL, dirty = false;
+	uint64_t l2_rc;
 	uint8_t *t;
-	int ret = img_cache_get(s->l2_cache, l2_off, (void **)&t);
+	int ret = qcow2_refcount_get(s, l2_off >> s->cluster_bits, &l2_rc);
 
+	if (ret == 0 && !l2_rc)
+		ret = qcow2_signal_corruption(s,
+					      "qcow2: L2 table at %#" PRIx64
+					      " has refcount 0",
+					      l2_off);
+	if (ret == 0)
+		ret = img_cache_get(s->l2_cache, l2_off, (void **)&t);
 	if (ret < 0)
 		return ret;
 	for (uint64_t j = 0; j < s->l2_entries; j++) {
@@ -386,9 +351,13 @@ static int expand_l2(struct qcow2 *s, uint64_t l2_off, bool *compressed)
 			host = 0;
 		} else if (type == QCOW2_CLUSTER_ZERO_PLAIN) {
 			ret = qcow2_alloc_clusters(s, 1, &host);
+			if (ret == 0 && l2_rc > 1)
+				ret = qcow2_refcount_update(s, host,
+							    s->cluster_size,
+							    (int64_t)l2_rc - 1);
 			if (ret < 0)
 				break;
-			l2e = host | QCOW2_OFLAG_COPIED;
+			l2e = host | (l2_rc == 1 ? QCOW2_OFLAG_COPIED : 0);
 		} else {
 			continue;
 		}
@@ -411,25 +380,41 @@ static int expand_l2(struct qcow2 *s, uint64_t l2_off, bool *compressed)
 	return ret;
 }
 
+/* Expand the zero clusters of every L2 table, active and in snapshots. */
 static int expand_zero_clusters(struct qcow2 *s, bool *compressed)
 {
 	struct snap_view *v;
 	int ret = read_snapshots(s, &v);
 
-	if (ret < 0)
-		return ret;
-	ret = check_snapshot_tables(s, v, compressed);
-	free(v);
-	for (uint64_t i = 0; i < s->l1_size && ret == 0; i++) {
-		uint64_t l2 = s->l1[i] & QCOW2_L1E_OFFSET_MASK;
+	for (uint64_t i = 0; i < s->l1_size && ret == 0; i++)
+		if (s->l1[i] & QCOW2_L1E_OFFSET_MASK)
+			ret = expand_l2(s, s->l1[i] & QCOW2_L1E_OFFSET_MASK,
+					compressed);
+	for (uint32_t i = 0; i < s->h.nb_snapshots && ret == 0; i++) {
+		uint64_t bytes = (uint64_t)v[i].l1_size * 8;
+		uint8_t *l1 = malloc(bytes ? bytes : 1);
 
-		if (!l2)
-			continue;
-		if (s->l1[i] & QCOW2_OFLAG_COPIED)
-			ret = expand_l2(s, l2, compressed);
-		else
-			ret = check_shared_l2(s, l2, compressed);
+		if (!l1) {
+			ret = img_error(-ENOMEM, "qcow2: out of memory");
+			break;
+		}
+		ret = bytes ? img_io_pread(s->file, l1, bytes, v[i].l1_off) : 0;
+		for (uint32_t k = 0; k < v[i].l1_size && ret == 0; k++) {
+			uint64_t l2 = img_be64(l1 + 8 * k) &
+				      QCOW2_L1E_OFFSET_MASK;
+
+			if (l2 & (s->cluster_size - 1))
+				ret = img_error(
+					-IMG_ECORRUPT,
+					"qcow2: snapshot L2 table offset %#" PRIx64
+					" is not aligned",
+					l2);
+			else if (l2)
+				ret = expand_l2(s, l2, compressed);
+		}
+		free(l1);
 	}
+	free(v);
 	if (ret == 0)
 		ret = qcow2_metadata_write_back(s);
 	if (ret == 0)

@@ -3,7 +3,7 @@
 # img amend against qemu-img amend: refcount_bits through every width (on an
 # image with an internal snapshot, whose shared clusters refuse 1-bit
 # refcounts as in qemu-img), compat 1.1 -> 0.10 with zero clusters (with and
-# without a backing file) and back, lazy_refcounts, data_file settings and
+# without a backing file, shared with a snapshot) and back, lazy_refcounts, data_file settings and
 # size; each result passes qemu-img check, reads as before, and shows the
 # same settings as qemu-img's amend of a copy. Refusals (exit 1) are the same
 # as qemu-img's. qemu-img amends images img made and img reads them.
@@ -12,10 +12,15 @@ need_format qcow2
 
 M=1048576
 
+# field JSONFILE KEY: a value from saved qemu-img info --output=json.
 field() {
-	qemu-img info --output=json "$1" |
-		sed -n "s/^ *\"$2\": \"\\{0,1\\}\\([^\",]*\\)\"\\{0,1\\},\\{0,1\\}\$/\\1/p" |
+	sed -n "s/^ *\"$2\": \"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\}\$/\1/p" "$1" |
 		head -n 1
+}
+
+info() {
+	qemu-img info --output=json "$1" >"$1.json" || fail "[$ctx] info $1"
+	echo "$1.json"
 }
 
 # make FILE OPTS [BACKING]: an image with data, zero clusters, a discard.
@@ -44,12 +49,14 @@ amend_vs_qemu() {
 	qcheck "$f"
 	qcompare "$f" "$f.raw"
 	qcompare "$f" "$f.q"
+	info "$f" >/dev/null
+	info "$f.q" >/dev/null
 	for k in compat refcount-bits lazy-refcounts data-file data-file-raw \
 		virtual-size; do
-		[ "$(field "$f" $k)" = "$(field "$f.q" $k)" ] ||
-			fail "[$ctx] amend -o $opts: $k is '$(field "$f" $k)', qemu-img made '$(field "$f.q" $k)'"
+		[ "$(field "$f.json" $k)" = "$(field "$f.q.json" $k)" ] ||
+			fail "[$ctx] amend -o $opts: $k is '$(field "$f.json" $k)', qemu-img made '$(field "$f.q.json" $k)'"
 	done
-	rm -f "$f.q"
+	rm -f "$f.q" "$f.q.json"
 }
 
 refcount_widths() {
@@ -62,7 +69,7 @@ refcount_widths() {
 	for w in 1 2 4 8 32 64 16 2 64; do
 		amend_vs_qemu refcount_bits=$w "$T/r.qcow2"
 	done
-	[ "$(field "$T/r.qcow2" refcount-bits)" = 64 ] || fail "[$ctx] final width"
+	[ "$(field "$(info "$T/r.qcow2")" refcount-bits)" = 64 ] || fail "[$ctx] final width"
 	must qemu-img snapshot -a snap "$T/r.qcow2"
 	qcompare "$T/r.qcow2" "$T/snap.raw"
 	qcheck "$T/r.qcow2"
@@ -79,14 +86,33 @@ downgrade_upgrade() {
 			qemu_ops "$T/base.qcow2" qcow2 "write -P 0x11 0 8M"
 		fi
 		make "$T/d.qcow2" cluster_size=64k ${b:+"$T/base.qcow2"}
+		# A snapshot shares the zero clusters the downgrade expands.
+		must qemu-img snapshot -c s "$T/d.qcow2"
+		qemu_ops "$T/d.qcow2" qcow2 "write -z $((6 * M)) 64k"
 		amend_vs_qemu compat=0.10 "$T/d.qcow2"
-		[ "$(field "$T/d.qcow2" compat)" = 0.10 ] || fail "[$ctx] compat"
+		must qemu-img snapshot -a s "$T/d.qcow2"
+		qcheck "$T/d.qcow2"
+		must qemu-img snapshot -d s "$T/d.qcow2"
+		qemu_ops "$T/d.qcow2" qcow2 "write -z $((6 * M)) 64k"
+		qcompare "$T/d.qcow2" "$T/d.qcow2.raw"
+		[ "$(field "$(info "$T/d.qcow2")" compat)" = 0.10 ] || fail "[$ctx] compat"
 		img_reads_same "$T/d.qcow2" "$T/d.qcow2.raw"
 		ctx="compat=1.1 ${b:+with backing}"
 		amend_vs_qemu compat=1.1,lazy_refcounts=on "$T/d.qcow2"
 		amend_vs_qemu lazy_refcounts=off "$T/d.qcow2"
 	done
 	rm -f "$T"/d.qcow2* "$T/base.qcow2"
+}
+
+# Both refuse (exit 1) and img leaves the file as it was.
+refuse_as_qemu() {
+	local opts=$1 f=$2
+	cp "$f" "$f.orig"
+	cp "$f" "$f.q"
+	expect_exit 1 "$IMG" amend -o "$opts" "$f"
+	expect_exit 1 qemu-img amend -o "$opts" "$f.q"
+	cmp -s "$f" "$f.orig" || fail "[$ctx] refused amend -o $opts changed $f"
+	rm -f "$f.orig" "$f.q"
 }
 
 refusals() {
@@ -97,9 +123,11 @@ refusals() {
 	for o in compat=0.10 compat=0.9 refcount_bits=3 cluster_size=4k \
 		foo=bar data_file=x data_file_raw=on "lazy_refcounts=on,compat=0.10" \
 		"compat=0.10,refcount_bits=32"; do
-		amend_vs_qemu "$o" "$T/x.qcow2"
-		amend_vs_qemu "$o" "$T/y.qcow2"
+		refuse_as_qemu "$o" "$T/x.qcow2"
+		refuse_as_qemu "$o" "$T/y.qcow2"
 	done
+	qcheck "$T/x.qcow2"
+	qcheck "$T/y.qcow2"
 	rm -f "$T"/x.qcow2* "$T"/y.qcow2*
 }
 
@@ -113,7 +141,7 @@ data_file() {
 	cp data.raw moved.raw
 	amend_vs_qemu data_file_raw=off e.qcow2
 	amend_vs_qemu data_file=moved.raw e.qcow2
-	[ "$(field e.qcow2 data-file)" = moved.raw ] || fail "[$ctx] name"
+	[ "$(field "$(info e.qcow2)" data-file)" = moved.raw ] || fail "[$ctx] name"
 	amend_vs_qemu compat=0.10 e.qcow2
 	rm -f e.qcow2* ./*.raw
 }
