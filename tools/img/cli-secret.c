@@ -197,8 +197,12 @@ int cli_secret_args(int *argc, char **argv)
 		int used = 0;
 		size_t k;
 
-		if (!strcmp(argv[i], "--"))
+		if (!strcmp(argv[i], "--")) {
+			/* Operands only from here: keep them as they are. */
+			while (i < *argc)
+				argv[out++] = argv[i++];
 			break;
+		}
 		for (k = 0; k < sizeof(opts) / sizeof(opts[0]); k++) {
 			bool flag = k >= 4;
 
