@@ -41,6 +41,7 @@ nbd_stop f
 ctx="without -t the server leaves after its last client"
 "$IMG_NBD" -k "$T/o.sock" "$T/a.qcow2" &
 opid=$!
+at_exit "kill -9 $opid"
 for _ in $(seq 100); do [ -S "$T/o.sock" ] && break; sleep 0.05; done
 must nbdinfo "nbd+unix:///?socket=$T/o.sock"
 for _ in $(seq 100); do kill -0 $opid 2>/dev/null || break; sleep 0.1; done
@@ -71,6 +72,7 @@ ctx="SIGTERM drains a write workload"
 head -c $((32 << 20)) /dev/urandom >"$T/src.raw"
 "$IMG_NBD" -t -k "$T/d.sock" -f qcow2 "$T/a.qcow2" 2>"$T/d.err" &
 dpid=$!
+at_exit "kill -9 $dpid"
 for _ in $(seq 100); do [ -S "$T/d.sock" ] && break; sleep 0.05; done
 fio_ok=false
 if command -v fio >/dev/null && fio --enghelp 2>/dev/null | grep -qw nbd; then
@@ -94,6 +96,7 @@ $fio_ok && echo "fio during SIGTERM: $(grep -c . "$T/fio.log") lines of log"
 ctx="SIGTERM keeps every acknowledged write"
 "$IMG_NBD" -t -k "$T/e.sock" -f qcow2 "$T/a.qcow2" 2>"$T/e.err" &
 epid=$!
+at_exit "kill -9 $epid"
 for _ in $(seq 100); do [ -S "$T/e.sock" ] && break; sleep 0.05; done
 python3 - "$(dirname "$0")/nbd-hostile.py" "$T/e.sock" $epid >"$T/acked" <<'PY' ||
 import importlib.util, os, signal, sys
