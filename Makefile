@@ -27,6 +27,11 @@ CFLAGS_ALL := -std=gnu11 $(OPT) $(WARN) -fPIC -D_GNU_SOURCE -Ilib \
 	$(PKG_CFLAGS) $(SAN_CFLAGS) $(CFLAGS)
 LDFLAGS_ALL := $(SAN_CFLAGS) $(LDFLAGS)
 LIBS := $(PKG_LIBS) -lpthread -lm
+# Ceph RBD backend (lib/io-rbd.c) when librbd-dev is installed (no .pc file).
+ifneq ($(wildcard /usr/include/rbd/librbd.h),)
+CFLAGS_ALL += -DIMG_HAVE_RBD
+LIBS += -lrbd -lrados
+endif
 
 LIB_SRC := $(sort $(wildcard lib/*.c) $(wildcard formats/*.c) \
 	$(wildcard formats/*/*.c))

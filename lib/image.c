@@ -201,9 +201,12 @@ int img_open(const char *path, const struct img_open_opts *opts,
 		return img_error(-EINVAL, "no file name given");
 	ret = img_io_open(path, io_flags_for(opts ? opts->flags : 0),
 			  opts ? opts->io : IMG_IO_AUTO, &io);
-	if (ret < 0)
+	/* The rbd backend's message (cluster, pool, timeout) says more. */
+	if (ret < 0 && strncmp(path, "rbd:", 4))
 		return img_error(ret, "could not open '%s': %s", path,
 				 strerror(-ret));
+	if (ret < 0)
+		return ret;
 	return img_open_io(io, path, opts, out);
 }
 
@@ -376,9 +379,11 @@ int img_create(const char *path, const struct img_create_opts *opts)
 	/* The backing is checked; it needs no second opening below. */
 	o.unsafe_backing = true;
 	ret = img_io_open(path, IMG_IO_CREATE, IMG_IO_AUTO, &io);
-	if (ret < 0)
+	if (ret < 0 && strncmp(path, "rbd:", 4))
 		return img_error(ret, "could not create '%s': %s", path,
 				 strerror(-ret));
+	if (ret < 0)
+		return ret;
 	ret = drv->create(path, io, &o);
 	if (ret >= 0)
 		ret = img_io_flush(io);

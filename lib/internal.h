@@ -118,5 +118,7 @@ int img_io_psync_open(const char *path, unsigned flags, struct img_io **out);
 int img_io_psync_fd(struct img_io *io);
 /* -ENOSYS (or the setup error) when no io_uring ring can be set up here. */
 int img_io_uring_open(const char *path, unsigned flags, struct img_io **out);
+/* Names starting with "rbd:" (lib/io-rbd.c). */
+int img_io_rbd_open(const char *path, unsigned flags, struct img_io **out);
 
 #endif

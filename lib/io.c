@@ -453,6 +453,8 @@ int img_io_open(const char *path, unsigned flags, enum img_io_kind kind,
 
 	if (!path || !*path)
 		return img_error(-EINVAL, "io: empty file name");
+	if (!strncmp(path, "rbd:", 4))
+		return img_io_rbd_open(path, flags, out);
 	switch (kind) {
 	case IMG_IO_AUTO:
 		ret = img_io_uring_open(path, flags, out);
