@@ -1280,6 +1280,15 @@ int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size)
 		ret = l2_get(s, i, !whole, &t);
 		if (ret < 0)
 			return ret;
+		/* A whole table is unlinked from the L1 first: what it maps
+		 * is freed only once nothing on disk reaches it any more. */
+		if (whole) {
+			ret = write_l1_entry(s, i, 0);
+			if (ret < 0) {
+				img_cache_put(s->l2_cache, t);
+				return ret;
+			}
+		}
 		for (uint64_t idx = start; idx < s->l2_entries; idx++) {
 			uint64_t l2e = l2e_at(s, t, idx);
 
@@ -1317,9 +1326,6 @@ int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size)
 			img_cache_mark_dirty(s->l2_cache, t);
 		img_cache_put(s->l2_cache, t);
 		if (whole) {
-			ret = write_l1_entry(s, i, 0);
-			if (ret < 0)
-				return ret;
 			ret = qcow2_free_cluster_deferred(s, off);
 			if (ret < 0)
 				return ret;
