@@ -13,11 +13,6 @@ extern const struct img_driver vdi_driver;
 extern const struct img_driver vpc_driver;
 
 const struct img_driver *const img_format_table[] = {
-	&qcow2_driver,
-	&vpc_driver,
-	&vdi_driver,
-	&vmdk_driver,
-	&vhdx_driver,
-	&raw_driver,
-	NULL,
+	&qcow2_driver, &vpc_driver, &vdi_driver, &vmdk_driver,
+	&vhdx_driver,  &raw_driver, NULL,
 };

@@ -208,8 +208,8 @@ struct img_driver {
 	 * img.h; the core checks bounds and read-only). NULL: -ENOTSUP. */
 	int (*compress_params)(struct img *img, enum img_compress_type *type,
 			       uint64_t *cluster_size);
-	int (*write_compressed)(struct img *img,
-				const struct img_compressed *v, size_t n);
+	int (*write_compressed)(struct img *img, const struct img_compressed *v,
+				size_t n);
 
 	/* img_amend (lib/amend.c takes the lock and handles "size"): change
 	 * the options in opts; unknown keys fail -EINVAL naming the key.

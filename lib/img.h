@@ -393,8 +393,8 @@ int img_compress(enum img_compress_type type, int level, const void *src,
  * Decompress into exactly dst_len bytes: bytes after them in src are ignored,
  * a stream that ends early or is invalid gives -IMG_ECORRUPT. Thread-safe.
  */
-int img_decompress(enum img_compress_type type, const void *src,
-		   size_t src_len, void *dst, size_t dst_len);
+int img_decompress(enum img_compress_type type, const void *src, size_t src_len,
+		   void *dst, size_t dst_len);
 
 /*
  * How img_write_compressed() wants its data: the codec (*type) and the unit

@@ -117,8 +117,8 @@ void cli_bitmap_info(struct img *img, struct cli_json *data);
 /* convert --bitmaps (tools/img/cmd-bitmap.c), with qemu-img's messages: can
  * the sources' bitmaps go to dst (-1, error printed, if not), and after the
  * copy, add every bitmap of src to dst with its flags and contents. */
-int cli_convert_bitmaps_check(struct img *src, unsigned n_srcs,
-			      struct img *dst, bool skip_broken);
+int cli_convert_bitmaps_check(struct img *src, unsigned n_srcs, struct img *dst,
+			      bool skip_broken);
 int cli_convert_bitmaps_copy(struct img *src, struct img *dst,
 			     bool skip_broken);
 
