@@ -79,9 +79,9 @@ $(B)/libimg.so: $(LIB_OBJ) lib/libimg.map
 	$(Q)$(CC) -shared -Wl,--version-script=lib/libimg.map \
 		-Wl,-soname,libimg.so.0 $(LDFLAGS_ALL) -o $@ $(LIB_OBJ) $(LIBS)
 
-$(B)/libimg.pc: lib/libimg.pc.in
+$(B)/libimg.pc: lib/libimg.pc.in Makefile
 	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@VERSION@|$(VERSION)|' \
-		-e 's|@LIBS@|$(PKG_LIBS) -lpthread -lm|' $< > $@
+		-e 's|@LIBS@|$(LIBS)|' $< > $@
 
 $(B)/img: $(IMG_SRC:%.c=$(B)/%.o) $(B)/libimg.a
 	@$(if $(Q),echo "  LD      $@")
