@@ -436,7 +436,11 @@ static int open_image(struct fs *fs, const struct options *o)
 {
 	int ret;
 
-	fs->image_path = realpath(o->image, NULL);
+	/* rbd: names are no host paths (lib/io-rbd.c). */
+	if (!strncmp(o->image, "rbd:", 4))
+		fs->image_path = strdup(o->image);
+	else
+		fs->image_path = realpath(o->image, NULL);
 	if (!fs->image_path)
 		return fail("cannot open '%s': no such file", o->image);
 	fs->open_opts.format = o->format;
