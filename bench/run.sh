@@ -200,18 +200,10 @@ sizes=()
 convert_row "convert raw -> qcow2" sample.raw raw qcow2
 convert_row "convert qcow2 -> raw" base.qcow2 qcow2 raw
 convert_row "convert chain(2) -> qcow2 (flatten)" overlay.qcow2 qcow2 qcow2
-# Other formats (formats/vmdk, vhdx): their inputs are made by qemu-img.
-for f in vmdk vhdx; do
-	"$IMG" --help | grep -q "^Supported formats:.* $f" || continue
-	o=""
-	[ $f = vmdk ] && o=subformat=streamOptimized
-	[ -f base.$f ] || qemu-img convert -O $f ${o:+-o $o} base.qcow2 base.$f ||
-		die "base.$f"
-	convert_row "convert qcow2 -> $f${o:+ ${o#*=}}" base.qcow2 qcow2 $f "$o"
-	convert_row "convert $f${o:+ ${o#*=}} -> qcow2" base.$f $f qcow2
-done
 . "$top/bench/luks-row.sh"
 luks_row
+. "$top/bench/rbd-row.sh"
+rbd_rows
 # Other formats (formats/vmdk, vhdx): their inputs are made by qemu-img.
 for f in vmdk vhdx; do
 	"$IMG" --help | grep -q "^Supported formats:.* $f" || continue
