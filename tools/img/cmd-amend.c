@@ -25,11 +25,9 @@ static int print_help(const char *fmt)
 
 int cmd_amend(int argc, char **argv)
 {
-	enum { OPT_IMAGE_OPTS = 256, OPT_OBJECT, OPT_FORCE };
+	enum { OPT_FORCE = 256 };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ "force", no_argument, NULL, OPT_FORCE },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -82,12 +80,6 @@ int cmd_amend(int argc, char **argv)
 			break;
 		case OPT_FORCE:
 			break;
-		case OPT_IMAGE_OPTS:
-			free(options);
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			free(options);
-			return cli_fail(1, "--object is not supported");
 		default:
 			free(options);
 			return cli_bad_option(argv, c);

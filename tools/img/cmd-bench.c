@@ -243,16 +243,12 @@ int cmd_bench(int argc, char **argv)
 		OPT_PATTERN = 256,
 		OPT_FLUSH_INTERVAL,
 		OPT_NO_DRAIN,
-		OPT_RANDOM,
-		OPT_IMAGE_OPTS,
-		OPT_OBJECT
+		OPT_RANDOM
 	};
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "flush-interval", required_argument, NULL,
 		  OPT_FLUSH_INTERVAL },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ "pattern", required_argument, NULL, OPT_PATTERN },
 		{ "no-drain", no_argument, NULL, OPT_NO_DRAIN },
 		{ "force-share", no_argument, NULL, 'U' },
@@ -342,11 +338,6 @@ int cmd_bench(int argc, char **argv)
 		case OPT_RANDOM:
 			random = true;
 			break;
-		case OPT_IMAGE_OPTS:
-		case OPT_OBJECT:
-			return cli_fail(1,
-					"bench: option '%s' is not supported",
-					argv[optind - 1]);
 		default:
 			return cli_bad_option(argv, c);
 		}

@@ -61,14 +61,10 @@ int cmd_bitmap(int argc, char **argv)
 		OPT_CLEAR,
 		OPT_ENABLE,
 		OPT_DISABLE,
-		OPT_MERGE,
-		OPT_IMAGE_OPTS,
-		OPT_OBJECT
+		OPT_MERGE
 	};
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
-		{ "object", required_argument, NULL, OPT_OBJECT },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
 		{ "add", no_argument, NULL, OPT_ADD },
 		{ "remove", no_argument, NULL, OPT_REMOVE },
 		{ "clear", no_argument, NULL, OPT_CLEAR },
@@ -122,12 +118,6 @@ int cmd_bitmap(int argc, char **argv)
 			merge |= c == OPT_MERGE;
 			n++;
 			break;
-		case OPT_IMAGE_OPTS:
-			cli_fail(1, "--image-opts is not supported");
-			goto out;
-		case OPT_OBJECT:
-			cli_fail(1, "--object is not supported");
-			goto out;
 		default:
 			ret = cli_bad_option(argv, c);
 			goto out;

@@ -101,15 +101,13 @@ static int run_check(struct img *img, unsigned fix, struct img_check *r)
 
 int cmd_check(int argc, char **argv)
 {
-	enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT };
+	enum { OPT_OUTPUT = 256 };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "format", required_argument, NULL, 'f' },
 		{ "repair", required_argument, NULL, 'r' },
 		{ "output", required_argument, NULL, OPT_OUTPUT },
 		{ "force-share", no_argument, NULL, 'U' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = NULL, *filename;
@@ -162,10 +160,6 @@ int cmd_check(int argc, char **argv)
 			if (cli_parse_output(optarg, &output) < 0)
 				return 1;
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(1, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}

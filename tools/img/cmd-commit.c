@@ -14,11 +14,8 @@
 
 int cmd_commit(int argc, char **argv)
 {
-	enum { OPT_IMAGE_OPTS = 256, OPT_OBJECT };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = NULL, *cache = "writeback", *base_name = NULL;
@@ -61,10 +58,6 @@ int cmd_commit(int argc, char **argv)
 				return cli_fail(1,
 						"Invalid rate limit specified");
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(1, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}

@@ -53,12 +53,9 @@ static int read_error(struct img *img, const char *name, uint64_t off, int err)
 
 int cmd_compare(int argc, char **argv)
 {
-	enum { OPT_IMAGE_OPTS = 256, OPT_OBJECT };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "force-share", no_argument, NULL, 'U' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt1 = NULL, *fmt2 = NULL, *name1, *name2;
@@ -100,10 +97,6 @@ int cmd_compare(int argc, char **argv)
 		case 'U':
 			flags |= IMG_OPEN_SHARED;
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(2, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(2, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}

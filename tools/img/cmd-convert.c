@@ -626,9 +626,6 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 {
 	enum {
 		OPT_TARGET_IS_ZERO = 256,
-		OPT_OBJECT,
-		OPT_IMAGE_OPTS,
-		OPT_TARGET_IMAGE_OPTS,
 		OPT_SALVAGE,
 		OPT_BITMAPS,
 		OPT_SKIP_BROKEN,
@@ -637,10 +634,6 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
-		{ "object", required_argument, NULL, OPT_OBJECT },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "target-image-opts", no_argument, NULL,
-		  OPT_TARGET_IMAGE_OPTS },
 		{ "salvage", no_argument, NULL, OPT_SALVAGE },
 		{ "bitmaps", no_argument, NULL, OPT_BITMAPS },
 		{ "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN },
@@ -758,9 +751,6 @@ static int cv_parse_args(int argc, char **argv, struct cv_args *a)
 		case OPT_TARGET_IS_ZERO:
 			a->target_is_zero = true;
 			break;
-		case OPT_OBJECT:
-		case OPT_IMAGE_OPTS:
-		case OPT_TARGET_IMAGE_OPTS:
 		case OPT_BITMAPS:
 			a->bitmaps = true;
 			break;

@@ -150,7 +150,6 @@ int cmd_create(int argc, char **argv)
 {
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
-		{ "object", required_argument, NULL, 'O' },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = "raw", *base = NULL, *base_fmt = NULL;
@@ -193,9 +192,6 @@ int cmd_create(int argc, char **argv)
 		case 'u':
 			unsafe = true;
 			break;
-		case 'O':
-			ret = cli_fail(1, "--object is not supported");
-			goto out;
 		default:
 			ret = cli_bad_option(argv, c);
 			goto out;

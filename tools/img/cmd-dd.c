@@ -50,12 +50,9 @@ static int parse_num(const char *name, const char *v, uint64_t *out)
 
 int cmd_dd(int argc, char **argv)
 {
-	enum { OPT_IMAGE_OPTS = 256, OPT_OBJECT };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "force-share", no_argument, NULL, 'U' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = NULL, *out_fmt = "raw";
@@ -81,10 +78,6 @@ int cmd_dd(int argc, char **argv)
 		case 'U':
 			flags |= IMG_OPEN_SHARED;
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(1, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}

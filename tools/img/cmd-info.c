@@ -120,20 +120,13 @@ static void print_human(struct img *img, const struct img_info *in,
 
 int cmd_info(int argc, char **argv)
 {
-	enum {
-		OPT_OUTPUT = 256,
-		OPT_BACKING_CHAIN,
-		OPT_IMAGE_OPTS,
-		OPT_OBJECT
-	};
+	enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "format", required_argument, NULL, 'f' },
 		{ "output", required_argument, NULL, OPT_OUTPUT },
 		{ "backing-chain", no_argument, NULL, OPT_BACKING_CHAIN },
 		{ "force-share", no_argument, NULL, 'U' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = NULL, *filename;
@@ -161,10 +154,6 @@ int cmd_info(int argc, char **argv)
 		case OPT_BACKING_CHAIN:
 			chain = true;
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(1, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}

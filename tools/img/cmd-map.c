@@ -83,13 +83,7 @@ static int dump_entry(int output, const struct map_entry *e,
 
 int cmd_map(int argc, char **argv)
 {
-	enum {
-		OPT_OUTPUT = 256,
-		OPT_START,
-		OPT_MAX_LEN,
-		OPT_IMAGE_OPTS,
-		OPT_OBJECT
-	};
+	enum { OPT_OUTPUT = 256, OPT_START, OPT_MAX_LEN };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "format", required_argument, NULL, 'f' },
@@ -97,8 +91,6 @@ int cmd_map(int argc, char **argv)
 		{ "start-offset", required_argument, NULL, OPT_START },
 		{ "max-length", required_argument, NULL, OPT_MAX_LEN },
 		{ "force-share", no_argument, NULL, 'U' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = NULL, *filename;
@@ -134,10 +126,6 @@ int cmd_map(int argc, char **argv)
 			    0)
 				return 1;
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(1, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}

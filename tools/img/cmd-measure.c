@@ -26,14 +26,12 @@ static const char *kv_get(const struct img_kv *kv, size_t n, const char *key)
 
 int cmd_measure(int argc, char **argv)
 {
-	enum { OPT_OUTPUT = 256, OPT_SIZE, OPT_IMAGE_OPTS, OPT_OBJECT };
+	enum { OPT_OUTPUT = 256, OPT_SIZE };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "output", required_argument, NULL, OPT_OUTPUT },
 		{ "size", required_argument, NULL, OPT_SIZE },
 		{ "force-share", no_argument, NULL, 'U' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = NULL, *out_fmt = "raw", *filename = NULL;
@@ -84,12 +82,6 @@ int cmd_measure(int argc, char **argv)
 				goto out;
 			have_size = true;
 			break;
-		case OPT_IMAGE_OPTS:
-			cli_fail(1, "--image-opts is not supported");
-			goto out;
-		case OPT_OBJECT:
-			cli_fail(1, "--object is not supported");
-			goto out;
 		default:
 			ret = cli_bad_option(argv, c);
 			goto out;

@@ -14,11 +14,8 @@
 
 int cmd_rebase(int argc, char **argv)
 {
-	enum { OPT_IMAGE_OPTS = 256, OPT_OBJECT };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = NULL, *cache = "writeback", *src_cache = "writeback";
@@ -62,10 +59,6 @@ int cmd_rebase(int argc, char **argv)
 		case 'U':
 			flags |= IMG_OPEN_SHARED;
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(1, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}

@@ -24,13 +24,11 @@ static int bad_size(void)
 
 int cmd_resize(int argc, char **argv)
 {
-	enum { OPT_SHRINK = 256, OPT_PREALLOC, OPT_IMAGE_OPTS, OPT_OBJECT };
+	enum { OPT_SHRINK = 256, OPT_PREALLOC };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "shrink", no_argument, NULL, OPT_SHRINK },
 		{ "preallocation", required_argument, NULL, OPT_PREALLOC },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	enum img_prealloc prealloc = IMG_PREALLOC_OFF;
@@ -73,10 +71,6 @@ int cmd_resize(int argc, char **argv)
 						"'%s'",
 						optarg);
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(1, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}

@@ -322,15 +322,13 @@ static int run_action(struct img *img, enum action act, const char *name)
 
 int cmd_snapshot(int argc, char **argv)
 {
-	enum { OPT_OUTPUT = 256, OPT_DIFF, OPT_IMAGE_OPTS, OPT_OBJECT };
+	enum { OPT_OUTPUT = 256, OPT_DIFF };
 	static const struct option longopts[] = {
 		{ "help", no_argument, NULL, 'h' },
 		{ "format", required_argument, NULL, 'f' },
 		{ "force-share", no_argument, NULL, 'U' },
 		{ "output", required_argument, NULL, OPT_OUTPUT },
 		{ "diff", no_argument, NULL, OPT_DIFF },
-		{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
-		{ "object", required_argument, NULL, OPT_OBJECT },
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt = NULL, *name = NULL;
@@ -374,10 +372,6 @@ int cmd_snapshot(int argc, char **argv)
 		case OPT_DIFF:
 			want_diff = true;
 			break;
-		case OPT_IMAGE_OPTS:
-			return cli_fail(1, "--image-opts is not supported");
-		case OPT_OBJECT:
-			return cli_fail(1, "--object is not supported");
 		default:
 			return cli_bad_option(argv, c);
 		}
