@@ -142,11 +142,8 @@ static int parse_params(struct qcow2 *s, const struct img_kv *kv, size_t n,
 	p->set_data_file = ret > 0;
 
 	if (compat) {
-		if (!strcmp(compat, "0.10") || !strcmp(compat, "v2"))
-			p->version = 2;
-		else if (!strcmp(compat, "1.1") || !strcmp(compat, "v3"))
-			p->version = 3;
-		else
+		p->version = qcow2_compat_version(compat);
+		if (!p->version)
 			return img_error(-EINVAL,
 					 "Unknown compatibility level %s",
 					 compat);

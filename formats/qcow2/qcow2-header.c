@@ -72,6 +72,15 @@ const char *qcow2_feature_name(const struct qcow2 *s, unsigned type,
 	return buf;
 }
 
+unsigned qcow2_compat_version(const char *compat)
+{
+	if (!strcmp(compat, "0.10") || !strcmp(compat, "v2"))
+		return 2;
+	if (!strcmp(compat, "1.1") || !strcmp(compat, "v3"))
+		return 3;
+	return 0;
+}
+
 static char *dup_bytes(const uint8_t *p, size_t len)
 {
 	char *s = malloc(len + 1);

@@ -101,11 +101,8 @@ static int parse_opts(const struct img_create_opts *opts,
 	if (ret < 0)
 		return ret;
 	if (compat) {
-		if (!strcmp(compat, "0.10") || !strcmp(compat, "v2"))
-			version = 2;
-		else if (!strcmp(compat, "1.1") || !strcmp(compat, "v3"))
-			version = 3;
-		else
+		version = qcow2_compat_version(compat);
+		if (!version)
 			return img_error(-EINVAL,
 					 "qcow2: invalid compatibility level "
 					 "'%s'",

@@ -374,11 +374,8 @@ static int parse_create_opts(const struct img_create_opts *o,
 	    (ret = img_opt_u64(o, "refcount_bits", &p->refcount_bits)) < 0)
 		return ret;
 	if (compat) {
-		if (!strcmp(compat, "0.10") || !strcmp(compat, "v2"))
-			p->version = 2;
-		else if (!strcmp(compat, "1.1") || !strcmp(compat, "v3"))
-			p->version = 3;
-		else
+		p->version = qcow2_compat_version(compat);
+		if (!p->version)
 			return img_error(
 				-EINVAL,
 				"qcow2: invalid compatibility level '%s'",

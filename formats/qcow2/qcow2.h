@@ -210,6 +210,9 @@ struct qcow2 {
 #define QCOW2_MAX_PENDING_FREE 4096
 
 /* qcow2-header.c */
+/* The header version a compat option names ("0.10"/"v2" -> 2, "1.1"/"v3" ->
+ * 3), or 0 for anything else. */
+unsigned qcow2_compat_version(const char *compat);
 /* Read, decode and validate the header and its extensions into s. */
 int qcow2_header_read(struct qcow2 *s);
 /* Encode s->h, the backing name and every extension into the first cluster
