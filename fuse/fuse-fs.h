@@ -100,7 +100,5 @@ void fs_snap_free_all(struct fs *fs);
  * malloc'd buffer (*out, *len), after flushing the mount's writes.
  */
 int fs_info_json(struct fs *fs, char **out, size_t *len);
-/* Find the img binary installed next to img-fuse, else in PATH (malloc'd). */
-char *fs_find_img_tool(void);
 
 #endif

@@ -8,7 +8,6 @@
  * flushed so that the on-disk metadata it reads is current.
  */
 #include <fcntl.h>
-#include <limits.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,26 +21,6 @@ extern char **environ;
 
 /* info.json larger than this is refused (a chain of 64 images is ~100 KiB). */
 #define INFO_MAX_LEN (16u << 20)
-
-char *fs_find_img_tool(void)
-{
-	char self[PATH_MAX], *slash, *path;
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-	if (n > 0) {
-		self[n] = '\0';
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			if (asprintf(&path, "%s/img", self) < 0)
-				return NULL;
-			if (!access(path, X_OK))
-				return path;
-			free(path);
-		}
-	}
-	return strdup("img");
-}
 
 /* Read everything from fd into a growing buffer. */
 static int read_all(int fd, char **out, size_t *len)

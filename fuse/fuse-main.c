@@ -457,7 +457,7 @@ static int open_image(struct fs *fs, const struct options *o)
 	fs->file_mode = o->file_mode;
 	fs->growable = o->growable;
 	fs->writethrough = o->writethrough;
-	fs->img_tool = fs_find_img_tool();
+	fs->img_tool = img_sibling_program("img");
 	if (!fs->img_tool)
 		return fail("%s", "out of memory");
 	return 0;

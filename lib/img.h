@@ -551,6 +551,14 @@ int img_bitmap_merge(struct img *img, const char *name, struct img *src,
 int img_bitmap_dirty(struct img *img, const char *name, uint64_t off,
 		     uint64_t len, bool *dirty, uint64_t *run_len);
 
+/* ---- programs ---- */
+/*
+ * The path of program NAME installed next to the running executable (img
+ * finds img-fuse, img-fuse finds img), else NAME itself for a PATH lookup.
+ * malloc'd; NULL when out of memory.
+ */
+char *img_sibling_program(const char *name);
+
 #ifdef __cplusplus
 }
 #endif

@@ -3,10 +3,13 @@
  * Small helpers shared by the core and the drivers: a fast all-zero test for
  * buffers and QEMU's rule for naming a file relative to an image (a relative
  * backing or data file name is relative to the directory of the image that
- * names it, not to the current directory).
+ * names it, not to the current directory), and where a sibling program is.
  */
+#include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "img-driver.h"
 
@@ -52,4 +55,24 @@ int img_path_relative(const char *base_path, const char *name, char **out)
 	memcpy(res + dir_len, name, name_len + 1);
 	*out = res;
 	return 0;
+}
+
+char *img_sibling_program(const char *name)
+{
+	char self[PATH_MAX], *slash, *path;
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+
+	if (n > 0) {
+		self[n] = '\0';
+		slash = strrchr(self, '/');
+		if (slash) {
+			*slash = '\0';
+			if (asprintf(&path, "%s/%s", self, name) < 0)
+				return NULL;
+			if (!access(path, X_OK))
+				return path;
+			free(path);
+		}
+	}
+	return strdup(name);
 }

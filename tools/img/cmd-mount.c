@@ -8,7 +8,6 @@
  * flushed and closed, so that the image can be used as soon as it returns.
  */
 #include <fcntl.h>
-#include <limits.h>
 #include <poll.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -30,30 +29,9 @@ extern char **environ;
 /* How long umount waits for the daemon to flush and exit. */
 #define UMOUNT_WAIT_MS 120000
 
-/* The img-fuse binary next to this img, else "img-fuse" (PATH). */
-static char *fuse_binary(void)
-{
-	char self[PATH_MAX], *slash, *path;
-	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-
-	if (n > 0) {
-		self[n] = '\0';
-		slash = strrchr(self, '/');
-		if (slash) {
-			*slash = '\0';
-			if (asprintf(&path, "%s/img-fuse", self) >= 0) {
-				if (!access(path, X_OK))
-					return path;
-				free(path);
-			}
-		}
-	}
-	return strdup("img-fuse");
-}
-
 int cmd_mount(int argc, char **argv)
 {
-	char *bin = fuse_binary();
+	char *bin = img_sibling_program("img-fuse");
 
 	if (!bin)
 		return cli_fail(1, "out of memory");
