@@ -1304,27 +1304,27 @@ int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size)
 						<< s->cluster_bits);
 				if (ret == 0)
 					ret = qcow2_compressed_free(s, l2e);
-				if (ret < 0) {
-					img_cache_put(s->l2_cache, t);
-					return ret;
-				}
+				if (ret < 0)
+					break;
 			}
 			if (has_host(s, l2e) && !has_data_file(s)) {
 				ret = qcow2_free_cluster_deferred(
 					s, l2e & QCOW2_L2E_OFFSET_MASK);
-				if (ret < 0) {
-					img_cache_put(s->l2_cache, t);
-					return ret;
-				}
+				if (ret < 0)
+					break;
 			}
 			if (!whole) {
 				l2e_put(s, t, idx, 0, 0);
 				dirty = true;
 			}
 		}
+		/* Also after a failure: the entries cleared so far have
+		 * their frees queued, so the table must reach the disk. */
 		if (dirty)
 			img_cache_mark_dirty(s->l2_cache, t);
 		img_cache_put(s->l2_cache, t);
+		if (ret < 0)
+			return ret;
 		if (whole) {
 			ret = qcow2_free_cluster_deferred(s, off);
 			if (ret < 0)
