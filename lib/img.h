@@ -88,6 +88,10 @@ enum img_io_kind {
 /* VMDK: extent files may be outside the image's directory (absolute names
  * or ".." components in its descriptor), which untrusted images must not. */
 #define IMG_OPEN_ANY_EXTENT_PATH (1u << 9)
+/* Discards give space back to the host (QEMU's discard=unmap): qcow2 punches
+ * the clusters whose last reference a discard, zeroing or snapshot deletion
+ * dropped. Without it, freed clusters are only reused. */
+#define IMG_OPEN_UNMAP (1u << 10)
 
 struct img_open_opts {
 	const char *

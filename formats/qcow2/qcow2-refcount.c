@@ -560,6 +560,42 @@ int qcow2_refcount_sync(struct qcow2 *s)
 	return img_io_flush(s->file);
 }
 
+/* IMG_OPEN_UNMAP: give clusters whose last reference went back to the host,
+ * adjacent ones in one call. Nothing on disk maps them any more (the tables
+ * that did are flushed); should the refcount drops not reach the disk, they
+ * are leaks holding no data. */
+struct punch_run {
+	uint64_t off, len;
+};
+
+static int punch_flush(struct qcow2 *s, struct punch_run *r)
+{
+	int ret = 0;
+
+	if (r->len)
+		ret = img_io_zero(s->file, r->off, r->len, IMG_IO_ZERO_PUNCH);
+	r->len = 0;
+	return ret;
+}
+
+static int punch_if_free(struct qcow2 *s, struct punch_run *r,
+			 uint64_t file_off)
+{
+	uint64_t rc;
+	int ret = qcow2_refcount_get(s, file_off >> s->cluster_bits, &rc);
+
+	if (ret < 0 || rc)
+		return ret;
+	if (r->len && r->off + r->len == file_off) {
+		r->len += s->cluster_size;
+		return 0;
+	}
+	ret = punch_flush(s, r);
+	r->off = file_off;
+	r->len = s->cluster_size;
+	return ret;
+}
+
 int qcow2_metadata_write_back(struct qcow2 *s)
 {
 	int ret;
@@ -570,6 +606,8 @@ int qcow2_metadata_write_back(struct qcow2 *s)
 	if (ret < 0)
 		return ret;
 	if (s->n_pending_free) {
+		struct punch_run run = { 0, 0 };
+
 		/* The L2/L1 entries that dropped these clusters are written;
 		 * make them stable before the refcounts drop. */
 		ret = img_io_flush(s->file);
@@ -578,12 +616,18 @@ int qcow2_metadata_write_back(struct qcow2 *s)
 		for (uint64_t i = 0; i < s->n_pending_free; i++) {
 			ret = qcow2_refcount_update(s, s->pending_free[i],
 						    s->cluster_size, -1);
+			if (ret == 0 && s->unmap)
+				ret = punch_if_free(s, &run,
+						    s->pending_free[i]);
 			if (ret < 0) {
 				s->n_pending_free = 0;
 				return ret;
 			}
 		}
 		s->n_pending_free = 0;
+		ret = punch_flush(s, &run);
+		if (ret < 0)
+			return ret;
 	}
 	return img_cache_write_back(s->refblock_cache);
 }

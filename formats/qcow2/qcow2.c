@@ -132,6 +132,7 @@ static int qcow2_open(struct img *img, unsigned flags)
 	s->file = img_file(img);
 	s->data_file = s->file;
 	s->read_only = flags & IMG_OPEN_RDONLY;
+	s->unmap = flags & IMG_OPEN_UNMAP;
 	ret = qcow2_header_read(s);
 	if (ret < 0)
 		goto fail;

@@ -158,6 +158,7 @@ struct qcow2 {
 
 	bool read_only;
 	bool lazy_refcounts;
+	bool unmap; /* IMG_OPEN_UNMAP: punch freed clusters */
 	bool dirty_set; /* we set the dirty bit in the file */
 	bool corrupt; /* the corrupt bit is set (read-only open) */
 

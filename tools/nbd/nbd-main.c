@@ -401,6 +401,10 @@ static int parse_args(int argc, char **argv, struct cfg *cfg)
 						"--discard: unknown "
 						"mode '%s'",
 						optarg);
+			/* As qemu-nbd: freed space goes back to the host. */
+			cfg->open_flags &= ~IMG_OPEN_UNMAP;
+			if (cfg->srv.discard)
+				cfg->open_flags |= IMG_OPEN_UNMAP;
 			break;
 		case OPT_DETECT_ZEROES:
 			if (!strcmp(optarg, "off"))
