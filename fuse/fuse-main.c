@@ -444,7 +444,8 @@ static int open_image(struct fs *fs, const struct options *o)
 	if (!fs->image_path)
 		return fail("cannot open '%s': no such file", o->image);
 	fs->open_opts.format = o->format;
-	fs->open_opts.flags = o->flags;
+	/* A hole punched in the disk gives its space back to the host. */
+	fs->open_opts.flags = o->flags | IMG_OPEN_UNMAP;
 	fs->open_opts.io = o->io;
 	fs->open_opts.opts = o->kv;
 	fs->open_opts.n_opts = o->n_kv;

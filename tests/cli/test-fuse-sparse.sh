@@ -4,7 +4,8 @@
 # the image's allocation, so copies made with cp --sparse=always, with cp's
 # default and with dd conv=sparse keep the holes (the copy allocates about
 # what the image holds) and equal the image; punching a hole deallocates in
-# the image (qemu-img map no longer lists it as data); st_blocks follows the
+# the image (qemu-img map no longer lists it as data) and its file gives the
+# space back (the freed clusters are punched); st_blocks follows the
 # image's allocation.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/fuse-lib.sh"
@@ -35,7 +36,9 @@ for how in always auto dd; do
 	a=$(alloc "$T/copy")
 	[ "$a" -le $((8 * M)) ] || fail "copy ($how) allocates $a bytes"
 done
-# punch a hole: it reads as zeroes and the image no longer maps data there
+# punch a hole: it reads as zeroes, the image no longer maps data there and
+# the image file gives the space back
+before=$(stat -c %b "$img")
 fallocate -p -o $((50 * M)) -l $((2 * M)) "$mnt/disk" || fail "punch"
 cmp -n $((2 * M)) -i $((50 * M)):0 "$mnt/disk" /dev/zero || fail "hole not zero"
 "$IMG" umount "$mnt" || fail "umount"
@@ -43,4 +46,6 @@ qemu-img check -q "$img" || fail "check"
 qemu-img map --output=json "$img" | grep '"data": true' >"$T/map"
 grep -q "\"start\": $((50 * M))," "$T/map" && fail "punched range still data"
 grep -q "\"start\": $((52 * M))," "$T/map" || fail "data after the hole missing"
+after=$(stat -c %b "$img")
+[ $((before - after)) -ge 3072 ] || fail "punch: $before -> $after blocks of the image file"
 exit 0
