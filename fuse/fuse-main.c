@@ -182,7 +182,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 	       -1) {
 		switch (c) {
 		case 'r':
-			o->flags |= IMG_OPEN_RDONLY;
+			/* Shared: a read-only mount does not lock writers
+			 * out; it follows the snapshots they make. */
+			o->flags |= IMG_OPEN_RDONLY | IMG_OPEN_SHARED;
 			break;
 		case 'f':
 			o->foreground = true;

@@ -77,7 +77,9 @@ int fs_snap_refresh(struct fs *fs)
 	size_t n = 0;
 	int ret;
 
-	o.flags |= IMG_OPEN_RDONLY | IMG_OPEN_NO_BACKING | IMG_OPEN_NO_IO;
+	/* Shared: the mount's own opening holds the image lock. */
+	o.flags |= IMG_OPEN_RDONLY | IMG_OPEN_NO_BACKING | IMG_OPEN_NO_IO |
+		   IMG_OPEN_SHARED;
 	o.snapshot = NULL;
 	ret = img_open(fs->image_path, &o, &view);
 	if (ret < 0)
@@ -128,7 +130,7 @@ int fs_snap_open(struct fs *fs, const struct fs_snap *s, struct img **out)
 {
 	struct img_open_opts o = fs->open_opts;
 
-	o.flags |= IMG_OPEN_RDONLY;
+	o.flags |= IMG_OPEN_RDONLY | IMG_OPEN_SHARED;
 	o.snapshot = s->id;
 	return img_open(fs->image_path, &o, out);
 }

@@ -49,6 +49,8 @@ static unsigned backing_io_flags(unsigned flags)
 		io_flags |= IMG_IO_DIRECT;
 	if (flags & IMG_OPEN_UNSAFE)
 		io_flags |= IMG_IO_NOFLUSH;
+	if (flags & IMG_OPEN_SHARED)
+		io_flags |= IMG_IO_SHARED;
 	return io_flags;
 }
 

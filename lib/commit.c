@@ -75,29 +75,46 @@ int img_chain_allocated_above(struct img *top, struct img *base, uint64_t off,
 }
 
 /* Replace the read-only layer parent->backing by a read-write opening of
- * the same file, keeping what lies below it. */
+ * the same file, keeping what lies below it. The read-only opening is closed
+ * first (its image locks keep writers out, this one too); should the
+ * read-write opening fail, the file is opened read-only again. */
 static int reopen_rw(struct img *parent)
 {
-	struct img *old = parent->backing, *nb;
+	struct img *old = parent->backing, *below = old->backing, *nb;
 	struct img_open_opts o = {
 		.format = old->drv->name,
 		.flags = (old->flags & ~IMG_OPEN_RDONLY) | IMG_OPEN_NO_BACKING,
 		.io = old->io_kind,
 		.cache_size = old->cache_size,
 	};
-	int ret;
+	unsigned depth = old->depth,
+		 ro_flags = old->flags | IMG_OPEN_NO_BACKING;
+	char *name = strdup(old->filename);
+	int ret, ret2;
 
-	ret = img_open(old->filename, &o, &nb);
-	if (ret < 0)
-		return img_error(ret, "could not reopen '%s' read-write: %s",
-				 img_filename(old), img_last_error());
-	nb->flags &= ~IMG_OPEN_NO_BACKING;
-	nb->depth = old->depth;
-	nb->backing = old->backing;
+	if (!name)
+		return img_error(-ENOMEM, "out of memory");
 	old->backing = NULL;
-	parent->backing = nb;
+	parent->backing = NULL;
 	img_close(old);
-	return 0;
+	ret = img_open(name, &o, &nb);
+	if (ret < 0) {
+		ret = img_error(ret, "could not reopen '%s' read-write: %s",
+				name, img_last_error());
+		o.flags = ro_flags;
+		ret2 = img_open(name, &o, &nb);
+		if (ret2 < 0) {
+			img_close(below);
+			free(name);
+			return ret;
+		}
+	}
+	free(name);
+	nb->flags &= ~IMG_OPEN_NO_BACKING;
+	nb->depth = depth;
+	nb->backing = below;
+	parent->backing = nb;
+	return ret;
 }
 
 static void report(const struct img_progress *p, uint64_t done, uint64_t total)

@@ -188,6 +188,8 @@ static unsigned io_flags_for(unsigned open_flags)
 		io_flags |= IMG_IO_DIRECT;
 	if (open_flags & IMG_OPEN_UNSAFE)
 		io_flags |= IMG_IO_NOFLUSH;
+	if (open_flags & IMG_OPEN_SHARED)
+		io_flags |= IMG_IO_SHARED;
 	return io_flags;
 }
 
@@ -201,8 +203,9 @@ int img_open(const char *path, const struct img_open_opts *opts,
 		return img_error(-EINVAL, "no file name given");
 	ret = img_io_open(path, io_flags_for(opts ? opts->flags : 0),
 			  opts ? opts->io : IMG_IO_AUTO, &io);
-	/* The rbd backend's message (cluster, pool, timeout) says more. */
-	if (ret < 0 && strncmp(path, "rbd:", 4))
+	/* The rbd backend's message (cluster, pool, timeout) and a lock
+	 * conflict's say more. */
+	if (ret < 0 && ret != -EBUSY && strncmp(path, "rbd:", 4))
 		return img_error(ret, "could not open '%s': %s", path,
 				 strerror(-ret));
 	if (ret < 0)
@@ -379,7 +382,7 @@ int img_create(const char *path, const struct img_create_opts *opts)
 	/* The backing is checked; it needs no second opening below. */
 	o.unsafe_backing = true;
 	ret = img_io_open(path, IMG_IO_CREATE, IMG_IO_AUTO, &io);
-	if (ret < 0 && strncmp(path, "rbd:", 4))
+	if (ret < 0 && ret != -EBUSY && strncmp(path, "rbd:", 4))
 		return img_error(ret, "could not create '%s': %s", path,
 				 strerror(-ret));
 	if (ret < 0)
@@ -728,7 +731,7 @@ int img_io_open_relative(struct img *img, const char *name, unsigned io_flags,
 		io_flags |= IMG_IO_RDONLY;
 	io_flags |= io_flags_for(img->flags) & ~IMG_IO_RDONLY;
 	ret = img_io_open(path, io_flags, img->io_kind, out);
-	if (ret < 0)
+	if (ret < 0 && ret != -EBUSY)
 		img_error(ret, "could not open '%s': %s", path, strerror(-ret));
 	free(path);
 	return ret;

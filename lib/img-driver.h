@@ -23,6 +23,8 @@
 #define IMG_IO_DIRECT \
 	(1u << 2) /* O_DIRECT; the backend bounces unaligned I/O */
 #define IMG_IO_NOFLUSH (1u << 3) /* flush is a no-op (cache=unsafe) */
+/* Read-only and letting others write (-U): no lock keeps writers out. */
+#define IMG_IO_SHARED (1u << 4)
 
 /* img_io_zero() flags */
 #define IMG_IO_ZERO_PUNCH (1u << 0) /* may deallocate (punch a hole) */

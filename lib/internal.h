@@ -114,6 +114,10 @@ int img_chain_allocated_above(struct img *top, struct img *base, uint64_t off,
 /* ---- host-file backends behind img_io_open (lib/io-psync.c, io-uring.c) ---- */
 
 int img_io_psync_open(const char *path, unsigned flags, struct img_io **out);
+/* lib/io-lock.c: take QEMU's image locks on fd for a user opening it with
+ * io_flags (IMG_IO_RDONLY, IMG_IO_SHARED); -EBUSY when another user's
+ * locks conflict. */
+int img_io_lock(int fd, const char *path, unsigned io_flags);
 /* The file descriptor of a psync backend, -1 for any other backend. */
 int img_io_psync_fd(struct img_io *io);
 /* -ENOSYS (or the setup error) when no io_uring ring can be set up here. */

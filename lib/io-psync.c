@@ -249,13 +249,13 @@ static const struct img_io_ops psync_ops = {
 
 int img_io_psync_open(const char *path, unsigned flags, struct img_io **out)
 {
-	int oflags = O_CLOEXEC, fd;
+	int oflags = O_CLOEXEC, fd, ret;
 	struct psync *p;
 
 	if (flags & IMG_IO_RDONLY)
 		oflags |= O_RDONLY;
 	else if (flags & IMG_IO_CREATE)
-		oflags |= O_RDWR | O_CREAT | O_TRUNC;
+		oflags |= O_RDWR | O_CREAT; /* truncated once locked */
 	else
 		oflags |= O_RDWR;
 	if (flags & IMG_IO_DIRECT)
@@ -273,6 +273,14 @@ int img_io_psync_open(const char *path, unsigned flags, struct img_io **out)
 				path);
 		return img_error(-err, "io: cannot open '%s': %s", path,
 				 strerror(err));
+	}
+	ret = img_io_lock(fd, path, flags);
+	if (ret == 0 && (flags & IMG_IO_CREATE) && ftruncate(fd, 0) < 0)
+		ret = img_error(-errno, "io: cannot truncate '%s': %s", path,
+				strerror(errno));
+	if (ret < 0) {
+		close(fd);
+		return ret;
 	}
 	p = calloc(1, sizeof(*p));
 	if (!p || !(p->io.path = strdup(path))) {

@@ -14,6 +14,7 @@ requires python3 openssl
 
 qemu-img create -q -f qcow2 "$T/a.qcow2" 64M
 qemu-img create -q -f qcow2 "$T/ro.qcow2" 64M
+qemu-img create -q -f qcow2 "$T/t.qcow2" 64M
 nbd_make_pki "$T/pki"
 nbd_start main -t --handshake-timeout 2 -k "$T/s.sock" -f qcow2 \
 	--export exp="$T/a.qcow2" --export-ro ro="$T/ro.qcow2"
@@ -21,7 +22,7 @@ nbd_start capped -t -e 2 --handshake-timeout 2 -k "$T/c.sock" -r -x exp \
 	-f qcow2 "$T/ro.qcow2"
 nbd_start tls -t --handshake-timeout 2 -k "$T/t.sock" -x exp -f qcow2 \
 	--tls-cert "$T/pki/srv/server-cert.pem" \
-	--tls-key "$T/pki/srv/server-key.pem" "$T/ro.qcow2"
+	--tls-key "$T/pki/srv/server-key.pem" "$T/t.qcow2"
 
 python3 "$(dirname "${BASH_SOURCE[0]}")/nbd-hostile.py" "$T/s.sock" "$T/c.sock" \
 	"$T/t.sock" "$T/pki/ca-cert.pem" "${HOSTILE_SET:-fast}" ||
@@ -34,4 +35,5 @@ nbd_stop capped
 nbd_stop tls
 qcheck "$T/a.qcow2"
 qcheck "$T/ro.qcow2"
+qcheck "$T/t.qcow2"
 echo ok

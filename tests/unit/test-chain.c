@@ -58,7 +58,7 @@ static size_t qemu_map(const char *image, struct run *runs, size_t max)
 	size_t n = 0;
 	FILE *p;
 
-	snprintf(cmd, sizeof(cmd), "qemu-img map --output=json '%s/%s'", dir,
+	snprintf(cmd, sizeof(cmd), "qemu-img map -U --output=json '%s/%s'", dir,
 		 image);
 	p = popen(cmd, "r");
 	if (!p)
@@ -146,7 +146,8 @@ static void check_contents(struct img *img, const char *name)
 	FILE *f;
 
 	CHECK(want && got);
-	CHECK_EQ(SH("qemu-img convert -O raw '%s' flat.raw", name), 0);
+	/* -U: img holds the image open (and locked) read-write. */
+	CHECK_EQ(SH("qemu-img convert -U -O raw '%s' flat.raw", name), 0);
 	f = fopen(test_path("flat.raw"), "rb");
 	CHECK(f);
 	if (f && want && got) {

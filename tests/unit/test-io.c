@@ -410,7 +410,10 @@ int main(void)
 	if (img_io_open(test_path("auto"), IMG_IO_CREATE, IMG_IO_AUTO, &io) >=
 	    0) {
 		struct img_io *u;
-		int ret = img_io_open(test_path("auto"), 0, IMG_IO_URING, &u);
+		/* Shared: the first opening's image lock keeps writers out. */
+		int ret = img_io_open(test_path("auto"),
+				      IMG_IO_RDONLY | IMG_IO_SHARED,
+				      IMG_IO_URING, &u);
 
 		CHECK_STR_HAS(io->ops->name, ret >= 0 ? "io_uring" : "psync");
 		test_note("auto chose %s", io->ops->name);

@@ -592,7 +592,10 @@ static int add_open_export(struct cfg *cfg, struct export_list *l,
 {
 	struct img_open_opts oo = {
 		.format = cfg->format,
-		.flags = cfg->open_flags | (ro ? IMG_OPEN_RDONLY : 0),
+		/* A snapshot view shares the image with its writable
+		 * export (snapshots do not change under it). */
+		.flags = cfg->open_flags | (ro ? IMG_OPEN_RDONLY : 0) |
+			 (snapshot ? IMG_OPEN_SHARED : 0),
 		.snapshot = snapshot,
 	};
 	struct nbd_export *e;
