@@ -324,30 +324,41 @@ static int create_check_backing(const char *filename, struct img_create_opts *o)
 	return 0;
 }
 
+/* The driver and the merged options for creating filename, after checking
+ * them and the backing file (unless unsafe). */
+static int create_prepare(const char *filename,
+			  const struct img_create_opts *opts,
+			  const struct img_driver **drv,
+			  struct img_create_opts *o)
+{
+	int ret;
+
+	if (!opts || !opts->format)
+		return img_error(-EINVAL, "create: no format given");
+	*drv = get_driver(opts->format);
+	if (!*drv)
+		return -EINVAL;
+	if (!(*drv)->create)
+		return img_error(-ENOTSUP,
+				 "%s: format does not support image creation",
+				 (*drv)->name);
+	ret = create_merge_opts(*drv, opts, o);
+	if (ret < 0)
+		return ret;
+	if (o->backing_file && !o->unsafe_backing)
+		return create_check_backing(filename, o);
+	return 0;
+}
+
 int img_create_io(struct img_io *io, const char *filename,
 		  const struct img_create_opts *opts)
 {
 	const struct img_driver *drv;
 	struct img_create_opts o;
-	int ret;
+	int ret = create_prepare(filename, opts, &drv, &o);
 
-	if (!opts || !opts->format)
-		return img_error(-EINVAL, "create: no format given");
-	drv = get_driver(opts->format);
-	if (!drv)
-		return -EINVAL;
-	if (!drv->create)
-		return img_error(-ENOTSUP,
-				 "%s: format does not support image creation",
-				 drv->name);
-	ret = create_merge_opts(drv, opts, &o);
 	if (ret < 0)
 		return ret;
-	if (o.backing_file && !o.unsafe_backing) {
-		ret = create_check_backing(filename, &o);
-		if (ret < 0)
-			return ret;
-	}
 	return drv->create(filename, io, &o);
 }
 
@@ -360,25 +371,11 @@ int img_create(const char *path, const struct img_create_opts *opts)
 
 	if (!path)
 		return img_error(-EINVAL, "no file name given");
-	if (!opts || !opts->format)
-		return img_error(-EINVAL, "create: no format given");
 	/* Refuse bad options and missing backing files before the host file
 	 * is created (and an existing one truncated). */
-	drv = get_driver(opts->format);
-	if (!drv)
-		return -EINVAL;
-	if (!drv->create)
-		return img_error(-ENOTSUP,
-				 "%s: format does not support image creation",
-				 drv->name);
-	ret = create_merge_opts(drv, opts, &o);
+	ret = create_prepare(path, opts, &drv, &o);
 	if (ret < 0)
 		return ret;
-	if (o.backing_file && !o.unsafe_backing) {
-		ret = create_check_backing(path, &o);
-		if (ret < 0)
-			return ret;
-	}
 	/* The backing is checked; it needs no second opening below. */
 	o.unsafe_backing = true;
 	ret = img_io_open(path, IMG_IO_CREATE, IMG_IO_AUTO, &io);
