@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "convert-profile.h"
 #include "convert-compress.h"
+#include "convert-rbd.h"
 
 /*
  * 2 MiB chunks: large enough that the qcow2 write path allocates whole runs
@@ -244,8 +245,8 @@ static int cv_next(struct cv *cv, struct cv_chunk *c)
 			int ret;
 
 			memset(&ext, 0, sizeof(ext));
-			ret = img_block_status(s->img, soff, s->size - soff,
-					       cv->bs_flags, &ext);
+			ret = cv_rbd_block_status(s->img, soff, s->size - soff,
+						  cv->bs_flags, &ext);
 			if (ret < 0)
 				return img_error(
 					ret,
@@ -841,7 +842,11 @@ static int cv_open_target(struct cv *cv, const struct cv_args *a,
 			goto out;
 		}
 		cv->has_backing = co.backing_file != NULL;
-		ret = img_create(dst, &co);
+		if (co.backing_file && cv_rbd_name(dst))
+			ret = cv_rbd_clone(co.backing_file, co.backing_fmt, dst,
+					   total);
+		else
+			ret = img_create(dst, &co);
 		if (ret < 0) {
 			char prefix[1024];
 
@@ -938,11 +943,13 @@ int cmd_convert(int argc, char **argv)
 	if (a.snapshot && n_srcs > 1)
 		return cli_fail(1, "No support for concatenating multiple "
 				   "snapshot");
-	if (a.snapshots &&
-	    (n_srcs > 1 || a.snapshot || a.compress || a.backing ||
-	     a.skip_create || strcmp(a.out_fmt, "qcow2")))
+	if (a.snapshots && (n_srcs > 1 || a.snapshot || a.compress ||
+			    a.backing || a.skip_create ||
+			    (strcmp(a.out_fmt, "qcow2") &&
+			     (strcmp(a.out_fmt, "raw") || !cv_rbd_name(dst)))))
 		return cli_fail(1, "--snapshots needs one source and -O qcow2 "
-				   "(without -l, -c, -B or -n)");
+				   "or an rbd: target (without -l, -c, -B or "
+				   "-n)");
 	if (a.src_cache && cli_parse_cache(a.src_cache, &src_flags) < 0)
 		return cli_fail(1, "Invalid source cache option: %s",
 				a.src_cache);
@@ -986,8 +993,13 @@ int cmd_convert(int argc, char **argv)
 			   cv_profile_size(a.profile, total, a.quiet)) < 0)
 		goto out;
 	if (a.snapshots) {
-		if (cli_convert_snapshots(cv->srcs[0].path, a.src_fmt,
-					  src_flags, cv->srcs[0].img, cv->dst))
+		ret = cv_rbd_snapshots(cv->srcs[0].path, a.src_fmt, src_flags,
+				       cv->srcs[0].img, cv->dst);
+		if (ret < 0)
+			ret = cli_convert_snapshots(cv->srcs[0].path, a.src_fmt,
+						    src_flags, cv->srcs[0].img,
+						    cv->dst);
+		if (ret)
 			goto out;
 		goto close_dst;
 	}
