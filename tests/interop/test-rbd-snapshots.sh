@@ -7,7 +7,7 @@
 # qemu-img's rbd driver at @SNAP), only changed data written per snapshot
 # (rbd diff --from-snap); back to qcow2 with --snapshots: the same snapshots
 # (qemu-img -l), contents identical, unchanged clusters shared (no bigger
-# than the source). img snapshot -l/-c/-a/-d on an rbd: name as on qcow2.
+# than the source). img snapshot -l/-c/-a/-d/--diff on an rbd: name.
 . "$(dirname "$0")/rbd-lib.sh"
 rbd_cluster
 M=1048576
@@ -77,6 +77,16 @@ qcompare "$T/ref-four.raw" "$T/back.qcow2"
 # table copy, a refcount block and a table entry), not a copy per snapshot.
 [ "$(stat -c %s "$T/back.qcow2")" -le $(($(stat -c %s "$T/src.qcow2") + 256 * 1024)) ] ||
 	fail "[$ctx] back.qcow2 is $(stat -c %s "$T/back.qcow2") bytes, src $(stat -c %s "$T/src.qcow2")"
+
+ctx="img snapshot --diff on rbd:"
+must "$IMG" snapshot --diff one two rbd:rbd/disk
+awk 'NR > 1 { print $1, $2 }' "$T/.must" | tr '\n' ' ' | grep -qx "0x80000 0x10000 0x800000 0x100000 " ||
+	fail "[$ctx] $(cat "$T/.must")"
+# By id, against the live image.
+id=$(sed -n 's/.*"id":\([0-9]*\),"name":"one".*/\1/p' "$T/snaps")
+must "$IMG" snapshot --diff "$id" rbd:rbd/disk
+grep -q "^0x80000 " "$T/.must" || fail "[$ctx] id $id: $(cat "$T/.must")"
+expect_exit 1 "$IMG" snapshot --diff nosuch rbd:rbd/disk
 
 ctx="img snapshot -c/-a/-d on rbd:"
 must "$IMG" snapshot -c five rbd:rbd/disk
