@@ -65,12 +65,13 @@ struct rbd {
 	pthread_mutex_t lock; /* guards the sizes and the allocation map */
 	uint64_t size; /* what get_size reports: highest byte written */
 	uint64_t phys; /* size of the RBD image, >= size */
-	/* Allocation map, one bit per object (1: may hold data), see
-	 * rbd_map_usable(); NULL when not built. */
+	/* Allocation map, one bit per object (1: may hold data), see "the
+	 * allocation map" below; NULL when not built. */
 	uint8_t *map;
 	uint64_t map_objs;
 	uint64_t map_time; /* CLOCK_MONOTONIC ns when built */
 	bool map_locked; /* built, and kept since, as the lock owner */
+	uint64_t writes; /* writes in flight: no map is built meanwhile */
 };
 
 static struct rbd *to_rbd(struct img_io *io)
@@ -358,7 +359,8 @@ static uint64_t rbd_size_now(struct rbd *r)
  * convert and NBD block status ask once per extent, so the first query builds
  * a map of the whole image (one bit per object) and later ones read it. Our
  * own writes set bits as they are issued (zeroing leaves them: "data" is
- * always a safe answer). The map stays valid for good at a snapshot, while we
+ * always a safe answer), and no map is built while any of ours is in flight
+ * (librbd may not show it yet, and its bit was set before). The map stays valid for good at a snapshot, while we
  * own the image's exclusive lock (no other client can write then; losing the
  * lock once, seen at our next write or query, ends that), and otherwise for
  * RBD_MAP_TTL_NS after it was built, so other clients' writes show up within
@@ -416,7 +418,7 @@ static void rbd_map_get(struct rbd *r)
 	    rbd_now_ns() - r->map_time < RBD_MAP_TTL_NS)
 		return;
 	rbd_map_drop(r);
-	if (!objs || objs > RBD_MAP_MAX_OBJS)
+	if (!objs || objs > RBD_MAP_MAX_OBJS || r->writes)
 		return;
 	r->map = calloc(1, (size_t)(objs + 7) / 8);
 	if (!r->map)
@@ -463,9 +465,9 @@ static bool rbd_map_bit(const struct rbd *r, uint64_t o)
 
 /*
  * Make the image hold [0, off + len): grow it in large steps. A write (data)
- * marks its objects in the allocation map; any change made while someone
- * else owns the exclusive lock means others may have written since the map
- * was built.
+ * marks its objects in the allocation map and counts as in flight until
+ * rbd_written(); any change made while someone else owns the exclusive lock
+ * means others may have written since the map was built.
  */
 static int rbd_reserve(struct rbd *r, uint64_t off, uint64_t len, bool data)
 {
@@ -494,8 +496,18 @@ static int rbd_reserve(struct rbd *r, uint64_t off, uint64_t len, bool data)
 		r->size = end;
 	if (ret >= 0 && data && len)
 		rbd_map_mark(r, off, len);
+	if (ret >= 0 && data)
+		r->writes++;
 	pthread_mutex_unlock(&r->lock);
 	return ret;
+}
+
+/* n writes reserved with rbd_reserve have completed (or failed). */
+static void rbd_written(struct rbd *r, unsigned n)
+{
+	pthread_mutex_lock(&r->lock);
+	r->writes -= n;
+	pthread_mutex_unlock(&r->lock);
 }
 
 /* Issue v[0..n) and wait for all of them. Reads beyond the size read as
@@ -507,7 +519,8 @@ static int rbd_run(struct rbd *r, struct img_io_vec *v, unsigned n)
 	int first = 0;
 
 	for (unsigned done = 0; done < n;) {
-		unsigned k = img_min(n - done, RBD_WINDOW), issued = 0;
+		unsigned k = img_min(n - done, RBD_WINDOW), issued = 0,
+			 writes = 0;
 		uint64_t size = rbd_size_now(r);
 
 		for (unsigned i = 0; i < k; i++) {
@@ -519,6 +532,7 @@ static int rbd_run(struct rbd *r, struct img_io_vec *v, unsigned n)
 			c[i] = NULL;
 			if (e->write) {
 				ret = rbd_reserve(r, e->file_off, len, true);
+				writes += ret >= 0;
 			} else {
 				len = e->file_off >= size ?
 					      0 :
@@ -566,6 +580,8 @@ static int rbd_run(struct rbd *r, struct img_io_vec *v, unsigned n)
 				       want[i] - (uint64_t)got);
 			}
 		}
+		if (writes)
+			rbd_written(r, writes);
 		done += k;
 	}
 	return first;
@@ -949,11 +965,6 @@ static int rbd_snap_create_locked(struct rbd *r, const char *name)
 {
 	int ret;
 
-	if (!*name || strpbrk(name, "@/:"))
-		return img_error(
-			-EINVAL,
-			"rbd: snapshot name '%s' is empty or has '@', '/' or ':'",
-			name);
 	/* The snapshot records the disk, not the growth reserved ahead. */
 	if (r->phys > r->size) {
 		ret = rbd_resize(r->image, r->size);
@@ -986,6 +997,12 @@ static int rbd_snap_delete_locked(struct rbd *r, const char *name)
 int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
 			const char *name_or_id, uint64_t *size)
 {
+	static const char *const what[] = {
+		[IMG_IO_SNAP_CREATE] = "create",
+		[IMG_IO_SNAP_APPLY] = "revert to",
+		[IMG_IO_SNAP_DELETE] = "delete",
+		[IMG_IO_SNAP_LOAD] = "open",
+	};
 	struct rbd *r = to_rbd(io);
 	char *name = NULL;
 	int ret = 0;
@@ -994,7 +1011,13 @@ int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
 		ret = rbd_snap_find(r, name_or_id, &name);
 		if (ret < 0)
 			return ret;
+	} else if (!*name_or_id || strpbrk(name_or_id, "@/:")) {
+		return img_error(
+			-EINVAL,
+			"rbd: snapshot name '%s' is empty or has '@', '/' or ':'",
+			name_or_id);
 	}
+	img_clear_error();
 	pthread_mutex_lock(&r->lock);
 	switch (op) {
 	case IMG_IO_SNAP_CREATE:
@@ -1018,9 +1041,10 @@ int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
 	}
 	*size = r->size;
 	pthread_mutex_unlock(&r->lock);
+	/* The specific cases above left a message; librbd's errors did not. */
 	if (ret < 0 && !img_last_error()[0])
-		img_error(ret, "rbd: snapshot '%s' of '%s': %s", name_or_id,
-			  io->path, strerror(-ret));
+		img_error(ret, "rbd: cannot %s snapshot '%s' of '%s': %s",
+			  what[op], name_or_id, io->path, strerror(-ret));
 	free(name);
 	return ret < 0 ? ret : 0;
 }
