@@ -997,13 +997,8 @@ int cmd_convert(int argc, char **argv)
 			   cv_profile_size(a.profile, total, a.quiet)) < 0)
 		goto out;
 	if (a.snapshots) {
-		ret = cv_rbd_snapshots(cv->srcs[0].path, a.src_fmt, src_flags,
-				       cv->srcs[0].img, cv->dst);
-		if (ret < 0)
-			ret = cli_convert_snapshots(cv->srcs[0].path, a.src_fmt,
-						    src_flags, cv->srcs[0].img,
-						    cv->dst);
-		if (ret)
+		if (cli_convert_snapshots(cv->srcs[0].path, a.src_fmt,
+					  src_flags, cv->srcs[0].img, cv->dst))
 			goto out;
 		goto close_dst;
 	}

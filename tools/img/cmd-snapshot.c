@@ -561,6 +561,39 @@ static int copy_changes(struct img *prev, struct img *cur, struct img *dst,
 	return ret;
 }
 
+/*
+ * copy_changes for raw data in Ceph RBD, where host offsets say nothing:
+ * bring dst from snapshot from of cur's RBD image (NULL: all zero) to cur,
+ * writing what librbd reports changed.
+ */
+static int copy_rbd_changes(const char *from, struct img *cur, struct img *dst,
+			    uint8_t *buf, size_t buf_size)
+{
+	uint64_t size = img_size(cur), off = 0;
+	int ret = 0;
+
+	while (off < size && ret == 0) {
+		bool changed;
+		uint64_t n;
+
+		ret = img_rbd_changed(cur, from, 0, off, size - off, &changed,
+				      &n);
+		if (ret < 0 || !changed) {
+			off += ret < 0 ? 0 : n;
+			continue;
+		}
+		n = min64(n, buf_size);
+		ret = img_read(cur, buf, off, n);
+		if (ret == 0 && all_zero(buf, n))
+			ret = from ? img_zero(dst, off, n, IMG_ZERO_MAY_UNMAP) :
+				     0;
+		else if (ret == 0)
+			ret = img_write(dst, buf, off, n, 0);
+		off += n;
+	}
+	return ret;
+}
+
 int cli_convert_snapshots(const char *src_path, const char *src_fmt,
 			  unsigned src_flags, struct img *src, struct img *dst)
 {
@@ -569,10 +602,13 @@ int cli_convert_snapshots(const char *src_path, const char *src_fmt,
 	struct img *prev = NULL, *view;
 	uint8_t *buf = malloc(buf_size);
 	size_t n = 0;
+	bool rbd, changed;
+	uint64_t len;
 	int ret;
 
 	if (!buf)
 		return cli_fail(1, "convert: out of memory");
+	rbd = img_rbd_changed(src, NULL, 0, 0, 0, &changed, &len) == 0;
 	img_clear_error();
 	ret = img_snapshot_list(src, &list, &n);
 	if (ret < 0) {
@@ -596,7 +632,10 @@ int cli_convert_snapshots(const char *src_path, const char *src_fmt,
 		if (img_size(view) != img_size(dst))
 			ret = img_resize(dst, img_size(view), IMG_RESIZE_SHRINK,
 					 IMG_PREALLOC_OFF);
-		if (ret == 0)
+		if (ret == 0 && rbd)
+			ret = copy_rbd_changes(i ? list[i - 1].name : NULL,
+					       view, dst, buf, buf_size);
+		else if (ret == 0)
 			ret = copy_changes(prev, view, dst, buf, buf_size);
 		if (ret == 0 && i < n)
 			ret = img_snapshot_create(dst, list[i].name);

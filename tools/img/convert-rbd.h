@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * img convert and Ceph RBD (tools/img/convert-rbd.c): internal snapshots and
- * backing chains mapped onto RBD snapshots and clones, both ways.
+ * img convert and Ceph RBD (tools/img/convert-rbd.c): backing chains mapped
+ * onto RBD clones, both ways.
  */
 #ifndef CONVERT_RBD_H
 #define CONVERT_RBD_H
@@ -12,14 +12,6 @@
 
 /* name is an rbd: name. */
 bool cv_rbd_name(const char *name);
-/*
- * --snapshots from raw data kept in RBD (src, opened on src_path): each RBD
- * snapshot, oldest first, becomes a snapshot of dst of the same name, then
- * the live image is copied; only what changed since the previous snapshot is
- * written. 0, or 1 after printing the error. Other sources: -1, nothing done.
- */
-int cv_rbd_snapshots(const char *src_path, const char *src_fmt,
-		     unsigned src_flags, struct img *src, struct img *dst);
 /*
  * -B on an rbd: target: create dst as a clone of backing (rbd:POOL/IMAGE@SNAP,
  * format raw) of size bytes. 0 or -errno (with img_last_error()).
