@@ -7,8 +7,11 @@
 # qemu-img's rbd driver at @SNAP), only changed data written per snapshot
 # (rbd diff --from-snap); back to qcow2 with --snapshots: the same snapshots
 # (qemu-img -l), contents identical, unchanged clusters shared (no bigger
-# than the source). img snapshot -l/-c/-a/-d/--diff on an rbd: name.
+# than the source). img snapshot -l/-c/-a/-d/--diff on an rbd: name; img-nbd
+# serves the RBD snapshots as NAME@SNAP exports.
 . "$(dirname "$0")/rbd-lib.sh"
+. "$(dirname "$0")/nbd-lib.sh"
+requires nbdinfo
 rbd_cluster
 M=1048576
 
@@ -87,6 +90,14 @@ id=$(sed -n 's/.*"id":\([0-9]*\),"name":"one".*/\1/p' "$T/snaps")
 must "$IMG" snapshot --diff "$id" rbd:rbd/disk
 grep -q "^0x80000 " "$T/.must" || fail "[$ctx] id $id: $(cat "$T/.must")"
 expect_exit 1 "$IMG" snapshot --diff nosuch rbd:rbd/disk
+
+ctx="img-nbd --snapshot-exports on rbd:"
+nbd_start s -t -k "$T/s.sock" -x disk --snapshot-exports -f raw rbd:rbd/disk
+nbdinfo --list "nbd+unix:///?socket=$T/s.sock" >"$T/list" || fail "[$ctx] list"
+grep -q 'export="disk@three"' "$T/list" || fail "[$ctx] no disk@three in $(cat "$T/list")"
+must qemu-img convert -f raw -O raw "nbd+unix:///disk@two?socket=$T/s.sock" "$T/n-two.raw"
+cmp "$T/ref-two.raw" "$T/n-two.raw" || fail "[$ctx] disk@two differs"
+nbd_stop s
 
 ctx="img snapshot -c/-a/-d on rbd:"
 must "$IMG" snapshot -c five rbd:rbd/disk
