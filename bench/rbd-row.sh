@@ -4,8 +4,8 @@
 # in RAM, so the rows time the client side and the local messenger) and
 # times img against qemu-img with QEMU's rbd driver, alternating, on
 # convert base.qcow2 -> rbd raw (a fresh RBD image each run) and rbd raw ->
-# qcow2 (from an RBD image qemu-img wrote from sample.raw). Each result is
-# checked with qemu-img compare. Without the Ceph packages or an img built
+# qcow2 (from an RBD image qemu-img wrote from sample.raw), and map of that
+# image. Each result is checked with qemu-img compare (map: the same output). Without the Ceph packages or an img built
 # with RBD support the rows are left out with a note.
 rbd_rows() {
 	local top cl r v t0 t1 a="" q="" rc=0
@@ -59,6 +59,25 @@ rbd_rows() {
 	done
 	rm -f out.qcow2
 	[ $rc = 0 ] && add_row "convert rbd raw -> qcow2" "$a" "$q"
+	a="" q=""
+	for r in $(seq "$RUNS"); do
+		[ $rc = 0 ] || break
+		for v in img qemu; do
+			[ $((r % 2)) = 0 ] && v=$([ $v = img ] && echo qemu || echo img)
+			t0=$(now)
+			if [ $v = img ]; then
+				"$IMG" map --output=json -f raw rbd:rbd/src >map.$v
+			else
+				qemu-img map --output=json -f raw rbd:rbd/src >map.$v
+			fi || { rc=1; break 2; }
+			t1=$(now)
+			if [ $v = img ]; then a+=" $(elapsed "$t0" "$t1")"; else q+=" $(elapsed "$t0" "$t1")"; fi
+		done
+		cmp -s map.img map.qemu ||
+			{ echo "bench: rbd: img map and qemu-img map differ" >&2; failed=1; }
+	done
+	rm -f map.img map.qemu
+	[ $rc = 0 ] && add_row "map rbd raw (--output=json)" "$a" "$q"
 	"$top/scripts/ceph-cluster.sh" stop "$cl"
 	rm -rf "$cl"
 	unset CEPH_CONF

@@ -17,8 +17,10 @@
  */
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -35,6 +37,10 @@
 #define RBD_GROW_MAX (1ull << 30)
 /* Returned by the diff callback to stop the iteration early. */
 #define RBD_DIFF_STOP (-9000)
+/* The allocation map: at most this many objects (a 8 MiB bitmap, 256 TiB of
+ * 4 MiB objects), trusted this long when other clients may write. */
+#define RBD_MAP_MAX_OBJS (64ull << 20)
+#define RBD_MAP_TTL_NS 1000000000ull
 
 static uint64_t rbd_max(uint64_t a, uint64_t b)
 {
@@ -54,9 +60,18 @@ struct rbd {
 	rados_ioctx_t ioctx;
 	rbd_image_t image;
 	uint64_t obj_size;
-	pthread_mutex_t lock; /* guards the two sizes */
+	bool at_snap; /* reading a snapshot: contents never change */
+	bool excl_lock; /* the image has the exclusive-lock feature */
+	pthread_mutex_t lock; /* guards the sizes and the allocation map */
 	uint64_t size; /* what get_size reports: highest byte written */
 	uint64_t phys; /* size of the RBD image, >= size */
+	/* Allocation map, one bit per object (1: may hold data), see "the
+	 * allocation map" below; NULL when not built. */
+	uint8_t *map;
+	uint64_t map_objs;
+	uint64_t map_time; /* CLOCK_MONOTONIC ns when built */
+	bool map_locked; /* built, and kept since, as the lock owner */
+	uint64_t writes; /* writes in flight: no map is built meanwhile */
 };
 
 static struct rbd *to_rbd(struct img_io *io)
@@ -338,12 +353,130 @@ static uint64_t rbd_size_now(struct rbd *r)
 	return s;
 }
 
-/* Make the image hold [0, end): grow it in large steps. */
-static int rbd_reserve(struct rbd *r, uint64_t end)
+/* ---- the allocation map ----
+ *
+ * rbd_diff_iterate2 costs a round trip or more per call, and img map,
+ * convert and NBD block status ask once per extent, so the first query builds
+ * a map of the whole image (one bit per object) and later ones read it. Our
+ * own writes set bits as they are issued (zeroing leaves them: "data" is
+ * always a safe answer), and no map is built while any of ours is in flight
+ * (librbd may not show it yet, and its bit was set before). The map stays valid for good at a snapshot, while we
+ * own the image's exclusive lock (no other client can write then; losing the
+ * lock once, seen at our next write or query, ends that), and otherwise for
+ * RBD_MAP_TTL_NS after it was built, so other clients' writes show up within
+ * that time, as with any cache of a shared image.
+ */
+
+static uint64_t rbd_now_ns(void)
 {
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static void rbd_map_drop(struct rbd *r)
+{
+	free(r->map);
+	r->map = NULL;
+	r->map_objs = 0;
+}
+
+/* Lock held. Whether we still own the exclusive lock (false on error). */
+static bool rbd_lock_owned(struct rbd *r)
+{
+	int owner = 0;
+
+	return r->excl_lock &&
+	       rbd_is_exclusive_lock_owner(r->image, &owner) >= 0 && owner;
+}
+
+static int rbd_map_cb(uint64_t off, size_t len, int exists, void *arg)
+{
+	struct rbd *r = arg;
+
+	if (!exists || !len)
+		return 0;
+	for (uint64_t o = off / r->obj_size;
+	     o <= (off + len - 1) / r->obj_size && o < r->map_objs; o++)
+		r->map[o / 8] |= (uint8_t)(1u << (o % 8));
+	return 0;
+}
+
+/* Lock held. Have a usable map, or none (then the caller asks librbd). */
+static void rbd_map_get(struct rbd *r)
+{
+	uint64_t objs = (r->size + r->obj_size - 1) / r->obj_size;
+	bool owned;
+
+	if (r->map && r->at_snap)
+		return;
+	owned = !r->at_snap && rbd_lock_owned(r);
+	if (r->map && r->map_locked && owned)
+		return;
+	if (r->map && !r->map_locked &&
+	    rbd_now_ns() - r->map_time < RBD_MAP_TTL_NS)
+		return;
+	rbd_map_drop(r);
+	if (!objs || objs > RBD_MAP_MAX_OBJS || r->writes)
+		return;
+	r->map = calloc(1, (size_t)(objs + 7) / 8);
+	if (!r->map)
+		return;
+	r->map_objs = objs;
+	r->map_time = rbd_now_ns();
+	r->map_locked = owned;
+	if (rbd_diff_iterate2(r->image, NULL, 0, r->size, 1, 1, rbd_map_cb, r) <
+	    0)
+		rbd_map_drop(r);
+}
+
+/* Lock held. Objects of [off, off + len) may now hold data. */
+static void rbd_map_mark(struct rbd *r, uint64_t off, uint64_t len)
+{
+	uint64_t last = (off + len - 1) / r->obj_size;
+
+	if (!r->map)
+		return;
+	if (last >= r->map_objs) {
+		/* Grown: the new objects do not exist yet. */
+		uint64_t objs = last + 1;
+		uint8_t *m = objs > RBD_MAP_MAX_OBJS ?
+				     NULL :
+				     realloc(r->map, (size_t)(objs + 7) / 8);
+
+		if (!m) {
+			rbd_map_drop(r);
+			return;
+		}
+		memset(m + (r->map_objs + 7) / 8, 0,
+		       (size_t)((objs + 7) / 8 - (r->map_objs + 7) / 8));
+		r->map = m;
+		r->map_objs = objs;
+	}
+	for (uint64_t o = off / r->obj_size; o <= last; o++)
+		r->map[o / 8] |= (uint8_t)(1u << (o % 8));
+}
+
+static bool rbd_map_bit(const struct rbd *r, uint64_t o)
+{
+	return o < r->map_objs && (r->map[o / 8] >> (o % 8)) & 1;
+}
+
+/*
+ * Make the image hold [0, off + len): grow it in large steps. A write (data)
+ * marks its objects in the allocation map and counts as in flight until
+ * rbd_written(); any change made while someone else owns the exclusive lock
+ * means others may have written since the map was built.
+ */
+static int rbd_reserve(struct rbd *r, uint64_t off, uint64_t len, bool data)
+{
+	uint64_t end = off + len;
 	int ret = 0;
 
 	pthread_mutex_lock(&r->lock);
+	if (r->map && r->map_locked && !rbd_lock_owned(r))
+		r->map_locked = false;
 	if (end > r->phys) {
 		uint64_t step =
 			img_min(rbd_max(r->phys, RBD_GROW_MIN), RBD_GROW_MAX);
@@ -361,8 +494,20 @@ static int rbd_reserve(struct rbd *r, uint64_t end)
 	}
 	if (ret >= 0 && end > r->size)
 		r->size = end;
+	if (ret >= 0 && data && len)
+		rbd_map_mark(r, off, len);
+	if (ret >= 0 && data)
+		r->writes++;
 	pthread_mutex_unlock(&r->lock);
 	return ret;
+}
+
+/* n writes reserved with rbd_reserve have completed (or failed). */
+static void rbd_written(struct rbd *r, unsigned n)
+{
+	pthread_mutex_lock(&r->lock);
+	r->writes -= n;
+	pthread_mutex_unlock(&r->lock);
 }
 
 /* Issue v[0..n) and wait for all of them. Reads beyond the size read as
@@ -374,7 +519,8 @@ static int rbd_run(struct rbd *r, struct img_io_vec *v, unsigned n)
 	int first = 0;
 
 	for (unsigned done = 0; done < n;) {
-		unsigned k = img_min(n - done, RBD_WINDOW), issued = 0;
+		unsigned k = img_min(n - done, RBD_WINDOW), issued = 0,
+			 writes = 0;
 		uint64_t size = rbd_size_now(r);
 
 		for (unsigned i = 0; i < k; i++) {
@@ -385,7 +531,8 @@ static int rbd_run(struct rbd *r, struct img_io_vec *v, unsigned n)
 			want[i] = 0;
 			c[i] = NULL;
 			if (e->write) {
-				ret = rbd_reserve(r, e->file_off + len);
+				ret = rbd_reserve(r, e->file_off, len, true);
+				writes += ret >= 0;
 			} else {
 				len = e->file_off >= size ?
 					      0 :
@@ -433,6 +580,8 @@ static int rbd_run(struct rbd *r, struct img_io_vec *v, unsigned n)
 				       want[i] - (uint64_t)got);
 			}
 		}
+		if (writes)
+			rbd_written(r, writes);
 		done += k;
 	}
 	return first;
@@ -493,8 +642,8 @@ static int rbd_zero_op(struct img_io *io, uint64_t file_off, uint64_t len,
 	int ret;
 
 	if (file_off >= rbd_size_now(r))
-		return rbd_reserve(r, file_off + len);
-	ret = rbd_reserve(r, file_off + len);
+		return rbd_reserve(r, file_off, len, false);
+	ret = rbd_reserve(r, file_off, len, false);
 	if (ret < 0)
 		return ret;
 	ret = rbd_aio_create_completion(NULL, NULL, &c);
@@ -519,12 +668,14 @@ static int rbd_truncate_op(struct img_io *io, uint64_t size)
 	ret = rbd_resize(r->image, size);
 	if (ret >= 0)
 		r->size = r->phys = size;
+	rbd_map_drop(r);
 	pthread_mutex_unlock(&r->lock);
 	return ret;
 }
 
 /* State of one extent query, filled by the diff callback. */
 struct rbd_diff {
+	bool any; /* removed data counts too (a diff from a snapshot) */
 	uint64_t off; /* queried offset */
 	uint64_t data_end; /* end of data found at off, 0 if none yet */
 	uint64_t next_data; /* start of the first data after off, or 0 */
@@ -536,7 +687,10 @@ static int rbd_diff_cb(uint64_t off, size_t len, int exists, void *arg)
 	struct rbd_diff *d = arg;
 	uint64_t end = off + len;
 
-	if (!exists || end <= d->off)
+	/* librbd may go on calling after a stop (whole_object off). */
+	if (d->next_data)
+		return RBD_DIFF_STOP;
+	if ((!exists && !d->any) || end <= d->off)
 		return 0;
 	if (d->data_end) {
 		if (off > d->data_end)
@@ -561,20 +715,44 @@ static int rbd_sum_cb(uint64_t off, size_t len, int exists, void *arg)
 	return 0;
 }
 
+/* Lock held, map built: the extent at file_off (< end) as extent_op. */
+static void rbd_map_extent(const struct rbd *r, uint64_t file_off, uint64_t len,
+			   uint64_t end, bool *data, uint64_t *extent_len)
+{
+	uint64_t o = file_off / r->obj_size, p = (o + 1) * r->obj_size;
+	bool d = rbd_map_bit(r, o);
+
+	while (p < end && rbd_map_bit(r, p / r->obj_size) == d)
+		p += r->obj_size;
+	*data = d;
+	*extent_len = d || p < end ? img_min(p, end) - file_off : len;
+}
+
 static int rbd_extent_op(struct img_io *io, uint64_t file_off, uint64_t len,
 			 bool *data, uint64_t *extent_len)
 {
 	struct rbd *r = to_rbd(io);
-	uint64_t size = rbd_size_now(r), start, end;
+	uint64_t size, start, end;
 	struct rbd_diff d = { .off = file_off };
 	int ret;
 
+	pthread_mutex_lock(&r->lock);
+	size = r->size;
+	end = img_min(file_off + len, size);
+	if (file_off < size) {
+		rbd_map_get(r);
+		if (r->map) {
+			rbd_map_extent(r, file_off, len, end, data, extent_len);
+			pthread_mutex_unlock(&r->lock);
+			return 0;
+		}
+	}
+	pthread_mutex_unlock(&r->lock);
 	if (file_off >= size) {
 		*data = false;
 		*extent_len = len;
 		return 0;
 	}
-	end = img_min(file_off + len, size);
 	start = file_off - file_off % r->obj_size;
 	ret = rbd_diff_iterate2(r->image, NULL, start, end - start, 1, 1,
 				rbd_diff_cb, &d);
@@ -596,11 +774,21 @@ static int rbd_allocated_op(struct img_io *io, uint64_t *bytes)
 {
 	struct rbd *r = to_rbd(io);
 	struct rbd_diff d = { 0 };
-	uint64_t size = rbd_size_now(r);
-	int ret = size ? rbd_diff_iterate2(r->image, NULL, 0, size, 1, 1,
-					   rbd_sum_cb, &d) :
-			 0;
+	uint64_t size;
+	bool mapped;
+	int ret = 0;
 
+	pthread_mutex_lock(&r->lock);
+	size = r->size;
+	rbd_map_get(r);
+	mapped = r->map != NULL;
+	for (uint64_t o = 0; mapped && o < r->map_objs; o++)
+		if (rbd_map_bit(r, o))
+			d.total += r->obj_size;
+	pthread_mutex_unlock(&r->lock);
+	if (!mapped && size)
+		ret = rbd_diff_iterate2(r->image, NULL, 0, size, 1, 1,
+					rbd_sum_cb, &d);
 	if (ret < 0)
 		return ret;
 	*bytes = img_min(d.total, size);
@@ -616,6 +804,7 @@ static void rbd_free(struct rbd *r)
 	if (r->cluster)
 		rados_shutdown(r->cluster);
 	pthread_mutex_destroy(&r->lock);
+	free(r->map);
 	free(r->io.path);
 	free(r);
 }
@@ -644,10 +833,365 @@ static const struct img_io_ops rbd_ops = {
 	.close = rbd_close_op,
 };
 
+/* ---- snapshots, diffs and clones ---- */
+
+bool img_io_is_rbd(const struct img_io *io)
+{
+	return io->ops == &rbd_ops;
+}
+
+static int rbd_snap_cmp(const void *a, const void *b)
+{
+	const rbd_snap_info_t *x = a, *y = b;
+
+	return x->id < y->id ? -1 : x->id > y->id;
+}
+
+/* The image's snapshots, oldest first: *out (free with rbd_snaps_free). */
+static int rbd_snaps(struct rbd *r, rbd_snap_info_t **out, int *n)
+{
+	int max = 16, ret = -ERANGE;
+	rbd_snap_info_t *s = NULL;
+
+	for (int tries = 0; ret == -ERANGE && tries < 4; tries++) {
+		free(s);
+		if (max < 1 || max > (1 << 20))
+			return img_error(-IMG_ECORRUPT,
+					 "rbd: '%s' reports %d snapshots",
+					 r->io.path, max);
+		s = calloc((size_t)max, sizeof(*s));
+		if (!s)
+			return img_error(-ENOMEM, "rbd: out of memory");
+		ret = rbd_snap_list(r->image, s, &max);
+	}
+	if (ret < 0) {
+		free(s);
+		return img_error(ret,
+				 "rbd: cannot list the snapshots of '%s': %s",
+				 r->io.path, strerror(-ret));
+	}
+	qsort(s, (size_t)ret, sizeof(*s), rbd_snap_cmp);
+	*out = s;
+	*n = ret;
+	return 0;
+}
+
+static void rbd_snaps_free(rbd_snap_info_t *s)
+{
+	rbd_snap_list_end(s);
+	free(s);
+}
+
+int img_io_rbd_snapshot_list(struct img_io *io, struct img_snapshot_info **out,
+			     size_t *n)
+{
+	struct rbd *r = to_rbd(io);
+	struct img_snapshot_info *list;
+	rbd_snap_info_t *s;
+	int k, ret;
+
+	ret = rbd_snaps(r, &s, &k);
+	if (ret < 0)
+		return ret;
+	list = calloc((size_t)k + 1, sizeof(*list));
+	for (int i = 0; list && i < k; i++) {
+		struct timespec ts = { 0 };
+		char id[32];
+
+		snprintf(id, sizeof(id), "%" PRIu64, s[i].id);
+		list[i].id = strdup(id);
+		list[i].name = strdup(s[i].name);
+		if (!list[i].id || !list[i].name) {
+			img_snapshot_list_free(list, (size_t)i + 1);
+			list = NULL;
+			break;
+		}
+		list[i].disk_size = s[i].size;
+		list[i].icount = UINT64_MAX;
+		if (rbd_snap_get_timestamp(r->image, s[i].id, &ts) >= 0) {
+			list[i].date_sec = (uint64_t)ts.tv_sec;
+			list[i].date_nsec = (uint32_t)ts.tv_nsec;
+		}
+	}
+	rbd_snaps_free(s);
+	if (!list)
+		return img_error(-ENOMEM, "rbd: out of memory");
+	*out = list;
+	*n = (size_t)k;
+	return 0;
+}
+
+/* The name of the snapshot whose id (first) or name is name_or_id. */
+static int rbd_snap_find(struct rbd *r, const char *name_or_id, char **name)
+{
+	rbd_snap_info_t *s;
+	int k, ret, hit = -1;
+
+	ret = rbd_snaps(r, &s, &k);
+	if (ret < 0)
+		return ret;
+	for (int i = 0; i < k && hit < 0; i++) {
+		char id[32];
+
+		snprintf(id, sizeof(id), "%" PRIu64, s[i].id);
+		if (!strcmp(id, name_or_id))
+			hit = i;
+	}
+	for (int i = 0; i < k && hit < 0; i++)
+		if (!strcmp(s[i].name, name_or_id))
+			hit = i;
+	*name = hit < 0 ? NULL : strdup(s[hit].name);
+	rbd_snaps_free(s);
+	if (hit < 0)
+		return img_error(-ENOENT, "rbd: '%s' has no snapshot '%s'",
+				 r->io.path, name_or_id);
+	return *name ? 0 : img_error(-ENOMEM, "rbd: out of memory");
+}
+
+/* Lock held: the sizes after the image's contents were switched. */
+static int rbd_resync(struct rbd *r)
+{
+	uint64_t size;
+	int ret = rbd_get_size(r->image, &size);
+
+	rbd_map_drop(r);
+	if (ret < 0)
+		return ret;
+	r->size = r->phys = size;
+	return 0;
+}
+
+static int rbd_snap_create_locked(struct rbd *r, const char *name)
+{
+	int ret;
+
+	/* The snapshot records the disk, not the growth reserved ahead. */
+	if (r->phys > r->size) {
+		ret = rbd_resize(r->image, r->size);
+		if (ret < 0)
+			return ret;
+		r->phys = r->size;
+	}
+	ret = rbd_snap_create(r->image, name);
+	if (ret == -EEXIST)
+		return img_error(ret, "rbd: '%s' already has a snapshot '%s'",
+				 r->io.path, name);
+	return ret;
+}
+
+static int rbd_snap_delete_locked(struct rbd *r, const char *name)
+{
+	int prot = 0, ret = rbd_snap_is_protected(r->image, name, &prot);
+
+	if (ret >= 0 && prot) {
+		ret = rbd_snap_unprotect(r->image, name);
+		if (ret == -EBUSY)
+			return img_error(
+				ret,
+				"rbd: snapshot '%s' of '%s' has clones: flatten or remove them first",
+				name, r->io.path);
+	}
+	return ret < 0 ? ret : rbd_snap_remove(r->image, name);
+}
+
+int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
+			const char *name_or_id, uint64_t *size)
+{
+	static const char *const what[] = {
+		[IMG_IO_SNAP_CREATE] = "create",
+		[IMG_IO_SNAP_APPLY] = "revert to",
+		[IMG_IO_SNAP_DELETE] = "delete",
+		[IMG_IO_SNAP_LOAD] = "open",
+	};
+	struct rbd *r = to_rbd(io);
+	char *name = NULL;
+	int ret = 0;
+
+	if (op != IMG_IO_SNAP_CREATE) {
+		ret = rbd_snap_find(r, name_or_id, &name);
+		if (ret < 0)
+			return ret;
+	} else if (!*name_or_id || strpbrk(name_or_id, "@/:")) {
+		return img_error(
+			-EINVAL,
+			"rbd: snapshot name '%s' is empty or has '@', '/' or ':'",
+			name_or_id);
+	}
+	img_clear_error();
+	pthread_mutex_lock(&r->lock);
+	switch (op) {
+	case IMG_IO_SNAP_CREATE:
+		ret = rbd_snap_create_locked(r, name_or_id);
+		break;
+	case IMG_IO_SNAP_DELETE:
+		ret = rbd_snap_delete_locked(r, name);
+		break;
+	case IMG_IO_SNAP_APPLY:
+		ret = rbd_snap_rollback(r->image, name);
+		if (ret >= 0)
+			ret = rbd_resync(r);
+		break;
+	case IMG_IO_SNAP_LOAD:
+		ret = rbd_snap_set(r->image, name);
+		if (ret >= 0) {
+			r->at_snap = true;
+			ret = rbd_resync(r);
+		}
+		break;
+	}
+	*size = r->size;
+	pthread_mutex_unlock(&r->lock);
+	/* The specific cases above left a message; librbd's errors did not. */
+	if (ret < 0 && !img_last_error()[0])
+		img_error(ret, "rbd: cannot %s snapshot '%s' of '%s': %s",
+			  what[op], name_or_id, io->path, strerror(-ret));
+	free(name);
+	return ret < 0 ? ret : 0;
+}
+
+/* The rbd backend under raw data, or NULL. */
+static struct rbd *rbd_of(struct img *img)
+{
+	struct img_io *io = img_file(img);
+
+	return io && img_io_is_rbd(io) && !strcmp(img->drv->name, "raw") ?
+		       to_rbd(io) :
+		       NULL;
+}
+
+int img_rbd_changed(struct img *img, const char *from, unsigned flags,
+		    uint64_t off, uint64_t len, bool *changed, uint64_t *n)
+{
+	struct rbd *r = rbd_of(img);
+	struct rbd_diff d = { .any = from != NULL, .off = off };
+	uint64_t size, start, end;
+	int ret;
+
+	if (!r)
+		return img_error(-ENOTSUP,
+				 "'%s' is not raw data in a Ceph RBD image",
+				 img_filename(img));
+	size = rbd_size_now(r);
+	if (!len || off >= size) {
+		*changed = false;
+		*n = len;
+		return 0;
+	}
+	end = img_min(off + len, size);
+	start = off - off % r->obj_size;
+	/* Exact extents (whole_object off) between snapshots, so that data
+	 * an object kept is not copied again. */
+	ret = rbd_diff_iterate2(r->image, from, start, end - start,
+				!(flags & IMG_RBD_OWN_LAYER), from == NULL,
+				rbd_diff_cb, &d);
+	if (ret < 0 && ret != RBD_DIFF_STOP)
+		return img_error(ret, "rbd: diff of '%s'%s%s failed: %s",
+				 img_filename(img),
+				 from ? " from snapshot " : "",
+				 from ? from : "", strerror(-ret));
+	*changed = d.data_end != 0;
+	if (d.data_end)
+		*n = img_min(d.data_end, end) - off;
+	else
+		*n = d.next_data ? img_min(d.next_data, end) - off : len;
+	return 0;
+}
+
+int img_rbd_clone(const char *parent, const char *child, uint64_t size)
+{
+	struct rbd_name pn = { 0 }, cn = { 0 };
+	rados_t c = NULL;
+	rados_ioctx_t pio = NULL, cio = NULL;
+	rbd_image_t pimg = NULL, cimg = NULL;
+	rbd_image_options_t o = NULL;
+	uint64_t now;
+	int prot = 0, ret;
+
+	if (strncmp(parent, "rbd:", 4) || strncmp(child, "rbd:", 4))
+		return img_error(
+			-EINVAL,
+			"rbd: a clone needs rbd: names, not '%s' and '%s'",
+			parent, child);
+	ret = rbd_parse(parent, &pn);
+	if (ret < 0)
+		return ret;
+	ret = rbd_parse(child, &cn);
+	if (ret < 0)
+		goto out;
+	if (!pn.snap || cn.snap) {
+		ret = img_error(
+			-EINVAL,
+			"rbd: clone '%s' of '%s': the parent must name a snapshot (rbd:POOL/IMAGE@SNAP), the clone none",
+			child, parent);
+		goto out;
+	}
+	ret = rbd_connect(child, &cn, false, &c);
+	if (ret < 0)
+		goto out;
+	ret = rbd_ioctx(parent, &pn, c, &pio);
+	if (ret < 0)
+		goto out;
+	ret = rbd_ioctx(child, &cn, c, &cio);
+	if (ret < 0)
+		goto out;
+	ret = rbd_open(pio, pn.image, &pimg, NULL);
+	if (ret < 0) {
+		pimg = NULL;
+		img_error(ret, "rbd: cannot open the parent '%s': %s", parent,
+			  strerror(-ret));
+		goto out;
+	}
+	/* Protected, so that clients of clone format 1 can use it too. */
+	ret = rbd_snap_is_protected(pimg, pn.snap, &prot);
+	if (ret >= 0 && !prot)
+		ret = rbd_snap_protect(pimg, pn.snap);
+	if (ret < 0) {
+		img_error(ret, "rbd: cannot protect snapshot '%s': %s", parent,
+			  ret == -ENOENT ? "no such snapshot" : strerror(-ret));
+		goto out;
+	}
+	rbd_image_options_create(&o);
+	ret = rbd_clone3(pio, pn.image, pn.snap, cio, cn.image, o);
+	if (ret < 0) {
+		img_error(
+			ret, "rbd: cannot clone '%s' as '%s': %s", parent,
+			child,
+			ret == -EEXIST ?
+				"it exists (remove it first, or convert with -n)" :
+				strerror(-ret));
+		goto out;
+	}
+	ret = rbd_open(cio, cn.image, &cimg, NULL);
+	if (ret >= 0)
+		ret = rbd_get_size(cimg, &now);
+	if (ret >= 0 && now != size)
+		ret = rbd_resize(cimg, size);
+	if (ret < 0)
+		img_error(ret, "rbd: cannot resize the clone '%s': %s", child,
+			  strerror(-ret));
+out:
+	if (o)
+		rbd_image_options_destroy(o);
+	if (cimg)
+		rbd_close(cimg);
+	if (pimg)
+		rbd_close(pimg);
+	if (cio)
+		rados_ioctx_destroy(cio);
+	if (pio)
+		rados_ioctx_destroy(pio);
+	if (c)
+		rados_shutdown(c);
+	rbd_name_free(&pn);
+	rbd_name_free(&cn);
+	return ret < 0 ? ret : 0;
+}
+
 static int rbd_open_image(const char *path, const struct rbd_name *n,
 			  unsigned flags, struct rbd *r)
 {
 	rbd_image_info_t info;
+	uint64_t features;
 	int order = 0, ret;
 
 	ret = rbd_connect(path, n, flags & IMG_IO_DIRECT, &r->cluster);
@@ -692,6 +1236,9 @@ static int rbd_open_image(const char *path, const struct rbd_name *n,
 				 path, info.obj_size, info.size);
 	r->obj_size = info.obj_size;
 	r->size = r->phys = info.size;
+	r->at_snap = n->snap != NULL;
+	r->excl_lock = rbd_get_features(r->image, &features) >= 0 &&
+		       (features & RBD_FEATURE_EXCLUSIVE_LOCK);
 	return 0;
 }
 
@@ -734,6 +1281,38 @@ int img_io_rbd_open(const char *path, unsigned flags, struct img_io **out)
 }
 
 #else
+
+bool img_io_is_rbd(const struct img_io *io)
+{
+	return false;
+}
+
+int img_io_rbd_snapshot_list(struct img_io *io, struct img_snapshot_info **out,
+			     size_t *n)
+{
+	return -ENOTSUP;
+}
+
+int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
+			const char *name_or_id, uint64_t *size)
+{
+	return -ENOTSUP;
+}
+
+int img_rbd_changed(struct img *img, const char *from, unsigned flags,
+		    uint64_t off, uint64_t len, bool *changed, uint64_t *n)
+{
+	return img_error(-ENOTSUP, "'%s' is not raw data in a Ceph RBD image",
+			 img_filename(img));
+}
+
+int img_rbd_clone(const char *parent, const char *child, uint64_t size)
+{
+	return img_error(
+		-ENOTSUP,
+		"rbd: '%s': this img was built without RBD support (librbd-dev missing at build time)",
+		child);
+}
 
 int img_io_rbd_open(const char *path, unsigned flags, struct img_io **out)
 {

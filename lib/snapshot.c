@@ -3,9 +3,11 @@
  * Internal snapshots at the library boundary: argument and read-only checks,
  * the image lock around the driver's snapshot ops, the -ENOTSUP default for
  * formats without them, and switching a freshly opened image to the
- * read-only view of a snapshot (img_open_opts.snapshot).
+ * read-only view of a snapshot (img_open_opts.snapshot). Raw data kept in
+ * Ceph RBD has the RBD image's snapshots, as in QEMU.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -14,6 +16,27 @@ static int not_supported(struct img *img)
 	return img_error(-ENOTSUP,
 			 "%s: format does not support internal snapshots",
 			 img->drv->name);
+}
+
+/* Raw data on a backend with snapshots of its own (lib/io-rbd.c). */
+static bool io_snapshots(struct img *img)
+{
+	return !strcmp(img->drv->name, "raw") && img_io_is_rbd(img->file);
+}
+
+/* A snapshot op on such a backend, under the image lock. */
+static int io_snapshot(struct img *img, enum img_io_snap_op op,
+		       const char *name_or_id)
+{
+	uint64_t size;
+	int ret;
+
+	pthread_mutex_lock(&img->lock);
+	ret = img_io_rbd_snapshot(img->file, op, name_or_id, &size);
+	if (ret >= 0 && (op == IMG_IO_SNAP_APPLY || op == IMG_IO_SNAP_LOAD))
+		img_set_size(img, size);
+	pthread_mutex_unlock(&img->lock);
+	return ret;
 }
 
 static int check_name(const char *what, const char *name)
@@ -39,10 +62,12 @@ int img_snapshot_list(struct img *img, struct img_snapshot_info **out,
 {
 	int ret;
 
-	if (!img->drv->snapshot_list)
+	if (!img->drv->snapshot_list && !io_snapshots(img))
 		return not_supported(img);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->snapshot_list(img, out, n);
+	ret = img->drv->snapshot_list ?
+		      img->drv->snapshot_list(img, out, n) :
+		      img_io_rbd_snapshot_list(img->file, out, n);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -62,11 +87,13 @@ int img_snapshot_create(struct img *img, const char *name)
 {
 	int ret;
 
-	if (!img->drv->snapshot_create)
+	if (!img->drv->snapshot_create && !io_snapshots(img))
 		return not_supported(img);
 	if ((ret = check_name("name", name)) < 0 ||
 	    (ret = check_writable(img)) < 0)
 		return ret;
+	if (!img->drv->snapshot_create)
+		return io_snapshot(img, IMG_IO_SNAP_CREATE, name);
 	pthread_mutex_lock(&img->lock);
 	ret = img->drv->snapshot_create(img, name);
 	pthread_mutex_unlock(&img->lock);
@@ -77,11 +104,13 @@ int img_snapshot_apply(struct img *img, const char *name_or_id)
 {
 	int ret;
 
-	if (!img->drv->snapshot_apply)
+	if (!img->drv->snapshot_apply && !io_snapshots(img))
 		return not_supported(img);
 	if ((ret = check_name("name or id", name_or_id)) < 0 ||
 	    (ret = check_writable(img)) < 0)
 		return ret;
+	if (!img->drv->snapshot_apply)
+		return io_snapshot(img, IMG_IO_SNAP_APPLY, name_or_id);
 	pthread_mutex_lock(&img->lock);
 	ret = img->drv->snapshot_apply(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
@@ -92,11 +121,13 @@ int img_snapshot_delete(struct img *img, const char *name_or_id)
 {
 	int ret;
 
-	if (!img->drv->snapshot_delete)
+	if (!img->drv->snapshot_delete && !io_snapshots(img))
 		return not_supported(img);
 	if ((ret = check_name("name or id", name_or_id)) < 0 ||
 	    (ret = check_writable(img)) < 0)
 		return ret;
+	if (!img->drv->snapshot_delete)
+		return io_snapshot(img, IMG_IO_SNAP_DELETE, name_or_id);
 	pthread_mutex_lock(&img->lock);
 	ret = img->drv->snapshot_delete(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
@@ -107,7 +138,7 @@ int img_snapshot_load(struct img *img, const char *name_or_id)
 {
 	int ret;
 
-	if (!img->drv->snapshot_load)
+	if (!img->drv->snapshot_load && !io_snapshots(img))
 		return not_supported(img);
 	if ((ret = check_name("name or id", name_or_id)) < 0)
 		return ret;
@@ -115,6 +146,8 @@ int img_snapshot_load(struct img *img, const char *name_or_id)
 		return img_error(-EINVAL,
 				 "snapshot: '%s' can only be opened read-only",
 				 name_or_id);
+	if (!img->drv->snapshot_load)
+		return io_snapshot(img, IMG_IO_SNAP_LOAD, name_or_id);
 	pthread_mutex_lock(&img->lock);
 	ret = img->drv->snapshot_load(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);

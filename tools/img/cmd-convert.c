@@ -20,6 +20,7 @@
 #include "cli.h"
 #include "convert-profile.h"
 #include "convert-compress.h"
+#include "convert-rbd.h"
 
 /*
  * 2 MiB chunks: large enough that the qcow2 write path allocates whole runs
@@ -150,9 +151,13 @@ static void cv_usage(void)
 	       "  -o options        target creation options ('-o help' lists them)\n"
 	       "  -B backing_file   target backing file; ranges the source's top\n"
 	       "                    image does not allocate are left to it\n"
+	       "                    (on an rbd: target, rbd:POOL/IMAGE@SNAP: the\n"
+	       "                    target becomes a clone of that snapshot)\n"
 	       "  -F backing_fmt    format of the backing file (required with -B)\n"
 	       "  -n                do not create the target: it must exist\n"
 	       "  --target-is-zero  with -n: the target already reads as zeroes\n"
+	       "  --snapshots       copy the internal snapshots too, oldest first\n"
+	       "                    (qcow2 or rbd: source; -O qcow2 or rbd: target)\n"
 	       "  --bitmaps         copy the source's persistent bitmaps too\n"
 	       "  --skip-broken-bitmaps  with --bitmaps: leave out bitmaps in use\n"
 	       "  --profile azure|esxi|hyperv  a cloud's format and options\n"
@@ -244,8 +249,8 @@ static int cv_next(struct cv *cv, struct cv_chunk *c)
 			int ret;
 
 			memset(&ext, 0, sizeof(ext));
-			ret = img_block_status(s->img, soff, s->size - soff,
-					       cv->bs_flags, &ext);
+			ret = cv_rbd_block_status(s->img, soff, s->size - soff,
+						  cv->bs_flags, &ext);
 			if (ret < 0)
 				return img_error(
 					ret,
@@ -831,7 +836,11 @@ static int cv_open_target(struct cv *cv, const struct cv_args *a,
 			goto out;
 		}
 		cv->has_backing = co.backing_file != NULL;
-		ret = img_create(dst, &co);
+		if (co.backing_file && cv_rbd_name(dst))
+			ret = cv_rbd_clone(co.backing_file, co.backing_fmt, dst,
+					   total);
+		else
+			ret = img_create(dst, &co);
 		if (ret < 0) {
 			char prefix[1024];
 
@@ -928,11 +937,13 @@ int cmd_convert(int argc, char **argv)
 	if (a.snapshot && n_srcs > 1)
 		return cli_fail(1, "No support for concatenating multiple "
 				   "snapshot");
-	if (a.snapshots &&
-	    (n_srcs > 1 || a.snapshot || a.compress || a.backing ||
-	     a.skip_create || strcmp(a.out_fmt, "qcow2")))
+	if (a.snapshots && (n_srcs > 1 || a.snapshot || a.compress ||
+			    a.backing || a.skip_create ||
+			    (strcmp(a.out_fmt, "qcow2") &&
+			     (strcmp(a.out_fmt, "raw") || !cv_rbd_name(dst)))))
 		return cli_fail(1, "--snapshots needs one source and -O qcow2 "
-				   "(without -l, -c, -B or -n)");
+				   "or an rbd: target (without -l, -c, -B or "
+				   "-n)");
 	if (a.src_cache && cli_parse_cache(a.src_cache, &src_flags) < 0)
 		return cli_fail(1, "Invalid source cache option: %s",
 				a.src_cache);

@@ -5,7 +5,8 @@
  * "snapshots" array of qemu-img info. Beyond qemu-img, --diff A [B] IMAGE
  * lists the guest ranges whose contents may differ between snapshot A and
  * snapshot B (or the live image): ranges where the two L2 mappings differ
- * (the same host offset means the same data). Also the snapshot parts of
+ * (the same host offset means the same data; for raw data in Ceph RBD,
+ * what librbd reports changed). Also the snapshot parts of
  * img info and the snapshot open that convert -l uses.
  */
 #include <getopt.h>
@@ -193,7 +194,37 @@ static void diff_add(struct diff_out *d, uint64_t off, uint64_t len)
 	d->len = len;
 }
 
-static int diff(struct img *a, struct img *b, int output)
+/*
+ * Raw data in Ceph RBD has no host offsets to compare: the name of snapshot
+ * name_or_id of a (*name, malloc'd) for img_rbd_changed; *name NULL for others.
+ */
+static int diff_rbd_from(struct img *a, const char *name_or_id, char **name)
+{
+	struct img_snapshot_info *list;
+	size_t n, i;
+	bool changed;
+	uint64_t len;
+	int ret;
+
+	*name = NULL;
+	if (img_rbd_changed(a, NULL, 0, 0, 0, &changed, &len) < 0) {
+		img_clear_error();
+		return 0;
+	}
+	ret = img_snapshot_list(a, &list, &n);
+	if (ret < 0)
+		return ret;
+	for (i = 0; i < n && strcmp(list[i].id, name_or_id); i++)
+		;
+	for (size_t k = 0; i == n && k < n; k++)
+		if (!strcmp(list[k].name, name_or_id))
+			i = k;
+	ret = i == n ? -ENOENT : !(*name = strdup(list[i].name)) ? -ENOMEM : 0;
+	img_snapshot_list_free(list, n);
+	return ret;
+}
+
+static int diff(struct img *a, struct img *b, const char *rbd_from, int output)
 {
 	uint64_t sa = img_size(a), sb = img_size(b);
 	uint64_t common = sa < sb ? sa : sb, end = sa > sb ? sa : sb;
@@ -209,6 +240,18 @@ static int diff(struct img *a, struct img *b, int output)
 		struct img_extent ea, eb;
 		uint64_t n;
 
+		if (rbd_from) {
+			bool changed;
+
+			ret = img_rbd_changed(b, rbd_from, 0, off, common - off,
+					      &changed, &n);
+			if (ret < 0)
+				break;
+			if (changed)
+				diff_add(&d, off, n);
+			off += n;
+			continue;
+		}
 		ret = img_block_status(a, off, common - off, IMG_BS_NO_CHAIN,
 				       &ea);
 		if (ret == 0)
@@ -241,6 +284,7 @@ static int do_diff(int nargs, char **args, const char *fmt, unsigned flags,
 {
 	const char *path = args[nargs - 1];
 	struct img *a, *b;
+	char *rbd_from;
 	int ret;
 
 	if (cli_open_snapshot(path, fmt, flags | IMG_OPEN_NO_BACKING, args[0],
@@ -257,7 +301,11 @@ static int do_diff(int nargs, char **args, const char *fmt, unsigned flags,
 		img_close(a);
 		return 1;
 	}
-	ret = diff(a, b, output);
+	ret = diff_rbd_from(a, args[0], &rbd_from);
+	ret = ret < 0 ? cli_fail(1, "Could not compare snapshots: %s",
+				 cli_errmsg(ret)) :
+			diff(a, b, rbd_from, output);
+	free(rbd_from);
 	img_close(a);
 	img_close(b);
 	return ret;
@@ -507,6 +555,39 @@ static int copy_changes(struct img *prev, struct img *cur, struct img *dst,
 	return ret;
 }
 
+/*
+ * copy_changes for raw data in Ceph RBD, where host offsets say nothing:
+ * bring dst from snapshot from of cur's RBD image (NULL: all zero) to cur,
+ * writing what librbd reports changed.
+ */
+static int copy_rbd_changes(const char *from, struct img *cur, struct img *dst,
+			    uint8_t *buf, size_t buf_size)
+{
+	uint64_t size = img_size(cur), off = 0;
+	int ret = 0;
+
+	while (off < size && ret == 0) {
+		bool changed;
+		uint64_t n;
+
+		ret = img_rbd_changed(cur, from, 0, off, size - off, &changed,
+				      &n);
+		if (ret < 0 || !changed) {
+			off += ret < 0 ? 0 : n;
+			continue;
+		}
+		n = min64(n, buf_size);
+		ret = img_read(cur, buf, off, n);
+		if (ret == 0 && all_zero(buf, n))
+			ret = from ? img_zero(dst, off, n, IMG_ZERO_MAY_UNMAP) :
+				     0;
+		else if (ret == 0)
+			ret = img_write(dst, buf, off, n, 0);
+		off += n;
+	}
+	return ret;
+}
+
 int cli_convert_snapshots(const char *src_path, const char *src_fmt,
 			  unsigned src_flags, struct img *src, struct img *dst)
 {
@@ -515,10 +596,13 @@ int cli_convert_snapshots(const char *src_path, const char *src_fmt,
 	struct img *prev = NULL, *view;
 	uint8_t *buf = malloc(buf_size);
 	size_t n = 0;
+	bool rbd, changed;
+	uint64_t len;
 	int ret;
 
 	if (!buf)
 		return cli_fail(1, "convert: out of memory");
+	rbd = img_rbd_changed(src, NULL, 0, 0, 0, &changed, &len) == 0;
 	img_clear_error();
 	ret = img_snapshot_list(src, &list, &n);
 	if (ret < 0) {
@@ -542,7 +626,10 @@ int cli_convert_snapshots(const char *src_path, const char *src_fmt,
 		if (img_size(view) != img_size(dst))
 			ret = img_resize(dst, img_size(view), IMG_RESIZE_SHRINK,
 					 IMG_PREALLOC_OFF);
-		if (ret == 0)
+		if (ret == 0 && rbd)
+			ret = copy_rbd_changes(i ? list[i - 1].name : NULL,
+					       view, dst, buf, buf_size);
+		else if (ret == 0)
 			ret = copy_changes(prev, view, dst, buf, buf_size);
 		if (ret == 0 && i < n)
 			ret = img_snapshot_create(dst, list[i].name);
