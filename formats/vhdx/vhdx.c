@@ -81,6 +81,11 @@ static const uint8_t guid_psector[16] = { 0xc7, 0x48, 0xa3, 0xcd, 0x5d, 0x44,
 static const uint8_t guid_parent[16] = { 0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3,
 					 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8,
 					 0x48, 0x34, 0xab, 0x0c };
+/* The parent locator type of a VHDX parent (the only one MS-VHDX defines). */
+static const uint8_t guid_vhdx_locator[16] = { 0xb7, 0xef, 0x4a, 0xb0,
+					       0x9e, 0xd1, 0x81, 0x4a,
+					       0xb7, 0x89, 0x25, 0xb8,
+					       0xe9, 0x44, 0x59, 0x13 };
 
 /* A sector the log replay supplies (read-only opens). */
 struct vhdx_patch {
@@ -665,6 +670,10 @@ static int vhdx_read_meta(struct vhdx *s, uint64_t meta_len)
 				     &len);
 		if (ret < 0)
 			return ret;
+		if (len >= 20 && memcmp(loc, guid_vhdx_locator, 16))
+			return img_error(
+				-ENOTSUP,
+				"vhdx: the parent locator is not of the VHDX type");
 		/* Header (20 bytes), then key/value entries (12 bytes each)
 		 * pointing at UTF-16LE strings. */
 		for (uint32_t i = 0; len >= 20 && i < img_le16(loc + 18) &&
@@ -810,17 +819,23 @@ static uint64_t vhdx_bat_idx(const struct vhdx *s, uint64_t block)
 	return block + block / s->chunk_ratio;
 }
 
-/* Read within one block whose payload is partially present. */
-static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
-			     uint64_t len, uint64_t block_off)
+/*
+ * In a partially present block: whether the sector holding off is in this
+ * file (its sector bitmap bit set) in *present, and for how many bytes from
+ * off, up to len (within the block), that stays so in *run.
+ */
+static int vhdx_sb_run(struct vhdx *s, uint64_t off, uint64_t len,
+		       bool *present, uint64_t *run)
 {
-	uint64_t block = off / s->block_size;
+	uint64_t block = off / s->block_size, in = off % s->block_size;
 	uint64_t sb = s->bat[(block / s->chunk_ratio) * (s->chunk_ratio + 1) +
 			     s->chunk_ratio];
-	uint64_t sb_off = (sb >> 20) * MIB;
-	uint64_t first_bit =
-		(block % s->chunk_ratio) * (s->block_size / s->lsector);
-	int ret = 0;
+	uint64_t sec = in / s->lsector;
+	uint64_t bit0 =
+		(block % s->chunk_ratio) * (s->block_size / s->lsector) + sec;
+	uint64_t nbits = (in + len - 1) / s->lsector - sec + 1, i = 0;
+	uint8_t buf[512];
+	int ret;
 
 	if ((sb & 7) != SB_PRESENT)
 		return img_error(
@@ -828,24 +843,50 @@ static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
 			"vhdx: block %" PRIu64
 			" is partially present without a sector bitmap",
 			block);
-	while (len && ret >= 0) {
-		uint64_t in = off % s->block_size, sec = in / s->lsector;
-		uint64_t n = img_min(len, (sec + 1) * s->lsector - in);
-		uint64_t bit = first_bit + sec;
-		uint8_t byte;
+	while (i < nbits) {
+		uint64_t byte0 = (bit0 + i) / 8;
+		uint64_t nbytes = img_min(sizeof(buf),
+					  (bit0 + nbits - 1) / 8 - byte0 + 1);
 
-		ret = vhdx_pread(s, &byte, 1, sb_off + bit / 8);
+		ret = vhdx_pread(s, buf, nbytes, (sb >> 20) * MIB + byte0);
 		if (ret < 0)
-			break;
-		if (byte & (1u << (bit % 8)))
-			ret = vhdx_pread(s, buf, n, block_off + in);
-		else
-			ret = img_read_backing(s->img, buf, off, n);
-		buf += n;
-		off += n;
-		len -= n;
+			return ret;
+		for (; i < nbits && (bit0 + i) / 8 < byte0 + nbytes; i++) {
+			uint64_t bit = bit0 + i;
+			bool p = buf[bit / 8 - byte0] >> (bit % 8) & 1;
+
+			if (!i)
+				*present = p;
+			else if (p != *present)
+				goto out;
+		}
 	}
-	return ret;
+out:
+	*run = img_min(len, (sec + i) * s->lsector - in);
+	return 0;
+}
+
+/* Read within one block whose payload is partially present. */
+static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
+			     uint64_t len, uint64_t block_off)
+{
+	while (len) {
+		uint64_t run;
+		bool present;
+		int ret = vhdx_sb_run(s, off, len, &present, &run);
+
+		if (ret >= 0 && present)
+			ret = vhdx_pread(s, buf, run,
+					 block_off + off % s->block_size);
+		else if (ret >= 0)
+			ret = img_read_backing(s->img, buf, off, run);
+		if (ret < 0)
+			return ret;
+		buf += run;
+		off += run;
+		len -= run;
+	}
+	return 0;
 }
 
 static int vhdx_read(struct img *img, void *buf, uint64_t off, uint64_t len)
@@ -1094,7 +1135,18 @@ static int vhdx_block_status(struct img *img, uint64_t off, uint64_t len,
 		ext->file_off = (e >> 20) * MIB + off % s->block_size;
 		return 0;
 	case PAYLOAD_PARTIALLY_PRESENT:
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED;
+		if (s->has_parent) {
+			bool present;
+			int ret = vhdx_sb_run(s, off, n, &present, &ext->len);
+
+			if (ret < 0 || !present) {
+				ext->flags = 0;
+				return ret;
+			}
+		}
+		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			     IMG_EXT_OFFSET_VALID;
+		ext->file_off = (e >> 20) * MIB + off % s->block_size;
 		return 0;
 	case PAYLOAD_ZERO:
 		ext->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
