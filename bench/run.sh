@@ -109,6 +109,9 @@ convert_row() {
 				qemu-img convert -f "$sfmt" -O "$ofmt" "${opts[@]}" "$src" out.$ofmt
 			fi || die "$tool convert $src failed"
 			t1=$(now)
+			case $ofmt in vmdk | vhdx)
+				sizes+=("$name, $tool: $(stat -c %s out.$ofmt) bytes") ;;
+			esac
 			if ! qemu-img compare -q -f "$sfmt" -F "$ofmt" "$src" out.$ofmt; then
 				echo "bench: $name: $tool's result differs from $src" >&2
 				failed=1

@@ -424,6 +424,8 @@ int img_decompress(enum img_compress_type type, const void *src, size_t src_len,
  * How img_write_compressed() wants its data: the codec (*type) and the unit
  * (*cluster_size: one call stores one cluster). -ENOTSUP with a message if
  * the image cannot store compressed data (format, encryption, data file).
+ * Returns 1 when the image stores nothing but compressed data (VMDK
+ * streamOptimized: convert compresses without -c), else 0.
  */
 int img_compress_params(struct img *img, enum img_compress_type *type,
 			uint64_t *cluster_size);

@@ -15,10 +15,17 @@
  * relative_path, then absolute_win32_path) with the sector bitmaps, and
  * writes. Created images are fixed or dynamic with an empty log.
  *
- * Writes do not use the log: a new block is placed at the end of the file
- * (MiB aligned) and its data written first; its BAT entry is written at
- * flush after the data has been flushed, so a crash leaves at worst an
- * unreferenced block. Writing to a differencing disk is not supported.
+ * Writes (MS-VHDX 2.2.2.1, 2.3): before the first write after open both
+ * headers are updated with a new FileWriteGuid and DataWriteGuid. A new
+ * block is placed at the end of the file (MiB aligned) and its data written
+ * there. Its BAT entry changes only in memory until a flush, which then:
+ * extends the file and flushes the data; sets a new log GUID in both
+ * headers (each header write flushed); writes one log entry holding the
+ * changed 4 KiB BAT sectors at the start of the log and flushes it; writes
+ * the sectors in place and flushes; clears the log GUID in both headers.
+ * A crash before the log entry is complete leaves the old BAT (at worst
+ * unreferenced blocks); after it, the next open replays the entry. Writing
+ * to a differencing disk is not supported.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -74,6 +81,11 @@ static const uint8_t guid_psector[16] = { 0xc7, 0x48, 0xa3, 0xcd, 0x5d, 0x44,
 static const uint8_t guid_parent[16] = { 0x2d, 0x5f, 0xd3, 0xa8, 0x0b, 0xb3,
 					 0x4d, 0x45, 0xab, 0xf7, 0xd3, 0xd8,
 					 0x48, 0x34, 0xab, 0x0c };
+/* The parent locator type of a VHDX parent (the only one MS-VHDX defines). */
+static const uint8_t guid_vhdx_locator[16] = { 0xb7, 0xef, 0x4a, 0xb0,
+					       0x9e, 0xd1, 0x81, 0x4a,
+					       0xb7, 0x89, 0x25, 0xb8,
+					       0xe9, 0x44, 0x59, 0x13 };
 
 /* A sector the log replay supplies (read-only opens). */
 struct vhdx_patch {
@@ -103,6 +115,9 @@ struct vhdx {
 	struct vhdx_patch *patches;
 	size_t n_patches;
 	char *parent;
+	uint64_t log_seq; /* sequence number of the next log entry */
+	bool file_guid_new; /* FileWriteGuid renewed in this open */
+	bool data_guid_new; /* DataWriteGuid renewed in this open */
 };
 
 static uint32_t crc32c_table[256];
@@ -201,6 +216,54 @@ static int vhdx_read_headers(struct vhdx *s)
 }
 
 /*
+ * Write the header, its sequence number raised, over the non-current copy
+ * and flush: it becomes the current one.
+ */
+static int vhdx_write_header(struct vhdx *s)
+{
+	uint8_t *h = s->header;
+	uint64_t off = s->header_off == VHDX_HEADER1 ? VHDX_HEADER2 :
+						       VHDX_HEADER1;
+	int ret;
+
+	img_put_le64(h + 8, img_le64(h + 8) + 1);
+	img_put_le32(h + 4, vhdx_crc(h, VHDX_HEADER_SIZE, 4));
+	ret = img_io_pwrite(img_file(s->img), h, VHDX_HEADER_SIZE, off);
+	if (ret >= 0)
+		ret = img_io_flush(img_file(s->img));
+	if (ret >= 0)
+		s->header_off = off;
+	return ret;
+}
+
+/*
+ * Update both headers with log_guid (NULL: zero, the log is empty). The
+ * first update after open takes a new FileWriteGuid; with data (a change
+ * the guest can read) the first such takes a new DataWriteGuid.
+ */
+static int vhdx_update_headers(struct vhdx *s, bool data,
+			       const uint8_t *log_guid)
+{
+	uint8_t *h = s->header;
+	int ret = 0;
+
+	if (!s->file_guid_new)
+		ret = img_uuid_generate(h + 16);
+	if (ret >= 0 && data && !s->data_guid_new)
+		ret = img_uuid_generate(h + 32);
+	if (ret < 0)
+		return ret;
+	s->file_guid_new = true;
+	s->data_guid_new |= data;
+	if (log_guid)
+		memcpy(h + 48, log_guid, 16);
+	else
+		memset(h + 48, 0, 16);
+	ret = vhdx_write_header(s);
+	return ret < 0 ? ret : vhdx_write_header(s);
+}
+
+/*
  * Log replay: the log is a ring of entries ("loge", 4 KiB aligned); the
  * active sequence is the run of valid entries with consecutive sequence
  * numbers and the header's log GUID ending at the entry with the highest
@@ -227,14 +290,37 @@ static bool vhdx_entry_valid(const struct vhdx *s, const struct vhdx_log *l,
 	    (uint64_t)ndesc * 32 + 64 > len ||
 	    memcmp(e + 32, s->header + 48, 16))
 		return false;
+	*seq = img_le64(e + 16);
+	*entry_len = len;
+	/* Every descriptor and data sector repeats the sequence number. */
+	{
+		uint64_t data_off =
+			img_align_up(64 + (uint64_t)ndesc * 32, 4096);
+
+		if (!*seq || data_off > len)
+			return false;
+		for (uint32_t i = 0; i < ndesc; i++) {
+			const uint8_t *d = e + 64 + 32 * i;
+			const uint8_t *sec = e + data_off;
+
+			if (img_le64(d + 24) != *seq)
+				return false;
+			if (!memcmp(d, "zero", 4))
+				continue;
+			if (memcmp(d, "desc", 4) || data_off + 4096 > len ||
+			    memcmp(sec, "data", 4) ||
+			    img_le32(sec + 4) != (uint32_t)(*seq >> 32) ||
+			    img_le32(sec + 4092) != (uint32_t)*seq)
+				return false;
+			data_off += 4096;
+		}
+	}
 	copy = malloc(len);
 	if (!copy)
 		return false;
 	memcpy(copy, e, len);
 	ok = img_le32(e + 4) == vhdx_crc(copy, len, 4);
 	free(copy);
-	*seq = img_le64(e + 16);
-	*entry_len = len;
 	return ok;
 }
 
@@ -358,6 +444,14 @@ static int vhdx_replay_log(struct vhdx *s, bool in_file)
 		}
 	if (!found)
 		goto out;
+	if (img_le64(l.buf + best_off + 48) > file_size) {
+		ret = img_error(-IMG_ECORRUPT,
+				"vhdx: the log needs a file of %" PRIu64
+				" bytes, the file has %" PRIu64 " (truncated)",
+				img_le64(l.buf + best_off + 48), file_size);
+		goto out;
+	}
+	s->log_seq = best_seq;
 	/* Walk back to the start of the sequence (the head's tail). */
 	{
 		uint64_t tail = img_le32(l.buf + best_off + 12);
@@ -394,22 +488,16 @@ static int vhdx_replay_log(struct vhdx *s, bool in_file)
 		}
 	}
 	if (ret >= 0 && in_file) {
-		/* Replayed: clear the log GUID so it is not replayed again. */
-		uint8_t *h = s->header;
+		/* Replayed: the file holds every structure the log knew of;
+		 * clear the log GUID so it is not replayed again. */
+		uint64_t last = img_le64(l.buf + best_off + 56);
 
-		memset(h + 48, 0, 16);
-		img_put_le64(h + 8, img_le64(h + 8) + 1);
-		img_put_le32(h + 4, 0);
-		img_put_le32(h + 4, vhdx_crc(h, VHDX_HEADER_SIZE, 4));
-		ret = img_io_flush(img_file(s->img));
-		if (ret >= 0)
-			ret = img_io_pwrite(img_file(s->img), h,
-					    VHDX_HEADER_SIZE,
-					    s->header_off == VHDX_HEADER1 ?
-						    VHDX_HEADER2 :
-						    VHDX_HEADER1);
+		if (last > file_size && last <= (1ull << 44) * MIB)
+			ret = img_io_truncate(img_file(s->img), last);
 		if (ret >= 0)
 			ret = img_io_flush(img_file(s->img));
+		if (ret >= 0)
+			ret = vhdx_update_headers(s, false, NULL);
 	}
 out:
 	free(l.buf);
@@ -582,6 +670,10 @@ static int vhdx_read_meta(struct vhdx *s, uint64_t meta_len)
 				     &len);
 		if (ret < 0)
 			return ret;
+		if (len >= 20 && memcmp(loc, guid_vhdx_locator, 16))
+			return img_error(
+				-ENOTSUP,
+				"vhdx: the parent locator is not of the VHDX type");
 		/* Header (20 bytes), then key/value entries (12 bytes each)
 		 * pointing at UTF-16LE strings. */
 		for (uint32_t i = 0; len >= 20 && i < img_le16(loc + 18) &&
@@ -727,17 +819,23 @@ static uint64_t vhdx_bat_idx(const struct vhdx *s, uint64_t block)
 	return block + block / s->chunk_ratio;
 }
 
-/* Read within one block whose payload is partially present. */
-static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
-			     uint64_t len, uint64_t block_off)
+/*
+ * In a partially present block: whether the sector holding off is in this
+ * file (its sector bitmap bit set) in *present, and for how many bytes from
+ * off, up to len (within the block), that stays so in *run.
+ */
+static int vhdx_sb_run(struct vhdx *s, uint64_t off, uint64_t len,
+		       bool *present, uint64_t *run)
 {
-	uint64_t block = off / s->block_size;
+	uint64_t block = off / s->block_size, in = off % s->block_size;
 	uint64_t sb = s->bat[(block / s->chunk_ratio) * (s->chunk_ratio + 1) +
 			     s->chunk_ratio];
-	uint64_t sb_off = (sb >> 20) * MIB;
-	uint64_t first_bit =
-		(block % s->chunk_ratio) * (s->block_size / s->lsector);
-	int ret = 0;
+	uint64_t sec = in / s->lsector;
+	uint64_t bit0 =
+		(block % s->chunk_ratio) * (s->block_size / s->lsector) + sec;
+	uint64_t nbits = (in + len - 1) / s->lsector - sec + 1, i = 0;
+	uint8_t buf[512];
+	int ret;
 
 	if ((sb & 7) != SB_PRESENT)
 		return img_error(
@@ -745,24 +843,50 @@ static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
 			"vhdx: block %" PRIu64
 			" is partially present without a sector bitmap",
 			block);
-	while (len && ret >= 0) {
-		uint64_t in = off % s->block_size, sec = in / s->lsector;
-		uint64_t n = img_min(len, (sec + 1) * s->lsector - in);
-		uint64_t bit = first_bit + sec;
-		uint8_t byte;
+	while (i < nbits) {
+		uint64_t byte0 = (bit0 + i) / 8;
+		uint64_t nbytes = img_min(sizeof(buf),
+					  (bit0 + nbits - 1) / 8 - byte0 + 1);
 
-		ret = vhdx_pread(s, &byte, 1, sb_off + bit / 8);
+		ret = vhdx_pread(s, buf, nbytes, (sb >> 20) * MIB + byte0);
 		if (ret < 0)
-			break;
-		if (byte & (1u << (bit % 8)))
-			ret = vhdx_pread(s, buf, n, block_off + in);
-		else
-			ret = img_read_backing(s->img, buf, off, n);
-		buf += n;
-		off += n;
-		len -= n;
+			return ret;
+		for (; i < nbits && (bit0 + i) / 8 < byte0 + nbytes; i++) {
+			uint64_t bit = bit0 + i;
+			bool p = buf[bit / 8 - byte0] >> (bit % 8) & 1;
+
+			if (!i)
+				*present = p;
+			else if (p != *present)
+				goto out;
+		}
 	}
-	return ret;
+out:
+	*run = img_min(len, (sec + i) * s->lsector - in);
+	return 0;
+}
+
+/* Read within one block whose payload is partially present. */
+static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
+			     uint64_t len, uint64_t block_off)
+{
+	while (len) {
+		uint64_t run;
+		bool present;
+		int ret = vhdx_sb_run(s, off, len, &present, &run);
+
+		if (ret >= 0 && present)
+			ret = vhdx_pread(s, buf, run,
+					 block_off + off % s->block_size);
+		else if (ret >= 0)
+			ret = img_read_backing(s->img, buf, off, run);
+		if (ret < 0)
+			return ret;
+		buf += run;
+		off += run;
+		len -= run;
+	}
+	return 0;
 }
 
 static int vhdx_read(struct img *img, void *buf, uint64_t off, uint64_t len)
@@ -819,6 +943,11 @@ static int vhdx_write(struct img *img, const void *buf, uint64_t off,
 		return img_error(
 			-ENOTSUP,
 			"vhdx: writing to a differencing disk is not supported");
+	if (!s->data_guid_new) {
+		ret = vhdx_update_headers(s, true, NULL);
+		if (ret < 0)
+			return ret;
+	}
 	while (len) {
 		uint64_t block = off / s->block_size, in = off % s->block_size;
 		uint64_t n = img_min(len, s->block_size - in);
@@ -849,36 +978,145 @@ static int vhdx_write(struct img *img, const void *buf, uint64_t off,
 	return (flags & IMG_FUA) ? img_flush(img) : 0;
 }
 
+/*
+ * One log cycle: n 4 KiB sectors (data) for file offsets offs go into a log
+ * entry at the start of the log under a new log GUID, then in place; the
+ * log is empty again when this returns 0. file_size is the file's size,
+ * already flushed.
+ */
+static int vhdx_log_write(struct vhdx *s, const uint8_t *data,
+			  const uint64_t *offs, uint32_t n, uint64_t file_size)
+{
+	struct img_io *io = img_file(s->img);
+	uint64_t desc_len = img_align_up(64 + (uint64_t)n * 32, 4096);
+	uint64_t len = desc_len + (uint64_t)n * 4096;
+	uint64_t seq = ++s->log_seq;
+	uint8_t guid[16], *e;
+	int ret;
+
+	e = calloc(1, len);
+	if (!e)
+		return img_error(-ENOMEM, "vhdx: out of memory for the log");
+	ret = img_uuid_generate(guid);
+	if (ret >= 0)
+		ret = vhdx_update_headers(s, true, guid);
+	if (ret < 0)
+		goto out;
+	memcpy(e, "loge", 4);
+	img_put_le32(e + 8, (uint32_t)len);
+	img_put_le32(e + 12, 0); /* tail: this entry, at the log's start */
+	img_put_le64(e + 16, seq);
+	img_put_le32(e + 24, n);
+	memcpy(e + 32, guid, 16);
+	img_put_le64(e + 48, file_size / MIB * MIB);
+	img_put_le64(e + 56, img_align_up(file_size, MIB));
+	for (uint32_t i = 0; i < n; i++) {
+		uint8_t *d = e + 64 + 32 * i, *sec = e + desc_len + 4096 * i;
+		const uint8_t *src = data + 4096 * i;
+
+		memcpy(d, "desc", 4);
+		memcpy(d + 4, src + 4092, 4);
+		memcpy(d + 8, src, 8);
+		img_put_le64(d + 16, offs[i]);
+		img_put_le64(d + 24, seq);
+		memcpy(sec, "data", 4);
+		img_put_le32(sec + 4, (uint32_t)(seq >> 32));
+		memcpy(sec + 8, src + 8, 4084);
+		img_put_le32(sec + 4092, (uint32_t)seq);
+	}
+	img_put_le32(e + 4, vhdx_crc(e, len, 4));
+	ret = img_io_pwrite(io, e, len, img_le64(s->header + 72));
+	if (ret >= 0)
+		ret = img_io_flush(io);
+	for (uint32_t i = 0; i < n && ret >= 0; i++)
+		ret = img_io_pwrite(io, data + 4096 * i, 4096, offs[i]);
+	if (ret >= 0)
+		ret = img_io_flush(io);
+	if (ret >= 0)
+		ret = vhdx_update_headers(s, true, NULL);
+out:
+	free(e);
+	return ret;
+}
+
+/* Write BAT entries [lo, hi) through the log, as few cycles as fit. */
+static int vhdx_write_bat(struct vhdx *s, uint64_t lo, uint64_t hi,
+			  uint64_t file_size)
+{
+	uint64_t log_off = img_le64(s->header + 72);
+	uint32_t log_len = img_le32(s->header + 68), max_n;
+	uint64_t first = lo * 8 / 4096, last = (hi * 8 + 4095) / 4096;
+	uint64_t *offs;
+	uint8_t *data;
+	int ret = 0;
+
+	if (log_len < MIB || log_len % MIB || log_off % MIB || log_off < MIB ||
+	    log_off > file_size || log_len > file_size - log_off)
+		return img_error(-ENOTSUP,
+				 "vhdx: cannot write: the log (%" PRIu32
+				 " bytes at %#" PRIx64 ") is unusable",
+				 log_len, log_off);
+	max_n = log_len / 4096 - 1;
+	while (img_align_up(64 + (uint64_t)max_n * 32, 4096) +
+		       (uint64_t)max_n * 4096 >
+	       log_len)
+		max_n--;
+	max_n = (uint32_t)img_min(max_n, last - first);
+	data = malloc((size_t)max_n * 4096);
+	offs = malloc((size_t)max_n * sizeof(*offs));
+	if (!data || !offs) {
+		ret = img_error(-ENOMEM, "vhdx: out of memory");
+		goto out;
+	}
+	for (uint64_t sec = first; sec < last && ret >= 0;) {
+		uint32_t n = (uint32_t)img_min(max_n, last - sec);
+
+		for (uint32_t i = 0; i < n && ret >= 0; i++) {
+			uint64_t e0 = (sec + i) * 512, e1 = e0 + 512;
+			uint8_t *p = data + 4096 * i;
+
+			offs[i] = s->bat_off + (sec + i) * 4096;
+			/* The region's bytes past the last entry stay. */
+			if (e1 > s->n_entries)
+				ret = vhdx_pread(s, p, 4096, offs[i]);
+			for (uint64_t k = e0; k < img_min(e1, s->n_entries);
+			     k++)
+				img_put_le64(p + 8 * (k - e0), s->bat[k]);
+		}
+		if (ret >= 0)
+			ret = vhdx_log_write(s, data, offs, n, file_size);
+		sec += n;
+	}
+out:
+	free(data);
+	free(offs);
+	return ret;
+}
+
 static int vhdx_flush(struct img *img)
 {
 	struct vhdx *s = img_priv(img);
 	struct img_io *io = img_file(img);
 	uint64_t size;
-	uint8_t *raw;
 	int ret;
 
 	if (s->dirty_lo >= s->dirty_hi)
 		return img_io_flush(io);
+	/* The new blocks' data is stable before any BAT entry names it. */
 	ret = img_io_size(io, &size);
-	if (ret >= 0 && size < s->next_free)
+	if (ret >= 0 && size < s->next_free) {
 		ret = img_io_truncate(io, s->next_free);
+		size = s->next_free;
+	}
 	if (ret >= 0)
 		ret = img_io_flush(io);
-	if (ret < 0)
-		return ret;
-	raw = malloc((s->dirty_hi - s->dirty_lo) * 8);
-	if (!raw)
-		return img_error(-ENOMEM, "vhdx: out of memory");
-	for (uint64_t i = s->dirty_lo; i < s->dirty_hi; i++)
-		img_put_le64(raw + 8 * (i - s->dirty_lo), s->bat[i]);
-	ret = img_io_pwrite(io, raw, (s->dirty_hi - s->dirty_lo) * 8,
-			    s->bat_off + s->dirty_lo * 8);
-	free(raw);
+	if (ret >= 0)
+		ret = vhdx_write_bat(s, s->dirty_lo, s->dirty_hi, size);
 	if (ret < 0)
 		return ret;
 	s->dirty_lo = UINT64_MAX;
 	s->dirty_hi = 0;
-	return img_io_flush(io);
+	return 0;
 }
 
 static int vhdx_block_status(struct img *img, uint64_t off, uint64_t len,
@@ -897,7 +1135,18 @@ static int vhdx_block_status(struct img *img, uint64_t off, uint64_t len,
 		ext->file_off = (e >> 20) * MIB + off % s->block_size;
 		return 0;
 	case PAYLOAD_PARTIALLY_PRESENT:
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED;
+		if (s->has_parent) {
+			bool present;
+			int ret = vhdx_sb_run(s, off, n, &present, &ext->len);
+
+			if (ret < 0 || !present) {
+				ext->flags = 0;
+				return ret;
+			}
+		}
+		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			     IMG_EXT_OFFSET_VALID;
+		ext->file_off = (e >> 20) * MIB + off % s->block_size;
 		return 0;
 	case PAYLOAD_ZERO:
 		ext->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;

@@ -27,6 +27,10 @@
 
 #include "vmdk.h"
 
+/* Compressed grains are at most twice the grain (QEMU's limit too): the
+ * buffer holds one behind its 12-byte marker, padded to a sector. */
+#define VMDK_CBUF(e) (2 * (e)->grain_size + 2 * VMDK_SECTOR)
+
 #define MARKER_EOS 0
 #define MARKER_GT 1
 #define MARKER_GD 2
@@ -247,8 +251,7 @@ int vmdk_sparse_open(struct img *img, struct vmdk_extent *e, bool writable)
 	e->gbuf_idx = UINT64_MAX;
 	e->wbuf_idx = UINT64_MAX;
 	if (e->compressed) {
-		e->cbuf = malloc(compressBound((uLong)e->grain_size) +
-				 2 * VMDK_SECTOR);
+		e->cbuf = malloc(VMDK_CBUF(e));
 		e->gbuf = malloc(e->grain_size);
 		e->wbuf = malloc(e->grain_size);
 		if (!e->cbuf || !e->gbuf || !e->wbuf)
@@ -360,7 +363,7 @@ static int vmdk_gte(struct vmdk_extent *e, uint64_t off, uint32_t *gte)
 static int vmdk_inflate(struct vmdk_extent *e, uint64_t grain, uint32_t s)
 {
 	uint64_t off = (uint64_t)s * VMDK_SECTOR, file_size = vmdk_file_size(e);
-	uint64_t cap = compressBound((uLong)e->grain_size) + VMDK_SECTOR;
+	uint64_t cap = 2 * e->grain_size; /* as QEMU */
 	uint64_t clen;
 	uLongf out_len = (uLongf)e->grain_size;
 	int ret, z;
@@ -513,23 +516,22 @@ static int vmdk_grain_base(struct img *img, struct vmdk_extent *e,
 	return img_read_backing(img, buf, e->start + goff, n);
 }
 
-/* Compress one grain and append it behind a marker. */
-static int vmdk_append_compressed(struct vmdk_extent *e, uint64_t grain,
-				  const uint8_t *data)
+/* Append a grain's deflate (zlib) stream of clen bytes behind a marker. */
+static int vmdk_append_grain(struct vmdk_extent *e, uint64_t grain,
+			     const void *cdata, size_t clen)
 {
-	uLongf clen = (uLongf)(compressBound((uLong)e->grain_size));
-	uint64_t total;
-	int ret, z;
+	uint64_t total = img_align_up(12 + clen, VMDK_SECTOR);
+	int ret;
 
 	if (e->next_free / VMDK_SECTOR >= UINT32_MAX)
 		return img_error(-ENOSPC, "vmdk: '%s' is full", e->file);
-	z = compress2(e->cbuf + 12, &clen, data, (uLong)e->grain_size, 1);
-	if (z != Z_OK)
-		return img_error(-EIO, "vmdk: deflate failed (zlib error %d)",
-				 z);
+	if (!clen || clen > 2 * e->grain_size)
+		return img_error(-EINVAL, "vmdk: compressed grain of %zu bytes",
+				 clen);
+	if (cdata != e->cbuf + 12)
+		memcpy(e->cbuf + 12, cdata, clen);
 	img_put_le64(e->cbuf, grain * e->h.grain_sectors);
 	img_put_le32(e->cbuf + 8, (uint32_t)clen);
-	total = img_align_up(12 + clen, VMDK_SECTOR);
 	memset(e->cbuf + 12 + clen, 0, total - 12 - clen);
 	ret = img_io_pwrite(e->io, e->cbuf, total, e->next_free);
 	if (ret < 0)
@@ -540,6 +542,19 @@ static int vmdk_append_compressed(struct vmdk_extent *e, uint64_t grain,
 	e->next_free += total;
 	e->stream_dirty = true;
 	return 0;
+}
+
+/* Compress one grain (zlib's default level, as QEMU) and append it. */
+static int vmdk_append_compressed(struct vmdk_extent *e, uint64_t grain,
+				  const uint8_t *data)
+{
+	int clen = img_compress(IMG_COMPRESS_DEFLATE_ZLIB, 0, data,
+				e->grain_size, e->cbuf + 12, 2 * e->grain_size);
+
+	if (clen < 0)
+		return img_error(clen, "vmdk: deflate failed: %s",
+				 img_last_error());
+	return vmdk_append_grain(e, grain, e->cbuf + 12, (size_t)clen);
 }
 
 /* Write the grain being assembled, if any. */
@@ -555,6 +570,53 @@ static int vmdk_put_wbuf(struct img *img, struct vmdk_extent *e)
 	return vmdk_append_compressed(e, grain, e->wbuf);
 }
 
+/*
+ * Before writing grain (at extent offset off) of a compressed extent: it
+ * must still be unwritten (grains are appended once); the grain being
+ * assembled, if another, is stored. *gte gets the grain's entry.
+ */
+static int vmdk_new_grain(struct img *img, struct vmdk_extent *e, uint64_t off,
+			  uint32_t *gte)
+{
+	uint64_t grain = off / e->grain_size;
+	int ret;
+
+	if (e->at_end && !e->appendable)
+		return img_error(
+			-ENOTSUP,
+			"vmdk: '%s' is a finished streamOptimized image: writes are not supported",
+			e->file);
+	ret = vmdk_gte(e, off, gte);
+	if (ret < 0)
+		return ret;
+	if (*gte > 1 || (*gte == 1 && !e->zero_grain))
+		return img_error(-ENOTSUP,
+				 "vmdk: grain %" PRIu64
+				 " of streamOptimized '%s' is already written",
+				 grain, e->file);
+	return vmdk_put_wbuf(img, e);
+}
+
+int vmdk_sparse_write_compressed(struct img *img, struct vmdk_extent *e,
+				 uint64_t off, const void *cdata, size_t clen)
+{
+	uint32_t gte;
+	int ret;
+
+	if (!e->compressed || off % e->grain_size)
+		return img_error(
+			-ENOTSUP,
+			"vmdk: compressed writes need subformat=streamOptimized");
+	if (e->wbuf_idx == off / e->grain_size)
+		return img_error(-ENOTSUP,
+				 "vmdk: grain %" PRIu64
+				 " of streamOptimized '%s' is already written",
+				 off / e->grain_size, e->file);
+	ret = vmdk_new_grain(img, e, off, &gte);
+	return ret < 0 ? ret :
+			 vmdk_append_grain(e, off / e->grain_size, cdata, clen);
+}
+
 static int vmdk_write_compressed_grain(struct img *img, struct vmdk_extent *e,
 				       const uint8_t *buf, uint64_t off,
 				       uint64_t n)
@@ -563,22 +625,8 @@ static int vmdk_write_compressed_grain(struct img *img, struct vmdk_extent *e,
 	uint32_t gte;
 	int ret;
 
-	if (e->at_end && !e->appendable)
-		return img_error(
-			-ENOTSUP,
-			"vmdk: '%s' is a finished streamOptimized image: writes are not supported",
-			e->file);
 	if (e->wbuf_idx != grain) {
-		ret = vmdk_gte(e, off, &gte);
-		if (ret < 0)
-			return ret;
-		if (gte > 1 || (gte == 1 && !e->zero_grain))
-			return img_error(
-				-ENOTSUP,
-				"vmdk: grain %" PRIu64
-				" of streamOptimized '%s' is already written",
-				grain, e->file);
-		ret = vmdk_put_wbuf(img, e);
+		ret = vmdk_new_grain(img, e, off, &gte);
 		if (ret < 0)
 			return ret;
 		if (n == e->grain_size) {

@@ -15,7 +15,10 @@
  * streamOptimized images use VMware's stream layout (version 3 header with
  * gdOffset -1, compressed grains behind markers, then GT, GD, footer and
  * end-of-stream markers) with ddb.toolsVersion set, which ESXi imports and
- * qemu-img reads; their grains are written once, in any order.
+ * qemu-img reads; their grains are written once, in any order, deflated
+ * at zlib's default level as QEMU does. Such an image takes compressed
+ * grains from convert's pipeline (img_write_compressed), so convert
+ * compresses them in parallel, with or without -c.
  *
  * Extent files named in a descriptor must stay inside the image's directory
  * (no absolute name, no ".." component) unless the image is opened with
@@ -319,6 +322,37 @@ static int vmdk_write(struct img *img, const void *buf, uint64_t off,
 
 	if (ret >= 0 && (flags & IMG_FUA))
 		ret = img_flush(img);
+	return ret;
+}
+
+/*
+ * A streamOptimized image stores only compressed grains: 1 tells convert
+ * to compress (in parallel) without -c. Other subformats cannot.
+ */
+static int vmdk_compress_params(struct img *img, enum img_compress_type *type,
+				uint64_t *cluster_size)
+{
+	struct vmdk *s = img_priv(img);
+
+	if (s->n_ext != 1 || s->ext[0].type != VMDK_EXT_SPARSE ||
+	    !s->ext[0].compressed)
+		return img_error(
+			-ENOTSUP,
+			"vmdk: compressed writes need subformat=streamOptimized");
+	*type = IMG_COMPRESS_DEFLATE_ZLIB;
+	*cluster_size = s->ext[0].grain_size;
+	return 1;
+}
+
+static int vmdk_write_compressed(struct img *img,
+				 const struct img_compressed *v, size_t n)
+{
+	struct vmdk *s = img_priv(img);
+	int ret = 0;
+
+	for (size_t i = 0; i < n && ret >= 0; i++)
+		ret = vmdk_sparse_write_compressed(img, &s->ext[0], v[i].off,
+						   v[i].data, v[i].len);
 	return ret;
 }
 
@@ -732,4 +766,6 @@ const struct img_driver vmdk_driver = {
 	.create_opts = vmdk_create_opts,
 	.info = vmdk_info,
 	.check = vmdk_check,
+	.compress_params = vmdk_compress_params,
+	.write_compressed = vmdk_write_compressed,
 };

@@ -141,6 +141,10 @@ int vmdk_sparse_write(struct img *img, struct vmdk_extent *e,
 		      const uint8_t *buf, uint64_t off, uint64_t len);
 int vmdk_sparse_zero(struct img *img, struct vmdk_extent *e, uint64_t off,
 		     uint64_t len);
+/* Append the grain at extent offset off (grain aligned, not yet written)
+ * given as a zlib stream of clen bytes (streamOptimized extents only). */
+int vmdk_sparse_write_compressed(struct img *img, struct vmdk_extent *e,
+				 uint64_t off, const void *cdata, size_t clen);
 int vmdk_sparse_flush(struct img *img, struct vmdk_extent *e);
 int vmdk_sparse_status(struct img *img, struct vmdk_extent *e, uint64_t off,
 		       uint64_t len, struct img_extent *ext);

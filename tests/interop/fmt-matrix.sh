@@ -1,12 +1,11 @@
 # SPDX-License-Identifier: MIT
 # Sourced by the per-format round-trip tests (tests/interop/test-fmt-*.sh).
 # On top of interop-lib.sh it provides:
-#   FM_ALL                    the targets every variant under test converts
-#                             to: each writable format once (VMDK twice:
-#                             plain and compressed grains take different
-#                             write paths)
+#   FM_ALL                    every writable format variant: the targets
+#                             of the matrix (and its sources, with raw)
 #   fm_contents               make $T/c-{sparse,random,zero,mixed}.raw (same
-#                             size; mixed: holes, random data, zero data)
+#                             size; mixed: holes, random data, zero data,
+#                             runs across 1, 2 and 8 MiB block boundaries)
 #   fm_same OUT REF           raw OUT equals raw REF (a zero tail past REF's
 #                             size is allowed: some formats round the size up)
 #   fm_direct CONTENT V...    for each variant V of the format under test:
@@ -15,41 +14,51 @@
 #                             passes both checks, and both read back through
 #                             img byte-identical
 #   fm_matrix V...            on the mixed content: V made by img converts by
-#                             img to every variant in FM_ALL and back to raw
-#                             (the other direction is the other format's
-#                             test; qcow2 -> V here), qemu-img compare
-#                             cross-checking each image made
+#                             img to every variant in FM_ALL (one case per
+#                             pair), qemu-img compare checks each target
+#                             against the content, and img converts it back
+#                             to raw byte-identical
 . "$(dirname "${BASH_SOURCE[0]}")/interop-lib.sh"
 
-FM_SIZE=$((5 * 1048576 + 196608))
+FM_SIZE=$((8 * 1048576 + 196608))
 FM_ALL=(
 	"raw:"
 	"qcow2:"
-	"vpc:subformat=dynamic,force_size=on"
-	"vdi:static=off"
 	"vmdk:subformat=monolithicSparse"
 	"vmdk:subformat=streamOptimized"
+	"vmdk:subformat=monolithicFlat"
+	"vmdk:subformat=twoGbMaxExtentSparse"
+	"vmdk:subformat=twoGbMaxExtentFlat"
+	"vpc:subformat=fixed,force_size=on"
+	"vpc:subformat=dynamic,force_size=on"
+	"vhdx:subformat=fixed"
 	"vhdx:subformat=dynamic"
+	"vdi:static=on"
+	"vdi:static=off"
 )
 
 fm_contents() {
 	local s=$T/c-sparse.raw r=$T/c-random.raw z=$T/c-zero.raw off
 	truncate -s $FM_SIZE "$s"
-	for off in 0 4096 1048064 2097152 3145216 $((FM_SIZE - 4096)); do
+	# Runs of data across the 1 MiB (VDI), 2 MiB (VHD) and 8 MiB (VHDX)
+	# block boundaries and in the last sectors.
+	for off in 0 4096 1048064 2097152 3145216 6291200 8388096 $((FM_SIZE - 4096)); do
 		head -c 3000 /dev/urandom | dd of="$s" bs=1 seek=$off conv=notrunc status=none
 	done
 	head -c $FM_SIZE /dev/urandom >"$r"
 	head -c $FM_SIZE /dev/zero >"$z"
-	for off in 1 1048575 2097152 5000000 $((FM_SIZE - 1)); do
+	for off in 1 1048575 2097152 5000000 8388608 $((FM_SIZE - 1)); do
 		printf '\x7f' | dd of="$z" bs=1 seek=$off conv=notrunc status=none
 	done
 	# mixed: MiB 0 random, 1 zero data, 2 hole with sparse bits, 3 random,
-	# 4 zero data, then the sparse tail.
+	# 4 zero data, 5-6 sparse, 7 random up to the 8 MiB boundary, then
+	# the sparse tail.
 	cp "$s" "$T/c-mixed.raw"
 	dd if="$r" of="$T/c-mixed.raw" bs=64k count=16 conv=notrunc status=none
 	dd if="$z" of="$T/c-mixed.raw" bs=64k count=16 skip=16 seek=16 conv=notrunc status=none
 	dd if="$r" of="$T/c-mixed.raw" bs=64k count=16 skip=48 seek=48 conv=notrunc status=none
 	dd if="$z" of="$T/c-mixed.raw" bs=64k count=16 skip=64 seek=64 conv=notrunc status=none
+	dd if="$r" of="$T/c-mixed.raw" bs=64k count=16 skip=112 seek=112 conv=notrunc status=none
 }
 
 fm_same() {
@@ -108,42 +117,51 @@ fm_direct() {
 	done
 }
 
-# The cross-format matrix on the mixed content.
+# One pair of the matrix on the mixed content: source variant V (made by
+# img, or the raw content itself) converted by img to target variant W,
+# qemu-img compare of the target against the content, and back to raw by
+# img, byte-identical.
+fm_pair() {
+	local v=$1 w=$2 ref=$T/c-mixed.raw fmt wfmt wopts wo=() src
+	fmt=${v%%:*}
+	wfmt=${w%%:*}
+	wopts=${w#*:}
+	[ -n "$wopts" ] && wo=(-o "$wopts")
+	ctx="mixed $v -> $w"
+	src=$T/src/$(fm_name "$v").$fmt
+	rm -rf "$T/p"
+	mkdir "$T/p"
+	must "$IMG" convert -f "$fmt" -O "$wfmt" "${wo[@]}" "$src" "$T/p/t.$wfmt"
+	if [ "$wfmt" = raw ]; then
+		fm_same "$T/p/t.raw" "$ref"
+		return
+	fi
+	fm_qcompare "$wfmt" "$T/p/t.$wfmt" "$ref"
+	fm_back "$wfmt" "$T/p/t.$wfmt" "$T/p/back.raw"
+	fm_same "$T/p/back.raw" "$ref"
+}
+
+# A file name for variant V.
+fm_name() {
+	local n=${1//[:=,]/-}
+	echo "${n%-}"
+}
+
+# The cross-format matrix: each source variant V... (made by img from the
+# mixed content) to every variant in FM_ALL and back, each pair a case.
 fm_matrix() {
-	local v w fmt wfmt ref=$T/c-mixed.raw
-	local vo wo vopts wopts
+	local v w fmt
+	mkdir -p "$T/src"
 	for v in "$@"; do
 		fmt=${v%%:*}
-		vopts=${v#*:}
-		vo=()
-		[ -n "$vopts" ] && vo=(-o "$vopts")
 		ctx="mixed $v made by img"
-		rm -f "$T/v.$fmt"
-		fm_make img "$v" "$ref" "$T/v.$fmt"
+		if [ "$fmt" = raw ]; then
+			cp "$T/c-mixed.raw" "$T/src/raw.raw"
+		else
+			tcase fm_make img "$v" "$T/c-mixed.raw" "$T/src/$(fm_name "$v").$fmt"
+		fi
 		for w in "${FM_ALL[@]}"; do
-			wfmt=${w%%:*}
-			wopts=${w#*:}
-			wo=()
-			[ -n "$wopts" ] && wo=(-o "$wopts")
-			ctx="mixed $v -> $w"
-			rm -f "$T/t.$wfmt"
-			must "$IMG" convert -f "$fmt" -O "$wfmt" "${wo[@]}" "$T/v.$fmt" "$T/t.$wfmt"
-			if [ "$wfmt" != raw ]; then
-				fm_qcompare "$wfmt" "$T/t.$wfmt" "$ref"
-				fm_back "$wfmt" "$T/t.$wfmt" "$T/back.raw"
-				fm_same "$T/back.raw" "$ref"
-			else
-				fm_same "$T/t.raw" "$ref"
-			fi
-			# The other direction is the test of w's format, but for
-			# raw (fm_direct) and qcow2, which have none here.
-			[ "$wfmt" = qcow2 ] || continue
-			ctx="mixed $w -> $v"
-			rm -f "$T/u.$fmt"
-			must "$IMG" convert -f qcow2 -O "$fmt" "${vo[@]}" "$T/t.qcow2" "$T/u.$fmt"
-			fm_qcompare "$fmt" "$T/u.$fmt" "$ref"
-			fm_back "$fmt" "$T/u.$fmt" "$T/back.raw"
-			fm_same "$T/back.raw" "$ref"
+			tcase fm_pair "$v" "$w"
 		done
 	done
 }

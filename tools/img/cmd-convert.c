@@ -996,6 +996,15 @@ int cmd_convert(int argc, char **argv)
 	    cli_convert_bitmaps_check(cv->srcs[0].img, cv->n_srcs, cv->dst,
 				      a.skip_broken_bitmaps) < 0)
 		goto out;
+	{
+		enum img_compress_type ct;
+		uint64_t cs;
+
+		/* A target that stores only compressed data (VMDK
+		 * streamOptimized) is written through the pipeline too. */
+		if (!a.compress && img_compress_params(cv->dst, &ct, &cs) == 1)
+			a.compress = true;
+	}
 	if (a.compress) {
 		ret = cvc_new(cv->dst, cv->compress_level,
 			      a.slots_given ? a.n_slots : 0, &cv->cvc);
