@@ -449,23 +449,6 @@ static void job_done(struct img_aio_req *req, int ret)
 	conn_release(c, bytes);
 }
 
-static int job_run_inline(struct img *img, struct img_aio_req *q)
-{
-	switch (q->op) {
-	case IMG_AIO_READ:
-		return img_read(img, q->buf, q->off, q->len);
-	case IMG_AIO_WRITE:
-		return img_write(img, q->buf, q->off, q->len, q->flags);
-	case IMG_AIO_ZERO:
-		return img_zero(img, q->off, q->len, q->flags);
-	case IMG_AIO_DISCARD:
-		return img_discard(img, q->off, q->len);
-	case IMG_AIO_FLUSH:
-		return img_flush(img);
-	}
-	return -EINVAL;
-}
-
 /* Wait until the connection may take one more request of bytes. */
 static void conn_reserve(struct conn *c, uint64_t bytes)
 {
@@ -505,7 +488,7 @@ static void submit(struct conn *c, const struct nbd_request *r,
 		};
 
 		img_clear_error();
-		ret = job_run_inline(c->exp->img, &q);
+		ret = img_aio_run(c->exp->img, &q);
 		if (ret < 0)
 			reply_status(c, r, nbd_errno(ret), img_last_error());
 		else if (r->type == NBD_CMD_READ)
@@ -714,8 +697,14 @@ static int dispatch(struct conn *c, const struct nbd_request *r)
 	switch (r->type) {
 	case NBD_CMD_DISC:
 		return 0;
-	case NBD_CMD_READ:
+	case NBD_CMD_CACHE:
+		/* Prefetch: read the range through the image (warming our
+		 * metadata cache and the host page cache), reply when done. */
 		if (read_is_hole(c, r))
+			return reply_status(c, r, 0, NULL) < 0 ? -EPIPE : 1;
+		/* fall through */
+	case NBD_CMD_READ:
+		if (r->type == NBD_CMD_READ && read_is_hole(c, r))
 			return reply_hole(c, r) < 0 ? -EPIPE : 1;
 		conn_reserve(c, r->len);
 		buf = buf_get(c, r->len);
@@ -772,18 +761,16 @@ static int dispatch(struct conn *c, const struct nbd_request *r)
 		return 1;
 	}
 	case NBD_CMD_TRIM:
+		/* Without --discard nothing changes: FUA has nothing to do. */
 		if (!o->discard)
 			return reply_status(c, r, 0, NULL) < 0 ? -EPIPE : 1;
 		conn_reserve(c, 0);
-		submit(c, r, IMG_AIO_DISCARD, NULL, 0);
+		submit(c, r, IMG_AIO_DISCARD, NULL, fua);
 		return 1;
 	case NBD_CMD_FLUSH:
 		conn_reserve(c, 0);
 		submit(c, r, IMG_AIO_FLUSH, NULL, 0);
 		return 1;
-	case NBD_CMD_CACHE:
-		/* Advisory; the host page cache does the work on read. */
-		return reply_status(c, r, 0, NULL) < 0 ? -EPIPE : 1;
 	case NBD_CMD_BLOCK_STATUS:
 		do_block_status(c, r);
 		return c->send_failed ? -EPIPE : 1;
