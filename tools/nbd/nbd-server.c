@@ -4,8 +4,9 @@
  * a self-pipe (stop requests) and starts one detached reader thread per
  * connection. A reader runs the fixed newstyle handshake (bounded by a
  * deadline and by the option size cap), then reads requests, validates them
- * with nbd_check_request() and runs them. READ, WRITE, WRITE_ZEROES, TRIM
- * and FLUSH under INLINE_MIN bytes go to a shared img_aio pool (--threads,
+ * with nbd_check_request() and runs them. READ, CACHE (a read whose data is
+ * dropped), WRITE, WRITE_ZEROES, TRIM (FUA: flushed before the reply) and
+ * FLUSH under INLINE_MIN bytes go to a shared img_aio pool (--threads,
  * default 2 per CPU); its done() callback sends the reply under the
  * connection's send lock, so replies go out in completion order, and a
  * connection holds at most CONN_MAX_INFLIGHT requests and CONN_MAX_BYTES of
@@ -15,10 +16,11 @@
  * less server CPU (11 against 18 us per 4 KiB read, qemu-nbd 44; 320
  * against 600-750 us per MiB of nbdcopy, qemu-nbd 750-1000), but for small
  * random requests the pool gave more IOPS (9.5k against 8.1k random reads,
- * 9.9k against 6.4k random writes, best of 3): the qcow2 driver serialises
- * requests on the image lock anyway, and more threads get more of a
- * contended CPU.
- * BLOCK_STATUS, CACHE and zero-range reads are always answered on the reader
+ * 9.9k against 6.4k random writes, best of 3): more threads get more of a
+ * contended CPU, and the data transfers of requests on allocated qcow2
+ * clusters overlap (the library's fast path runs them outside the image
+ * lock).
+ * BLOCK_STATUS and zero-range reads are always answered on the reader
  * thread, and so is every request of a TLS connection, because an OpenSSL
  * session cannot be read and written from two threads at once.
  *
