@@ -2,8 +2,9 @@
 /*
  * Asynchronous requests on a small pthread pool: img_aio_submit() puts a
  * request on a FIFO queue (mutex + condition variable) and returns; a worker
- * runs the synchronous call (img_read, img_write, ...), which serialises on
- * the image's own lock as needed, and reports through req->done() from the
+ * runs the synchronous call (img_aio_run: img_read, img_write, ...), which
+ * serialises on the image's own lock as needed (data transfers of allocated
+ * clusters overlap, see request.c), and reports through req->done() from the
  * worker thread. Each worker gets its own io_uring ring on first use. drain
  * waits until the queue is empty and no request is running, done() included.
  */
@@ -32,7 +33,7 @@ struct img_aio {
 	pthread_t threads[AIO_MAX_THREADS];
 };
 
-static int aio_run(struct img *img, struct img_aio_req *req)
+int img_aio_run(struct img *img, struct img_aio_req *req)
 {
 	switch (req->op) {
 	case IMG_AIO_READ:
@@ -41,8 +42,12 @@ static int aio_run(struct img *img, struct img_aio_req *req)
 		return img_write(img, req->buf, req->off, req->len, req->flags);
 	case IMG_AIO_ZERO:
 		return img_zero(img, req->off, req->len, req->flags);
-	case IMG_AIO_DISCARD:
-		return img_discard(img, req->off, req->len);
+	case IMG_AIO_DISCARD: {
+		int ret = img_discard(img, req->off, req->len);
+
+		return ret == 0 && (req->flags & IMG_FUA) ? img_flush(img) :
+							    ret;
+	}
 	case IMG_AIO_FLUSH:
 		return img_flush(img);
 	}
@@ -69,7 +74,7 @@ static void *aio_worker(void *arg)
 		pthread_mutex_unlock(&aio->lock);
 
 		img_clear_error();
-		ret = aio_run(it.img, it.req);
+		ret = img_aio_run(it.img, it.req);
 		it.req->error = ret < 0 ? img_last_error() : NULL;
 		it.req->done(it.req, ret);
 

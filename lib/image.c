@@ -79,6 +79,8 @@ static void img_free(struct img *img)
 	free(img->backing_fmt);
 	free(img->backing_path);
 	pthread_mutex_destroy(&img->lock);
+	pthread_mutex_destroy(&img->direct_lock);
+	pthread_cond_destroy(&img->direct_idle);
 	free(img);
 }
 
@@ -99,6 +101,8 @@ int img_open_layer(struct img_io *io, const char *filename,
 		return img_error(-ENOMEM, "out of memory");
 	}
 	pthread_mutex_init(&img->lock, NULL);
+	pthread_mutex_init(&img->direct_lock, NULL);
+	pthread_cond_init(&img->direct_idle, NULL);
 	img->file = io;
 	img->flags = opts->flags;
 	img->io_kind = opts->io;

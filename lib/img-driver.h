@@ -176,6 +176,17 @@ struct img_driver {
 	 * NULL: everything allocated data. */
 	int (*block_status)(struct img *img, uint64_t off, uint64_t len,
 			    struct img_extent *ext);
+	/* Optional fast path, called under the image's lock: when all of
+	 * [off, off + len) can be transferred straight to or from the host
+	 * file *io with no metadata change and no data transform, fill
+	 * vecs[0..*n) (*n holds the capacity on entry; a read may fill zero
+	 * ranges of buf here) and return 1; the core then runs the transfer
+	 * without the lock. 0: take the normal path (.read or .write).
+	 * A driver with this op calls img_direct_drain() before it frees,
+	 * shares or moves a host range that a mapping may have returned. */
+	int (*map_direct)(struct img *img, void *buf, uint64_t off,
+			  uint64_t len, bool write, struct img_io **io,
+			  struct img_io_vec *vecs, unsigned *n);
 
 	/* Create the image in file (already created and empty); path is its
 	 * name, for resolving relative names. opts->size is set. */
@@ -265,6 +276,9 @@ int img_set_backing_name(struct img *img, const char *name, const char *fmt);
 bool img_has_backing(const struct img *img);
 /* Read from the backing chain; zeroes past its end or without one. */
 int img_read_backing(struct img *img, void *buf, uint64_t off, uint64_t len);
+/* Wait until no transfer mapped by .map_direct is running. Call with the
+ * image's lock held (no new one can start then). */
+void img_direct_drain(struct img *img);
 /* Open a file named relative to the image's directory (data files). */
 int img_io_open_relative(struct img *img, const char *name, unsigned io_flags,
 			 struct img_io **out);

@@ -518,7 +518,7 @@ struct img_aio_req {
 	void *buf; /* READ: destination; WRITE: source */
 	uint64_t off;
 	uint64_t len;
-	unsigned flags; /* IMG_FUA, IMG_ZERO_* */
+	unsigned flags; /* IMG_FUA (WRITE, ZERO, DISCARD), IMG_ZERO_* */
 	/* Called once from a worker thread with the result (0 or -errno). */
 	void (*done)(struct img_aio_req *req, int ret);
 	void *opaque;
@@ -534,6 +534,9 @@ int img_aio_new(unsigned nthreads, struct img_aio **out);
 /* Queue req on img; req must stay valid until done() is called. */
 int img_aio_submit(struct img_aio *aio, struct img *img,
 		   struct img_aio_req *req);
+/* Run req on img on the calling thread, as a worker would, and return its
+ * result (0 or -errno, message in img_last_error()); done() is not called. */
+int img_aio_run(struct img *img, struct img_aio_req *req);
 /* Wait until every submitted request has completed. */
 void img_aio_drain(struct img_aio *aio);
 /* Drain and free the pool. NULL is a no-op. */

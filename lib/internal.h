@@ -8,6 +8,7 @@
 #define IMG_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "img-driver.h"
 
@@ -32,6 +33,11 @@ struct img {
 	unsigned depth; /* 0 for the top image */
 	const struct img_secret *secret; /* passphrase, or NULL (secret.c) */
 	pthread_mutex_t lock; /* serialises driver calls unless thread_safe */
+	/* Transfers mapped by drv->map_direct running without lock (request.c):
+	 * img_direct_drain() waits on direct_idle until none is left. */
+	atomic_uint direct_inflight;
+	pthread_mutex_t direct_lock;
+	pthread_cond_t direct_idle;
 };
 
 /*

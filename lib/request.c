@@ -3,16 +3,21 @@
  * The one choke point every request passes before a driver sees it: bounds
  * (off + len within the virtual size, no overflow), read-only images, formats
  * without write support, splitting into chunks of at most IMG_MAX_REQUEST,
- * the image lock for drivers that are not thread-safe, and the defaults for
- * optional driver ops that are NULL. Block status walks the backing chain the
- * way qemu-img map does: each layer is asked in turn until one allocates the
- * range, holds zeroes past its backing's end, or has no backing.
+ * the image lock for drivers that are not thread-safe (reads and writes the
+ * driver maps with .map_direct do their data transfer outside it), and the
+ * defaults for optional driver ops that are NULL. Block status walks the
+ * backing chain the way qemu-img map does: each layer is asked in turn until
+ * one allocates the range, holds zeroes past its backing's end, or has no
+ * backing.
  */
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+
+/* Host extents one fast-path transfer may use (more: the normal path). */
+#define DIRECT_MAX_VECS 64
 
 enum req_op { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_DISCARD, REQ_STATUS };
 
@@ -53,6 +58,54 @@ static void unlock(struct img *img)
 		pthread_mutex_unlock(&img->lock);
 }
 
+void img_direct_drain(struct img *img)
+{
+	if (!atomic_load(&img->direct_inflight))
+		return;
+	pthread_mutex_lock(&img->direct_lock);
+	while (atomic_load(&img->direct_inflight))
+		pthread_cond_wait(&img->direct_idle, &img->direct_lock);
+	pthread_mutex_unlock(&img->direct_lock);
+}
+
+/*
+ * Read or write one chunk. When the driver maps it with .map_direct, the
+ * data moves without the image lock, so requests on allocated data overlap
+ * their I/O; direct_inflight lets img_direct_drain() wait for them before a
+ * host range they may use is freed or shared.
+ */
+static int transfer(struct img *img, void *buf, uint64_t off, uint64_t len,
+		    bool write, unsigned flags)
+{
+	struct img_io_vec vecs[DIRECT_MAX_VECS];
+	unsigned n = DIRECT_MAX_VECS;
+	struct img_io *io;
+	int ret = 0;
+
+	lock(img);
+	if (img->drv->map_direct && !img->drv->thread_safe)
+		ret = img->drv->map_direct(img, buf, off, len, write, &io, vecs,
+					   &n);
+	if (ret == 0) {
+		ret = write ? img->drv->write(img, buf, off, len, flags) :
+			      img->drv->read(img, buf, off, len);
+		unlock(img);
+		return ret;
+	}
+	if (ret > 0)
+		atomic_fetch_add(&img->direct_inflight, 1);
+	unlock(img);
+	if (ret < 0)
+		return ret;
+	ret = n ? img_io_submit(io, vecs, n) : 0;
+	if (atomic_fetch_sub(&img->direct_inflight, 1) == 1) {
+		pthread_mutex_lock(&img->direct_lock);
+		pthread_cond_broadcast(&img->direct_idle);
+		pthread_mutex_unlock(&img->direct_lock);
+	}
+	return ret;
+}
+
 int img_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 {
 	int ret;
@@ -65,9 +118,7 @@ int img_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 	while (len) {
 		uint64_t n = img_min(len, IMG_MAX_REQUEST);
 
-		lock(img);
-		ret = img->drv->read(img, buf, off, n);
-		unlock(img);
+		ret = transfer(img, buf, off, n, false, 0);
 		if (ret < 0)
 			return ret;
 		buf = (uint8_t *)buf + n;
@@ -95,9 +146,8 @@ int img_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 	while (len) {
 		uint64_t n = img_min(len, IMG_MAX_REQUEST);
 
-		lock(img);
-		ret = img->drv->write(img, buf, off, n, flags & ~IMG_FUA);
-		unlock(img);
+		ret = transfer(img, (void *)buf, off, n, true,
+			       flags & ~IMG_FUA);
 		if (ret < 0)
 			return ret;
 		buf = (const uint8_t *)buf + n;

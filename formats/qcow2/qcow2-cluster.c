@@ -695,6 +695,126 @@ int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 	return 0;
 }
 
+/* Add a host transfer to a map_direct list, merging with the last entry;
+ * false when the list is full. */
+static bool direct_vec(struct img_io_vec *v, unsigned *k, unsigned max,
+		       uint64_t file_off, uint8_t *buf, uint64_t len,
+		       bool write)
+{
+	if (*k && v[*k - 1].file_off + v[*k - 1].len == file_off &&
+	    (uint8_t *)v[*k - 1].buf + v[*k - 1].len == buf) {
+		v[*k - 1].len += len;
+		return true;
+	}
+	if (*k == max)
+		return false;
+	v[*k] = (struct img_io_vec){ buf, len, file_off, write };
+	(*k)++;
+	return true;
+}
+
+/* map_direct for [off, off + len) inside one L2 table t: 1, 0 or -errno. */
+static int map_direct_chunk(struct qcow2 *s, const uint8_t *t, uint8_t *p,
+			    uint64_t off, uint64_t len, bool write,
+			    struct img_io_vec *v, unsigned *k, unsigned max)
+{
+	uint64_t pos = off, end = off + len,
+		 sc_size = 1ull << s->subcluster_bits;
+
+	while (pos < end) {
+		uint64_t idx = (pos >> s->cluster_bits) & (s->l2_entries - 1);
+		uint64_t in = pos & (s->cluster_size - 1);
+		uint64_t l2e = l2e_at(s, t, idx), bm = bitmap_at(s, t, idx);
+		uint64_t piece_end = img_min(end, (pos | (sc_size - 1)) + 1);
+		uint8_t *dst = p + (pos - off);
+		int ret = check_l2e(s, l2e, bm, pos);
+
+		if (ret < 0)
+			return ret;
+		switch (qcow2_subcluster_type(
+			s, l2e, bm, (unsigned)(in >> s->subcluster_bits))) {
+		case QCOW2_CLUSTER_NORMAL:
+			/* A cluster shared with a snapshot (no COPIED) is
+			 * copied on write: the normal path. */
+			if (write && needs_alloc(s, l2e))
+				return 0;
+			if (!direct_vec(v, k, max,
+					(l2e & QCOW2_L2E_OFFSET_MASK) + in, dst,
+					piece_end - pos, write))
+				return 0;
+			break;
+		case QCOW2_CLUSTER_ZERO_PLAIN:
+		case QCOW2_CLUSTER_ZERO_ALLOC:
+			if (write)
+				return 0;
+			memset(dst, 0, piece_end - pos);
+			break;
+		case QCOW2_CLUSTER_UNALLOCATED:
+			if (write || image_has_backing(s))
+				return 0;
+			memset(dst, 0, piece_end - pos);
+			break;
+		default:
+			return 0;
+		}
+		pos = piece_end;
+	}
+	return 1;
+}
+
+/*
+ * The fast path (struct img_driver.map_direct): reads of normal, zero and
+ * (without a backing file) unallocated clusters, and writes that only
+ * overwrite normal subclusters of clusters this image owns (COPIED), need
+ * no metadata change, so their data moves without the image lock. Whatever
+ * else (allocation, copy-on-write, compressed clusters, encryption, backing
+ * reads) takes the normal path; dirty bitmaps are marked here. A host
+ * cluster mapped here stays valid while the transfer runs because every
+ * refcount change of a cluster in use waits for running transfers first
+ * (qcow2_refcount_update).
+ */
+int qcow2_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
+		     bool write, struct img_io **io, struct img_io_vec *vecs,
+		     unsigned *n)
+{
+	struct qcow2 *s = img_priv(img);
+	uint64_t pos = off, end = off + len;
+	unsigned k = 0;
+	int ret;
+
+	if (s->crypt || s->corrupt)
+		return 0;
+	while (pos < end) {
+		uint64_t i = pos >> cover_bits(s);
+		uint64_t chunk =
+			img_min(end - pos, ((i + 1) << cover_bits(s)) - pos);
+		uint8_t *t;
+
+		ret = l2_get(s, i, false, &t);
+		if (ret < 0 || !t)
+			return ret;
+		ret = map_direct_chunk(s, t, (uint8_t *)buf + (pos - off), pos,
+				       chunk, write, vecs, &k, *n);
+		img_cache_put(s->l2_cache, t);
+		if (ret <= 0)
+			return ret;
+		pos += chunk;
+	}
+	for (unsigned v = 0; write && v < k && !has_data_file(s); v++) {
+		ret = qcow2_overlap_check(s, 0, vecs[v].file_off, vecs[v].len);
+		if (ret < 0)
+			return ret;
+	}
+	if (write) {
+		ret = qcow2_bitmap_mark(s, off, len);
+		if (ret < 0)
+			return ret;
+	}
+	*io = s->data_file;
+	*n = k;
+	return 1;
+}
+
 int qcow2_l2_set_entry(struct qcow2 *s, uint64_t off, uint64_t l2e)
 {
 	uint64_t idx = (off >> s->cluster_bits) & (s->l2_entries - 1);

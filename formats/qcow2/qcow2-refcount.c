@@ -225,6 +225,11 @@ int qcow2_refcount_update(struct qcow2 *s, uint64_t file_off, uint64_t len,
 					" would exceed %" PRIu64,
 					c, s->refcount_max);
 			}
+			/* A fast-path transfer may still use this cluster
+			 * (qcow2_map_direct): let it finish before the
+			 * cluster can be reused or becomes shared. */
+			if (rc && s->img)
+				img_direct_drain(s->img);
 			rc += (uint64_t)delta;
 			rb_set(s, rb, i, rc);
 			if (rc == 0) {

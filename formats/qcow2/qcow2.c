@@ -799,6 +799,7 @@ const struct img_driver qcow2_driver = {
 	.close = qcow2_close,
 	.read = qcow2_read,
 	.write = qcow2_write,
+	.map_direct = qcow2_map_direct,
 	.zero = qcow2_zero,
 	.discard = qcow2_discard,
 	.flush = qcow2_flush,

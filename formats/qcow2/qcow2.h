@@ -267,6 +267,9 @@ void qcow2_l2_release(struct qcow2 *s);
 int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len);
 int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 		unsigned flags);
+int qcow2_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
+		     bool write, struct img_io **io, struct img_io_vec *vecs,
+		     unsigned *n);
 int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
 int qcow2_discard(struct img *img, uint64_t off, uint64_t len);
 int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
