@@ -512,7 +512,7 @@ int cvc_take_opts(struct img_kv *kv, size_t *n, int *level)
 		if (!kv[i].value || !*kv[i].value || *end || v < 0 || v > 22)
 			return cli_fail(-1,
 					"convert: invalid compression_level "
-					"'%s' (0 for the default, zlib 1-9, "
+					"'%s' (0 for the default, zlib 1-12, "
 					"zstd 1-22)",
 					kv[i].value ? kv[i].value : "");
 		*level = (int)v;
