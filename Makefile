@@ -14,7 +14,7 @@ else
 Q := @
 endif
 
-PKGS := liburing libzstd zlib libcrypto
+PKGS := liburing libzstd zlib libdeflate libcrypto
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 FUSE_CFLAGS := $(shell pkg-config --cflags fuse3 2>/dev/null)

@@ -31,6 +31,7 @@
 #include <openssl/rand.h>
 
 #include "img-driver.h"
+#include "internal.h"
 
 #define LUKS_MAGIC "LUKS\xba\xbe"
 #define LUKS_MAGIC_LEN 6
@@ -1218,53 +1219,42 @@ int img_luks_write_area(struct img_luks *l, img_luks_write_fn wr, void *opaque)
 
 /* ---- descriptions ---- */
 
-const char *img_luks_cipher_alg(const struct img_luks *l)
+_Static_assert(IMG_LUKS_SLOTS <= IMG_CRYPT_MAX_SLOTS, "slots");
+
+void img_luks_describe(const struct img_luks *l, struct img_crypt_info *out)
 {
-	return l->alg_name;
+	memset(out, 0, sizeof(*out));
+	out->format = "luks";
+	out->cipher_alg = l->alg_name;
+	out->cipher_mode = l->mode_name;
+	out->ivgen_alg = l->ivgen_name;
+	out->ivgen_hash_alg = l->ivhash_name[0] ? l->ivhash_name : NULL;
+	out->hash_alg = l->hash_spec;
+	out->uuid = l->uuid;
+	out->payload_offset = (uint64_t)l->payload_offset * IMG_CRYPT_SECTOR;
+	out->master_key_iters = l->mk_digest_iter;
+	out->n_slots = IMG_LUKS_SLOTS;
+	for (unsigned i = 0; i < IMG_LUKS_SLOTS; i++) {
+		const struct luks_slot *s = &l->slots[i];
+		struct img_crypt_slot *o = &out->slots[i];
+
+		o->active = s->active == LUKS_SLOT_ACTIVE;
+		o->iters = s->iterations;
+		o->stripes = s->stripes;
+		o->key_offset = (uint64_t)s->key_offset * IMG_CRYPT_SECTOR;
+	}
 }
 
-const char *img_luks_cipher_mode(const struct img_luks *l)
+int img_crypt_info(struct img *img, struct img_crypt_info *out)
 {
-	return l->mode_name;
-}
+	int ret;
 
-const char *img_luks_ivgen_alg(const struct img_luks *l)
-{
-	return l->ivgen_name;
-}
-
-const char *img_luks_ivgen_hash(const struct img_luks *l)
-{
-	return l->ivhash_name[0] ? l->ivhash_name : NULL;
-}
-
-const char *img_luks_hash_alg(const struct img_luks *l)
-{
-	return l->hash_spec;
-}
-
-const char *img_luks_uuid(const struct img_luks *l)
-{
-	return l->uuid;
-}
-
-uint64_t img_luks_payload_offset(const struct img_luks *l)
-{
-	return (uint64_t)l->payload_offset * IMG_CRYPT_SECTOR;
-}
-
-uint32_t img_luks_mk_iterations(const struct img_luks *l)
-{
-	return l->mk_digest_iter;
-}
-
-void img_luks_slot(const struct img_luks *l, unsigned i,
-		   struct img_luks_slot_info *out)
-{
-	const struct luks_slot *s = &l->slots[i];
-
-	out->active = s->active == LUKS_SLOT_ACTIVE;
-	out->iterations = s->iterations;
-	out->key_offset = (uint64_t)s->key_offset * IMG_CRYPT_SECTOR;
-	out->stripes = s->stripes;
+	if (!img->drv->crypt_info)
+		return -ENOTSUP;
+	if (!img->drv->thread_safe)
+		pthread_mutex_lock(&img->lock);
+	ret = img->drv->crypt_info(img, out);
+	if (!img->drv->thread_safe)
+		pthread_mutex_unlock(&img->lock);
+	return ret;
 }

@@ -74,14 +74,6 @@ typedef int (*img_luks_write_fn)(void *opaque, uint64_t off, const void *buf,
 
 struct img_luks;
 
-/* One key slot as img_luks_slot() describes it. */
-struct img_luks_slot_info {
-	bool active;
-	uint32_t iterations;
-	uint64_t key_offset; /* bytes from the start of the header */
-	uint32_t stripes;
-};
-
 /*
  * Decode and validate the header in hdr[0, IMG_LUKS_HEADER_SIZE); every key
  * slot's material must lie inside area_len bytes. Bad fields fail
@@ -145,16 +137,7 @@ int img_luks_erase_key(struct img_luks *l, int slot,
 		       const struct img_secret *old, img_luks_read_fn rd,
 		       void *opaque);
 
-/* Descriptions for info. */
-const char *img_luks_cipher_alg(const struct img_luks *l); /* "aes-256" */
-const char *img_luks_cipher_mode(const struct img_luks *l); /* "xts" */
-const char *img_luks_ivgen_alg(const struct img_luks *l); /* "plain64" */
-const char *img_luks_ivgen_hash(const struct img_luks *l); /* or NULL */
-const char *img_luks_hash_alg(const struct img_luks *l); /* "sha256" */
-const char *img_luks_uuid(const struct img_luks *l);
-uint64_t img_luks_payload_offset(const struct img_luks *l); /* bytes */
-uint32_t img_luks_mk_iterations(const struct img_luks *l);
-void img_luks_slot(const struct img_luks *l, unsigned i,
-		   struct img_luks_slot_info *out);
+/* Fill *out for img_crypt_info (format "luks"); strings live as long as l. */
+void img_luks_describe(const struct img_luks *l, struct img_crypt_info *out);
 
 #endif

@@ -236,6 +236,9 @@ struct img_driver {
 
 	/* Persistent dirty bitmaps (lib/bitmap.c). NULL: -ENOTSUP. */
 	const struct img_bitmap_ops *bitmap;
+	/* img_crypt_info (lib/crypto-luks.c takes the lock). NULL or
+	 * -ENOTSUP: not encrypted. */
+	int (*crypt_info)(struct img *img, struct img_crypt_info *out);
 };
 
 /*

@@ -280,6 +280,38 @@ struct img_info {
 /* Fill *info; strings point into the open image and live as long as it. */
 int img_info(struct img *img, struct img_info *info);
 
+/* One LUKS key slot (qemu-img info shows iters and stripes of active ones). */
+struct img_crypt_slot {
+	bool active;
+	uint32_t iters;
+	uint32_t stripes;
+	uint64_t key_offset; /* bytes from the start of the LUKS header */
+};
+
+#define IMG_CRYPT_MAX_SLOTS 8
+
+/* An encrypted image's parameters: qemu-img info's "encrypt" object. */
+struct img_crypt_info {
+	const char *format; /* "luks", or "aes" (qcow2 legacy: nothing else) */
+	const char *cipher_alg; /* "aes-256" */
+	const char *cipher_mode; /* "xts" */
+	const char *ivgen_alg; /* "plain64" */
+	const char *ivgen_hash_alg; /* NULL unless essiv */
+	const char *hash_alg; /* "sha256" */
+	const char *uuid;
+	uint64_t payload_offset; /* bytes */
+	uint32_t master_key_iters;
+	unsigned n_slots;
+	struct img_crypt_slot slots[IMG_CRYPT_MAX_SLOTS];
+};
+
+/*
+ * Describe the encryption of img (works on images opened with
+ * IMG_OPEN_NO_IO, without the passphrase). -ENOTSUP (no message) when img is
+ * not encrypted or its format does not say. Strings live as long as img.
+ */
+int img_crypt_info(struct img *img, struct img_crypt_info *out);
+
 uint64_t img_size(const struct img *img);
 const char *img_format(const struct img *img);
 const char *img_filename(const struct img *img);
@@ -407,9 +439,9 @@ enum img_compress_type {
 
 /*
  * Compress len bytes at src into dst as one stream at level (0: the codec's
- * default, zlib 6 and zstd 3, as QEMU). Returns the compressed length, or
- * -ENOSPC (no message) when it would not fit in dst_size bytes: the data does
- * not compress enough. -EINVAL for a bad type or level. Thread-safe.
+ * default: zstd 3 as QEMU; deflate 4 of libdeflate's 1-12, about as small as
+ * QEMU's zlib 6). Returns the compressed length, or -ENOSPC (no message)
+ * when it would not fit in dst_size bytes: the data does not compress enough. -EINVAL for a bad type or level. Thread-safe.
  */
 int img_compress(enum img_compress_type type, int level, const void *src,
 		 size_t len, void *dst, size_t dst_size);

@@ -4,7 +4,7 @@
 # Run as root on Debian 12; does nothing when everything is already present.
 set -e
 PKGS="build-essential pkg-config clang clang-format \
-liburing-dev libzstd-dev zlib1g-dev libssl-dev libfuse3-dev fuse3 \
+liburing-dev libzstd-dev zlib1g-dev libdeflate-dev libssl-dev libfuse3-dev fuse3 \
 qemu-utils nbdkit libnbd-bin fio e2fsprogs util-linux python3"
 # Ceph RBD backend and its tests (a throwaway cluster, QEMU's rbd driver);
 # without recommends: ceph-mgr and friends are not needed.

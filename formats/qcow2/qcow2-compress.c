@@ -16,6 +16,7 @@
  * increments the refcount of every host cluster in [offset, offset + length),
  * and dropping the cluster decrements the same clusters (the sector rounding
  * never reaches another host cluster, as clusters are sector multiples).
+ * A compressed write marks enabled dirty bitmaps as a plain write does.
  * Compressed clusters never carry the COPIED flag, have a zero subcluster
  * bitmap with extended L2 entries, and are not allowed with an external data
  * file.
@@ -272,6 +273,13 @@ int qcow2_write_compressed(struct img *img, const struct img_compressed *v,
 					 "bytes does not fit a %" PRIu64
 					 "-byte cluster",
 					 v[i].len, cs);
+	}
+	/* As plain writes: the enabled bitmaps learn of the change first. */
+	for (size_t i = 0; i < n; i++) {
+		ret = qcow2_bitmap_mark(s, v[i].off,
+					img_min(cs, img_size(img) - v[i].off));
+		if (ret < 0)
+			return ret;
 	}
 	if (!s->cstage) {
 		s->cstage = malloc(STAGE_SIZE);

@@ -438,3 +438,18 @@ int qcow2_crypt_amend(struct qcow2 *s, const struct img_kv *kv, size_t n)
 		ret = img_io_flush(s->file);
 	return ret;
 }
+
+int qcow2_crypt_info(struct img *img, struct img_crypt_info *out)
+{
+	struct qcow2 *s = img_priv(img);
+
+	if (s->h.crypt_method == QCOW2_CRYPT_AES) {
+		memset(out, 0, sizeof(*out));
+		out->format = "aes";
+		return 0;
+	}
+	if (!s->crypt || !s->crypt->luks)
+		return -ENOTSUP;
+	img_luks_describe(s->crypt->luks, out);
+	return 0;
+}

@@ -822,4 +822,5 @@ const struct img_driver qcow2_driver = {
 	.compress_params = qcow2_compress_params,
 	.write_compressed = qcow2_write_compressed,
 	.bitmap = &qcow2_bitmap_ops,
+	.crypt_info = qcow2_crypt_info,
 };

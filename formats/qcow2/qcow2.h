@@ -385,6 +385,8 @@ int qcow2_crypt_create(struct qcow2 *s, const struct img_create_opts *o);
 /* Host offsets of an encrypted image are not raw data: block status hides
  * them, as QEMU does. */
 bool qcow2_crypt_hides_offsets(const struct qcow2 *s);
+/* The driver's crypt_info op (img_crypt_info). */
+int qcow2_crypt_info(struct img *img, struct img_crypt_info *out);
 /* amend's encrypt.* options (state, keyslot, new-secret, old-secret,
  * iter-time): add or erase LUKS key slots, as qemu-img amend. */
 int qcow2_crypt_amend(struct qcow2 *s, const struct img_kv *kv, size_t n);

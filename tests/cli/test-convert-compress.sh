@@ -33,7 +33,7 @@ err "Compression and encryption not supported at the same time" \
 	-c -O qcow2 -o encrypt.format=luks src.raw out.qcow2
 err "compression_level" -c -O qcow2 -o compression_level=x src.raw out.qcow2
 err "compression_level" -c -O qcow2 -o compression_type=zstd,compression_level=23 src.raw out.qcow2
-err "invalid zlib level" -c -O qcow2 -o compression_level=12 src.raw out.qcow2
+err "invalid deflate level" -c -O qcow2 -o compression_level=13 src.raw out.qcow2
 
 # Defaults: zero clusters unallocated, random cluster stored as is.
 expect_exit 0 "$IMG" convert -c -O qcow2 src.raw a.qcow2

@@ -34,23 +34,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	struct input in = { data, size };
 	struct img_secret *secret = NULL;
-	struct img_luks_slot_info si;
+	struct img_crypt_info ci;
 	struct img_luks *l = NULL;
 	uint8_t sector[512] = { 0 };
 
 	img_luks_set_max_iter(1u << 14);
 	if (img_luks_parse(data, size, AREA_MAX, &l) < 0)
 		return 0;
-	(void)img_luks_cipher_alg(l);
-	(void)img_luks_cipher_mode(l);
-	(void)img_luks_ivgen_alg(l);
-	(void)img_luks_ivgen_hash(l);
-	(void)img_luks_hash_alg(l);
-	(void)img_luks_uuid(l);
-	(void)img_luks_payload_offset(l);
-	(void)img_luks_mk_iterations(l);
-	for (unsigned i = 0; i < IMG_LUKS_SLOTS; i++)
-		img_luks_slot(l, i, &si);
+	img_luks_describe(l, &ci);
 	if (img_secret_new("fuzz", 4, &secret) == 0 &&
 	    img_luks_unlock(l, secret, input_read, &in) == 0) {
 		(void)img_luks_crypt(l, false, 7, sector, sizeof(sector));

@@ -9,7 +9,9 @@
 # read back by the other; key slots qemu-img adds open in img, key slots img
 # amend adds and erases are seen so by qemu-img; legacy AES
 # (crypt_method 1) images qemu-img makes read in img and refuse writes; a
-# wrong passphrase fails with exit 1 and leaves the image untouched.
+# wrong passphrase fails with exit 1 and leaves the image untouched; img info
+# (text and JSON, with the nested "encrypt" details and key slots) is
+# byte-identical to qemu-img info on every image made here.
 # qemu-img 7.2 fails LUKS creation about one time in four (a PBKDF2 timing
 # bug): its creates are retried.
 . "$(dirname "$0")/interop-lib.sh"
@@ -27,6 +29,16 @@ qopts() { echo "driver=qcow2,file.filename=$1,encrypt.key-secret=sec0"; }
 qcheck_enc() {
 	qemu-img check $SEC --image-opts "$(qopts "$1")" >"$T/.qc" 2>&1 ||
 		{ cat "$T/.qc" >&2; fail "[$ctx] qemu-img check $1"; }
+}
+
+# img info and qemu-img info agree byte for byte, text and JSON.
+same_info() {
+	local fmt
+	for fmt in human json; do
+		qemu-img info --output=$fmt "$1" >"$T/.qi" 2>&1 || fail "[$ctx] qemu-img info"
+		"$IMG" info --output=$fmt "$1" >"$T/.ii" 2>&1 || fail "[$ctx] img info"
+		diff -u "$T/.qi" "$T/.ii" >&2 || fail "[$ctx] img info --output=$fmt differs"
+	done
 }
 
 # qemu-img with retries for its LUKS calibration bug.
@@ -67,6 +79,7 @@ qemu_made() {
 		>"$T/.r" 2>&1 || fail "[$ctx] qemu-io read after img write"
 	grep -q "Pattern verification failed" "$T/.r" && fail "[$ctx] pattern"
 	qcheck_enc "$f"
+	same_info "$f"
 }
 
 img_made() {
@@ -84,6 +97,7 @@ img_made() {
 	grep -q "Pattern verification failed" "$T/.must" && fail "[$ctx] pattern"
 	# Same layout as qemu-img's: header, reftable, refblock, L1, LUKS.
 	qemu-img info "$f" | grep -q "payload offset" || fail "[$ctx] qemu-img info"
+	same_info "$f"
 }
 
 for i in "${!modes[@]}"; do
@@ -114,6 +128,7 @@ key_slots() {
 		-o encrypt.state=active,encrypt.new-secret=sec3,encrypt.keyslot=5,encrypt.iter-time=10
 	qemu-img info "$f" | grep -A1 '\[5\]' | grep -q "active: true" ||
 		fail "[$ctx] slot 5 not active for qemu-img"
+	same_info "$f"
 	qemu-io --object "secret,id=s3,file=$T/pw3" \
 		--image-opts "driver=qcow2,file.filename=$f,encrypt.key-secret=s3" \
 		-c "read -P 0x42 0 64k" >"$T/.r" 2>&1 || fail "[$ctx] qemu-io with the new slot"
@@ -130,6 +145,7 @@ key_slots() {
 	qemu-img check --object "secret,id=s3,file=$T/pw3" \
 		--image-opts "driver=qcow2,file.filename=$f,encrypt.key-secret=s3" \
 		>"$T/.qc" 2>&1 || { cat "$T/.qc" >&2; fail "[$ctx] qemu-img check"; }
+	same_info "$f"
 }
 tcase key_slots
 
@@ -170,6 +186,7 @@ legacy_aes() {
 		fail "[$ctx] qemu-img convert"
 	must "$IMG" convert --key-file "$T/pw" "$f" -O raw "$T/aes.i.raw"
 	cmp "$T/aes.q.raw" "$T/aes.i.raw" || fail "[$ctx] img reads differ"
+	same_info "$f"
 	expect_exit 1 "$IMG" io --key-file "$T/pw" -c "write 0 512" "$f"
 	grep -qi "not supported" "$T/.out" "$T/.err" || fail "[$ctx] message: $(cat "$T/.err")"
 	expect_exit 1 "$IMG" create $SEC -f qcow2 -o encrypt.format=aes,encrypt.key-secret=sec0 "$T/aes2.qcow2" 4M

@@ -248,7 +248,7 @@ static void test_luks_header(void)
 			  *bad = secret_of("wrong horse"),
 			  *second = secret_of("second");
 	struct img_luks *l = NULL, *r = NULL;
-	struct img_luks_slot_info si;
+	struct img_crypt_info ci;
 	struct area a;
 	uint8_t data[1024], orig[1024];
 	uint64_t len = 0;
@@ -264,13 +264,19 @@ static void test_luks_header(void)
 	CHECK_OK(img_luks_crypt(l, true, 100, data, sizeof(data)));
 
 	CHECK_OK(img_luks_parse(a.buf, len, len, &r));
-	CHECK(!strcmp(img_luks_cipher_alg(r), "aes-256"));
-	CHECK(!strcmp(img_luks_cipher_mode(r), "xts"));
-	CHECK(!strcmp(img_luks_ivgen_alg(r), "plain64"));
-	CHECK(!strcmp(img_luks_hash_alg(r), "sha256"));
-	CHECK_EQ(strlen(img_luks_uuid(r)), 36);
-	img_luks_slot(r, 1, &si);
-	CHECK(!si.active && si.key_offset == 512 * 512 && si.stripes == 4000);
+	img_luks_describe(r, &ci);
+	CHECK(!strcmp(ci.format, "luks"));
+	CHECK(!strcmp(ci.cipher_alg, "aes-256"));
+	CHECK(!strcmp(ci.cipher_mode, "xts"));
+	CHECK(!strcmp(ci.ivgen_alg, "plain64"));
+	CHECK(!ci.ivgen_hash_alg);
+	CHECK(!strcmp(ci.hash_alg, "sha256"));
+	CHECK_EQ(strlen(ci.uuid), 36);
+	CHECK_EQ(ci.payload_offset, len);
+	CHECK_EQ(ci.n_slots, 8);
+	CHECK(ci.slots[0].active && ci.slots[0].key_offset == 4096);
+	CHECK(!ci.slots[1].active && ci.slots[1].key_offset == 512 * 512 &&
+	      ci.slots[1].stripes == 4000);
 	CHECK_ERR(img_luks_crypt(r, false, 100, data, sizeof(data)), -EACCES);
 	CHECK_ERR(img_luks_unlock(r, bad, area_rd, &a), -EACCES);
 	CHECK_ERR(img_luks_unlock(r, NULL, area_rd, &a), -EACCES);

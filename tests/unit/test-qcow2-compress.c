@@ -270,6 +270,49 @@ static void test_image(const char *opts, uint64_t size)
 	free(buf);
 }
 
+/* Compressed writes mark enabled dirty bitmaps, as plain writes do. */
+static void test_bitmap(void)
+{
+	uint64_t size = 1ull << 20, cs = 65536, run;
+	uint8_t *data = malloc(cs);
+	struct img_io *mem;
+	struct img *img;
+	bool dirty;
+
+	printf("# dirty bitmaps\n");
+	if (qt_create_mem("cluster_size=64k", size - 1000, NULL, NULL, &mem) <
+	    0) {
+		CHECK(!"create");
+		return;
+	}
+	CHECK_OK(qt_open_borrowed(mem, 0, &img));
+	CHECK_OK(img_bitmap_add(img, "on", 4096, false));
+	CHECK_OK(img_bitmap_add(img, "off", 4096, true));
+	fill_text(data, cs, 3);
+	CHECK_OK(put_compressed(img, 2, data));
+	/* The last, partial cluster of the image. */
+	CHECK_OK(put_compressed(img, size / cs - 1, data));
+	CHECK_OK(img_bitmap_dirty(img, "on", 0, size - 1000, &dirty, &run));
+	CHECK(!dirty && run == 2 * cs);
+	CHECK_OK(img_bitmap_dirty(img, "on", 2 * cs, size - 1000 - 2 * cs,
+				  &dirty, &run));
+	CHECK(dirty && run == cs);
+	CHECK_OK(img_bitmap_dirty(img, "on", size - cs, cs - 1000, &dirty,
+				  &run));
+	CHECK(dirty && run == cs - 1000);
+	CHECK_OK(img_bitmap_dirty(img, "off", 0, size - 1000, &dirty, &run));
+	CHECK(!dirty && run == size - 1000);
+	CHECK_OK(img_flush(img));
+	CHECK_OK(img_close(img));
+	/* Still there after reopen. */
+	CHECK_OK(qt_open_borrowed(mem, IMG_OPEN_RDONLY, &img));
+	CHECK_OK(img_bitmap_dirty(img, "on", 2 * cs, cs, &dirty, &run));
+	CHECK(dirty && run == cs);
+	img_close(img);
+	img_io_close(mem);
+	free(data);
+}
+
 /* Crash replay: compressed writes, flush, overwrites, flush. */
 static void test_crash(void)
 {
@@ -382,6 +425,7 @@ int main(void)
 	test_image("cluster_size=2M", 100ull << 20);
 	test_image("compat=0.10,cluster_size=512", 1ull << 20);
 	test_image("cluster_size=4k,refcount_bits=1", 1ull << 20);
+	test_bitmap();
 	test_crash();
 	return test_done();
 }

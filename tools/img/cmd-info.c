@@ -12,6 +12,48 @@
 
 #include "cli.h"
 
+/* The "encrypt" object (QCryptoBlockInfo), members in QAPI order. */
+static void crypt_object(struct img *img, struct cli_json *data)
+{
+	struct img_crypt_info ci;
+	struct cli_json *o, *slots;
+
+	if (img_crypt_info(img, &ci) < 0)
+		return;
+	o = cli_json_object();
+	cli_json_add_str(o, "format", ci.format);
+	if (!strcmp(ci.format, "luks")) {
+		cli_json_add_str(o, "cipher-alg", ci.cipher_alg);
+		cli_json_add_str(o, "cipher-mode", ci.cipher_mode);
+		cli_json_add_str(o, "ivgen-alg", ci.ivgen_alg);
+		if (ci.ivgen_hash_alg)
+			cli_json_add_str(o, "ivgen-hash-alg",
+					 ci.ivgen_hash_alg);
+		cli_json_add_str(o, "hash-alg", ci.hash_alg);
+		cli_json_add_int(o, "payload-offset",
+				 (int64_t)ci.payload_offset);
+		cli_json_add_int(o, "master-key-iters", ci.master_key_iters);
+		cli_json_add_str(o, "uuid", ci.uuid);
+		slots = cli_json_array();
+		for (unsigned i = 0; i < ci.n_slots; i++) {
+			struct cli_json *sl = cli_json_object();
+
+			cli_json_add_bool(sl, "active", ci.slots[i].active);
+			if (ci.slots[i].active) {
+				cli_json_add_int(sl, "iters",
+						 ci.slots[i].iters);
+				cli_json_add_int(sl, "stripes",
+						 ci.slots[i].stripes);
+			}
+			cli_json_add_int(sl, "key-offset",
+					 (int64_t)ci.slots[i].key_offset);
+			cli_json_add(slots, NULL, sl);
+		}
+		cli_json_add(o, "slots", slots);
+	}
+	cli_json_add(data, "encrypt", o);
+}
+
 /* The "data" object of "format-specific". */
 static struct cli_json *fields_object(struct img *img,
 				      const struct img_info *in)
@@ -34,6 +76,7 @@ static struct cli_json *fields_object(struct img *img,
 			break;
 		}
 	}
+	crypt_object(img, data);
 	cli_bitmap_info(img, data);
 	return data;
 }

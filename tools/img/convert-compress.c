@@ -3,14 +3,19 @@
  * img convert -c: a pipeline of one producer (the convert loop, calling
  * cvc_write in target order), N compressor threads and one writer thread.
  * Consecutive whole clusters given to cvc_write fill a job of up to 2 MiB
- * (other ranges get a job of their own) in a ring of jobs numbered in order; the
- * compressors take jobs in that order and compress every whole cluster of
- * a job independently (the last cluster of the image zero-padded, as QEMU
- * does); the writer waits for the oldest job and stores its clusters with
+ * (other ranges get a job of their own) in a ring of jobs numbered in order.
+ * Compression is shared out a few clusters at a time, oldest job first, so
+ * every thread works on the job the writer needs next and a descheduled
+ * thread holds back only its few clusters (with whole jobs per thread, one
+ * preempted compressor stalled the writer while the ring filled up). Each
+ * cluster is compressed independently (the last cluster of the image
+ * zero-padded, as QEMU does). The writer stores the oldest job with
  * img_write_compressed, or with img_write when compression did not make a
- * cluster smaller than the cluster size or the range is not whole clusters.
- * Writing strictly in order keeps the packing of compressed data in the host
- * file deterministic and sequential. The ring bounds the memory in flight.
+ * cluster smaller than the cluster size or the range is not whole clusters;
+ * while the oldest job is not ready, the writer compresses pending clusters
+ * rather than wait. The producer never does: it reads ahead instead. Writing strictly in order keeps the packing of
+ * compressed data in the host file deterministic and sequential. The ring
+ * bounds the memory in flight.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -34,18 +39,16 @@ static inline uint64_t cvc_min(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
-enum cvc_job_state {
-	JOB_FREE,
-	JOB_QUEUED, /* filled, waiting for a compressor */
-	JOB_BUSY,
-	JOB_DONE, /* compressed, waiting for the writer */
-};
+/* Clusters handed to a thread at a time: about this many bytes. */
+#define CVC_GRAB_BYTES (256u << 10)
 
 struct cvc_job {
-	enum cvc_job_state state;
 	uint64_t off;
 	uint64_t len;
 	bool raw; /* not whole clusters: written as is */
+	uint32_t n_clusters; /* to compress (0 for raw jobs) */
+	uint32_t next_cluster; /* next one to hand out */
+	uint32_t n_done; /* compressed; the job is ready when n_clusters */
 	uint8_t *in; /* CVC_JOB_MAX bytes */
 	uint8_t *out; /* cluster i's compressed data at i * cluster size */
 	int32_t *clen; /* per cluster: compressed length, or 0 = store raw */
@@ -58,15 +61,19 @@ struct cvc {
 	int level;
 	uint64_t cs;
 	uint64_t size; /* target size */
+	uint32_t grab; /* clusters per hand-out */
 
 	pthread_mutex_t lock;
-	pthread_cond_t work; /* compressors and writer wait here */
-	pthread_cond_t space; /* the producer waits here */
+	pthread_cond_t work; /* compressors wait here for clusters */
+	pthread_cond_t ready; /* the writer waits here for the oldest job */
+	pthread_cond_t space; /* the producer waits here for a free job */
 	struct cvc_job jobs[CVC_MAX_JOBS];
 	unsigned n_jobs;
 	struct cvc_job *open; /* being filled by the producer, not queued */
-	uint64_t next_fill; /* sequence numbers; job seq is at seq % n_jobs */
-	uint64_t next_compress;
+	/* Sequence numbers; job seq is at seq % n_jobs. Jobs before
+	 * next_work have handed out all their clusters. */
+	uint64_t next_fill;
+	uint64_t next_work;
 	uint64_t next_write;
 	bool stop;
 
@@ -90,6 +97,7 @@ static void cvc_set_error(struct cvc *c, int err, uint64_t off, const char *msg)
 		 msg && *msg ? msg : strerror(-err));
 	c->stop = true;
 	pthread_cond_broadcast(&c->work);
+	pthread_cond_broadcast(&c->ready);
 	pthread_cond_broadcast(&c->space);
 }
 
@@ -117,12 +125,11 @@ static bool cvc_incompressible(const uint8_t *p, uint64_t n, uint8_t *scratch)
 	       -ENOSPC;
 }
 
-/* Compress every cluster of j; runs without the lock. */
-static int cvc_compress_job(struct cvc *c, struct cvc_job *j)
+/* Compress clusters [first, first + count) of j; runs without the lock. */
+static int cvc_compress(struct cvc *c, struct cvc_job *j, uint32_t first,
+			uint32_t count)
 {
-	uint64_t n = (j->len + c->cs - 1) / c->cs;
-
-	for (uint64_t i = 0; i < n; i++) {
+	for (uint64_t i = first; i < first + count; i++) {
 		uint64_t len = j->len - i * c->cs;
 		uint8_t *src = j->in + i * c->cs;
 		int r;
@@ -144,29 +151,49 @@ static int cvc_compress_job(struct cvc *c, struct cvc_job *j)
 	return 0;
 }
 
+/*
+ * Under the lock: compress the next few clusters of the oldest job that has
+ * some left, dropping the lock meanwhile. False when there is none.
+ */
+static bool cvc_help(struct cvc *c)
+{
+	struct cvc_job *j = NULL;
+	uint32_t first, count;
+	int r;
+
+	while (c->next_work < c->next_fill) {
+		j = &c->jobs[c->next_work % c->n_jobs];
+		if (j->next_cluster < j->n_clusters)
+			break;
+		c->next_work++;
+		j = NULL;
+	}
+	if (!j || c->stop)
+		return false;
+	first = j->next_cluster;
+	count = j->n_clusters - first;
+	if (count > c->grab)
+		count = c->grab;
+	j->next_cluster += count;
+	pthread_mutex_unlock(&c->lock);
+	r = cvc_compress(c, j, first, count);
+	pthread_mutex_lock(&c->lock);
+	if (r < 0)
+		cvc_set_error(c, r, j->off + first * c->cs, img_last_error());
+	j->n_done += count;
+	if (j->n_done == j->n_clusters)
+		pthread_cond_signal(&c->ready);
+	return true;
+}
+
 static void *cvc_compressor(void *arg)
 {
 	struct cvc *c = arg;
 
 	pthread_mutex_lock(&c->lock);
-	for (;;) {
-		struct cvc_job *j;
-		int r;
-
-		while (!c->stop && c->next_compress == c->next_fill)
+	while (!c->stop)
+		if (!cvc_help(c))
 			pthread_cond_wait(&c->work, &c->lock);
-		if (c->stop)
-			break;
-		j = &c->jobs[c->next_compress++ % c->n_jobs];
-		j->state = JOB_BUSY;
-		pthread_mutex_unlock(&c->lock);
-		r = j->raw ? 0 : cvc_compress_job(c, j);
-		pthread_mutex_lock(&c->lock);
-		if (r < 0)
-			cvc_set_error(c, r, j->off, img_last_error());
-		j->state = JOB_DONE;
-		pthread_cond_broadcast(&c->work);
-	}
 	pthread_mutex_unlock(&c->lock);
 	return NULL;
 }
@@ -220,9 +247,10 @@ static void *cvc_writer(void *arg)
 		struct cvc_job *j = &c->jobs[c->next_write % c->n_jobs];
 		int64_t r;
 
-		while (!c->stop &&
-		       (c->next_write == c->next_fill || j->state != JOB_DONE))
-			pthread_cond_wait(&c->work, &c->lock);
+		/* Rather than wait, help compress the jobs in flight. */
+		while (!c->stop && (c->next_write == c->next_fill ||
+				    j->n_done < j->n_clusters))
+			pthread_cond_wait(&c->ready, &c->lock);
 		if (c->stop)
 			break;
 		pthread_mutex_unlock(&c->lock);
@@ -234,9 +262,8 @@ static void *cvc_writer(void *arg)
 		}
 		c->bytes_in += j->len;
 		c->bytes_out += (uint64_t)r;
-		j->state = JOB_FREE;
 		c->next_write++;
-		pthread_cond_broadcast(&c->space);
+		pthread_cond_signal(&c->space);
 	}
 	pthread_mutex_unlock(&c->lock);
 	return NULL;
@@ -271,13 +298,20 @@ static int cvc_open_job(struct cvc *c, uint64_t off, bool raw)
 
 static void cvc_queue_open(struct cvc *c)
 {
-	if (!c->open)
+	struct cvc_job *j = c->open;
+
+	if (!j)
 		return;
+	j->n_clusters = j->raw ? 0 : (uint32_t)((j->len + c->cs - 1) / c->cs);
+	j->next_cluster = 0;
+	j->n_done = 0;
 	pthread_mutex_lock(&c->lock);
-	c->open->state = JOB_QUEUED;
 	c->open = NULL;
 	c->next_fill++;
-	pthread_cond_broadcast(&c->work);
+	if (j->n_clusters)
+		pthread_cond_broadcast(&c->work);
+	else
+		pthread_cond_signal(&c->ready);
 	pthread_mutex_unlock(&c->lock);
 }
 
@@ -362,6 +396,7 @@ void cvc_free(struct cvc *c)
 	pthread_mutex_lock(&c->lock);
 	c->stop = true;
 	pthread_cond_broadcast(&c->work);
+	pthread_cond_broadcast(&c->ready);
 	pthread_cond_broadcast(&c->space);
 	pthread_mutex_unlock(&c->lock);
 	for (unsigned i = 0; i < c->n_threads; i++)
@@ -374,6 +409,7 @@ void cvc_free(struct cvc *c)
 	}
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->work);
+	pthread_cond_destroy(&c->ready);
 	pthread_cond_destroy(&c->space);
 	free(c);
 }
@@ -395,6 +431,7 @@ int cvc_new(struct img *dst, int level, unsigned nthreads, struct cvc **out)
 		return img_error(-ENOMEM, "convert: out of memory");
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->work, NULL);
+	pthread_cond_init(&c->ready, NULL);
 	pthread_cond_init(&c->space, NULL);
 	c->dst = dst;
 	c->level = level;
@@ -406,9 +443,13 @@ int cvc_new(struct img *dst, int level, unsigned nthreads, struct cvc **out)
 		ret = img_error(-ENOTSUP, "convert: cluster size too large");
 		goto fail;
 	}
-	/* Enough jobs that every compressor has one while the writer stores
-	 * another and the producer fills the next. */
-	c->n_jobs = nthreads * 2 + 2;
+	c->grab = (uint32_t)(CVC_GRAB_BYTES / c->cs);
+	if (!c->grab)
+		c->grab = 1;
+	/* While the writer stores one job and the producer fills another,
+	 * enough queued that the compressors never run dry and a slow write
+	 * does not stop them. */
+	c->n_jobs = nthreads * 2 + 4;
 	if (c->n_jobs > CVC_MAX_JOBS)
 		c->n_jobs = CVC_MAX_JOBS;
 	for (unsigned i = 0; i < c->n_jobs; i++) {
@@ -471,7 +512,7 @@ int cvc_take_opts(struct img_kv *kv, size_t *n, int *level)
 		if (!kv[i].value || !*kv[i].value || *end || v < 0 || v > 22)
 			return cli_fail(-1,
 					"convert: invalid compression_level "
-					"'%s' (0 for the default, zlib 1-9, "
+					"'%s' (0 for the default, zlib 1-12, "
 					"zstd 1-22)",
 					kv[i].value ? kv[i].value : "");
 		*level = (int)v;
