@@ -4,8 +4,8 @@
  * discards and flushes on a raw image, submitted in rounds of requests on
  * distinct slots (so their completion order does not matter), checked in the
  * done() callbacks and against a flat reference after every round and after
- * reopening; errors reach done() with req->error set; drain and free with
- * requests still queued.
+ * reopening; errors reach done() with req->error set (and come back from
+ * img_aio_run); drain and free with requests still queued.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -169,7 +169,11 @@ static void test_errors(struct img_aio *aio, struct img *img)
 	img_aio_drain(aio);
 	CHECK_EQ(atomic_load(&err_seen), 1);
 	CHECK_ERR(img_aio_submit(aio, img, &bad), -EINVAL);
+	/* img_aio_run: the same dispatch, on the calling thread. */
+	CHECK_ERR(img_aio_run(img, &r), -EINVAL);
+	CHECK_ERR(img_aio_run(img, &bad), -EINVAL);
 	bad.op = IMG_AIO_FLUSH;
+	CHECK_OK(img_aio_run(img, &bad));
 	bad.done = NULL;
 	CHECK_ERR(img_aio_submit(aio, img, &bad), -EINVAL);
 }
