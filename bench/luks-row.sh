@@ -3,9 +3,12 @@
 # encrypt.format=luks (aes-256-xts-plain64, QEMU's default cipher) by img and
 # qemu-img, alternating, both with encrypt.iter-time=10 so that the row times
 # the data path, not the key derivation; each result is checked with qemu-img
-# compare. For scale it lists what `openssl speed -evp aes-256-xts` gives on
-# 512-byte blocks (the sector size) on one core, and the encrypted bytes per
-# second each tool reached.
+# compare. The issue's yardstick is `openssl speed -evp aes-256-xts` on one
+# core with 16 KiB blocks (no per-sector IV reset), measured in the same run
+# right after the converts: the row prints each tool's throughput (guest
+# data bytes encrypted / best wall time of the whole convert) and its ratio
+# to that reference; the issue asks for img >= 0.9. The 512-byte-block figure
+# (an IV reset per sector, as LUKS does) is listed for scale.
 luks_row() {
 	local r v t0 t1 a="" q="" pw="$W/luks.pw" data sec
 	printf 'bench passphrase' >"$pw"
@@ -43,6 +46,13 @@ luks_row() {
 	add_row "convert raw -> qcow2 luks (iter-time=10)" "$a" "$q"
 	data=$(qemu-img map --output=json -f raw sample.raw |
 		awk -F'[:,]' '/"data": true/ { s += $4 } END { print s }')
-	echo "luks: $data data bytes encrypted; img $(awk -v d="$data" -v t="$(echo "$a" | best)" 'BEGIN { printf "%.0f", d / t / 1e6 }') MB/s, qemu-img $(awk -v d="$data" -v t="$(echo "$q" | best)" 'BEGIN { printf "%.0f", d / t / 1e6 }') MB/s"
-	echo "luks: openssl speed -evp aes-256-xts, 512-byte blocks, one core: $(openssl speed -evp aes-256-xts -bytes 512 -seconds 1 2>/dev/null | awk '/^AES-256-XTS/ { printf "%.0f MB/s", $2 / 1000 }')"
+	local ref ref512 ib qb
+	ref=$(openssl speed -evp aes-256-xts -bytes 16384 -seconds 2 2>/dev/null |
+		awk '/^AES-256-XTS/ { printf "%.0f", $2 / 1000 }')
+	ref512=$(openssl speed -evp aes-256-xts -bytes 512 -seconds 1 2>/dev/null |
+		awk '/^AES-256-XTS/ { printf "%.0f", $2 / 1000 }')
+	ib=$(awk -v d="$data" -v t="$(echo "$a" | best)" 'BEGIN { printf "%.0f", d / t / 1e6 }')
+	qb=$(awk -v d="$data" -v t="$(echo "$q" | best)" 'BEGIN { printf "%.0f", d / t / 1e6 }')
+	echo "luks: $data data bytes encrypted; openssl speed -evp aes-256-xts, one core: ${ref} MB/s on 16 KiB blocks (${ref512} MB/s on 512-byte blocks)"
+	echo "luks: img ${ib} MB/s = $(awk -v a="$ib" -v r="$ref" 'BEGIN { printf "%.2f", a / r }') x openssl; qemu-img ${qb} MB/s = $(awk -v a="$qb" -v r="$ref" 'BEGIN { printf "%.2f", a / r }') x openssl (target for img: 0.90)"
 }

@@ -15,7 +15,8 @@
 # usage: bench/run.sh [BUILD_DIR]
 # env: BENCH_DIR (work dir, default $TMPDIR/img-bench), BENCH_SIZE_MIB (2048),
 #      BENCH_RUNS (3), BENCH_COUNT (bench requests, 75000 as qemu-img bench),
-#      BENCH_STRICT=1 (exit 1 when img is slower on a row)
+#      BENCH_STRICT=1 (exit 1 when img is slower on a row),
+#      BENCH_ROWS (only these groups: convert luks rbd formats compress bench)
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 B=${1:-build}
@@ -199,16 +200,19 @@ compress_row() {
 	add_row "convert -c $ct -m 8 (qemu-img -m 8 -W)" "$am" "$qw"
 }
 sizes=()
+want() { [ -z "${BENCH_ROWS:-}" ] || [[ " $BENCH_ROWS " == *" $1 "* ]]; }
 
+if want convert; then
 convert_row "convert raw -> qcow2" sample.raw raw qcow2
 convert_row "convert qcow2 -> raw" base.qcow2 qcow2 raw
 convert_row "convert chain(2) -> qcow2 (flatten)" overlay.qcow2 qcow2 qcow2
+fi
 . "$top/bench/luks-row.sh"
-luks_row
+want luks && luks_row
 . "$top/bench/rbd-row.sh"
-rbd_rows
+want rbd && rbd_rows
 # Other formats (formats/vmdk, vhdx): their inputs are made by qemu-img.
-for f in vmdk vhdx; do
+want formats && for f in vmdk vhdx; do
 	"$IMG" --help | grep -q "^Supported formats:.* $f" || continue
 	o=""
 	[ $f = vmdk ] && o=subformat=streamOptimized
@@ -217,10 +221,14 @@ for f in vmdk vhdx; do
 	convert_row "convert qcow2 -> $f${o:+ ${o#*=}}" base.qcow2 qcow2 $f "$o"
 	convert_row "convert $f${o:+ ${o#*=}} -> qcow2" base.$f $f qcow2
 done
+if want compress; then
 compress_row zstd
 compress_row zlib
+fi
+if want bench; then
 bench_row "bench 4k read, q$DEPTH, stride 65521 blk" 0
 bench_row "bench 4k write, q$DEPTH, stride 65521 blk" 1
+fi
 
 echo
 echo "img $B vs $(qemu-img --version | head -1); best of $RUNS, seconds"

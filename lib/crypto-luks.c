@@ -19,12 +19,21 @@
  * derivation cost an image can demand is capped (IMG_LUKS_DEFAULT_MAX_ITER,
  * img_luks_set_max_iter). Key material is held in img_secure_alloc memory
  * and wiped; OpenSSL's cipher contexts keep their own key schedules.
+ *
+ * Bulk sector work (img_sector_cipher_copy over 256 KiB or more) is spread
+ * over the online cores: a process-wide pool of one helper thread per extra
+ * core takes 64 KiB pieces while the calling thread does its share. Each
+ * thread runs its own copy of the keyed contexts (made by the caller before
+ * the helpers see the job), so only the IV changes per sector. One job at a
+ * time: a caller that finds the pool busy does its work alone.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -76,11 +85,17 @@ _Static_assert(H_SLOTS + IMG_LUKS_SLOTS * SLOT_SIZE == IMG_LUKS_HEADER_SIZE,
 enum luks_mode { MODE_XTS, MODE_CBC, MODE_CTR };
 enum luks_ivgen { IV_PLAIN, IV_PLAIN64, IV_ESSIV };
 
+/* Pool threads besides the caller; worker 0 is the calling thread. */
+#define CRYPT_MAX_HELPERS 15
+#define CRYPT_PIECE (64u << 10)
+#define CRYPT_PARALLEL_MIN (256u << 10)
+
 struct img_sector_cipher {
-	/* Keyed once per direction (the key schedules differ); each sector
-	 * only sets its IV. */
-	EVP_CIPHER_CTX *ctx[2]; /* [0] decrypt, [1] encrypt */
-	EVP_CIPHER_CTX *essiv; /* AES-ECB keyed with hash(key) */
+	/* Per worker, keyed once per direction (the key schedules differ);
+	 * each sector only sets its IV. Worker 0's are made at creation,
+	 * the others copied from them on first use. */
+	EVP_CIPHER_CTX *ctx[CRYPT_MAX_HELPERS + 1][2]; /* [w][encrypt] */
+	EVP_CIPHER_CTX *essiv[CRYPT_MAX_HELPERS + 1]; /* AES-ECB, hash(key) */
 	enum luks_ivgen ivgen;
 };
 
@@ -242,13 +257,14 @@ int img_sector_cipher_new(const char *alg, const char *mode_spec,
 		return img_error(-ENOMEM, "luks: out of memory");
 	c->ivgen = ivgen;
 	for (int enc = 0; enc < 2; enc++) {
-		c->ctx[enc] = EVP_CIPHER_CTX_new();
-		if (!c->ctx[enc] || !EVP_CipherInit_ex(c->ctx[enc], cipher,
-						       NULL, key, NULL, enc)) {
+		c->ctx[0][enc] = EVP_CIPHER_CTX_new();
+		if (!c->ctx[0][enc] ||
+		    !EVP_CipherInit_ex(c->ctx[0][enc], cipher, NULL, key, NULL,
+				       enc)) {
 			ret = openssl_error("cipher setup");
 			goto fail;
 		}
-		EVP_CIPHER_CTX_set_padding(c->ctx[enc], 0);
+		EVP_CIPHER_CTX_set_padding(c->ctx[0][enc], 0);
 	}
 	if (ivgen == IV_ESSIV) {
 		const EVP_MD *md = hash_by_name(ivhash);
@@ -272,9 +288,9 @@ int img_sector_cipher_new(const char *alg, const char *mode_spec,
 		      salt_len == 24 ? EVP_aes_192_ecb() :
 		      salt_len >= 32 ? EVP_aes_256_ecb() :
 				       NULL;
-		c->essiv = EVP_CIPHER_CTX_new();
-		if (!ecb || !c->essiv ||
-		    !EVP_EncryptInit_ex(c->essiv, ecb, NULL, salt, NULL)) {
+		c->essiv[0] = EVP_CIPHER_CTX_new();
+		if (!ecb || !c->essiv[0] ||
+		    !EVP_EncryptInit_ex(c->essiv[0], ecb, NULL, salt, NULL)) {
 			OPENSSL_cleanse(salt, sizeof(salt));
 			ret = ecb ? openssl_error("ESSIV setup") :
 				    img_error(-ENOTSUP,
@@ -284,7 +300,7 @@ int img_sector_cipher_new(const char *alg, const char *mode_spec,
 			goto fail;
 		}
 		OPENSSL_cleanse(salt, sizeof(salt));
-		EVP_CIPHER_CTX_set_padding(c->essiv, 0);
+		EVP_CIPHER_CTX_set_padding(c->essiv[0], 0);
 	}
 	*out = c;
 	return 0;
@@ -297,50 +313,205 @@ void img_sector_cipher_free(struct img_sector_cipher *c)
 {
 	if (!c)
 		return;
-	EVP_CIPHER_CTX_free(c->ctx[0]);
-	EVP_CIPHER_CTX_free(c->ctx[1]);
-	EVP_CIPHER_CTX_free(c->essiv);
+	for (unsigned w = 0; w <= CRYPT_MAX_HELPERS; w++) {
+		EVP_CIPHER_CTX_free(c->ctx[w][0]);
+		EVP_CIPHER_CTX_free(c->ctx[w][1]);
+		EVP_CIPHER_CTX_free(c->essiv[w]);
+	}
 	free(c);
 }
 
-static int make_iv(struct img_sector_cipher *c, uint64_t sector, uint8_t *iv)
+/* Worker w's contexts for direction enc, copied from worker 0's. */
+static int worker_ctx(struct img_sector_cipher *c, unsigned w, int enc)
 {
-	int n;
-
-	memset(iv, 0, 16);
-	if (c->ivgen == IV_PLAIN)
-		img_put_le32(iv, (uint32_t)sector);
-	else
-		img_put_le64(iv, sector);
-	if (c->ivgen == IV_ESSIV &&
-	    (!EVP_EncryptUpdate(c->essiv, iv, &n, iv, 16) || n != 16))
-		return openssl_error("ESSIV");
+	if (c->ctx[w][enc])
+		return 0;
+	c->ctx[w][enc] = EVP_CIPHER_CTX_new();
+	if (!c->ctx[w][enc] ||
+	    !EVP_CIPHER_CTX_copy(c->ctx[w][enc], c->ctx[0][enc]))
+		return openssl_error("cipher setup");
+	if (c->essiv[0] && !c->essiv[w]) {
+		c->essiv[w] = EVP_CIPHER_CTX_new();
+		if (!c->essiv[w] ||
+		    !EVP_CIPHER_CTX_copy(c->essiv[w], c->essiv[0]))
+			return openssl_error("ESSIV setup");
+	}
 	return 0;
 }
 
-int img_sector_cipher_run(struct img_sector_cipher *c, bool encrypt,
-			  uint64_t sector, uint8_t *buf, size_t len)
+/* len bytes (whole sectors) from src to dst (may be equal) on worker w's
+ * contexts; the first sector has IV number sector. */
+static int run_sectors(struct img_sector_cipher *c, unsigned w, bool encrypt,
+		       uint64_t sector, const uint8_t *src, uint8_t *dst,
+		       size_t len)
 {
-	EVP_CIPHER_CTX *ctx = c->ctx[encrypt ? 1 : 0];
+	EVP_CIPHER_CTX *ctx = c->ctx[w][encrypt ? 1 : 0];
 	uint8_t iv[16];
 	int n;
 
-	if (len % IMG_CRYPT_SECTOR)
-		return img_error(-EINVAL,
-				 "luks: %zu bytes is not a whole number of "
-				 "sectors",
-				 len);
 	for (size_t done = 0; done < len; done += IMG_CRYPT_SECTOR) {
-		if (make_iv(c, sector++, iv) < 0)
-			return -EIO;
+		memset(iv, 0, 16);
+		if (c->ivgen == IV_PLAIN)
+			img_put_le32(iv, (uint32_t)sector);
+		else
+			img_put_le64(iv, sector);
+		sector++;
+		if (c->ivgen == IV_ESSIV &&
+		    (!EVP_EncryptUpdate(c->essiv[w], iv, &n, iv, 16) ||
+		     n != 16))
+			return openssl_error("ESSIV");
 		if (!EVP_CipherInit_ex(ctx, NULL, NULL, NULL, iv, -1) ||
-		    !EVP_CipherUpdate(ctx, buf + done, &n, buf + done,
+		    !EVP_CipherUpdate(ctx, dst + done, &n, src + done,
 				      IMG_CRYPT_SECTOR) ||
 		    n != IMG_CRYPT_SECTOR)
 			return openssl_error(encrypt ? "encryption" :
 						       "decryption");
 	}
 	return 0;
+}
+
+struct crypt_job {
+	struct img_sector_cipher *c;
+	bool encrypt;
+	uint64_t sector;
+	const uint8_t *src;
+	uint8_t *dst;
+	size_t len;
+	size_t next; /* first byte not handed out */
+	size_t done; /* bytes finished */
+	int err;
+	char errmsg[256];
+};
+
+static struct {
+	pthread_once_t once;
+	pthread_mutex_t owner; /* held by the thread whose job runs */
+	pthread_mutex_t lock;
+	pthread_cond_t work; /* helpers wait for a job */
+	pthread_cond_t done; /* the owner waits for the last piece */
+	struct crypt_job *job;
+	unsigned n_helpers;
+} pool = { .once = PTHREAD_ONCE_INIT,
+	   .owner = PTHREAD_MUTEX_INITIALIZER,
+	   .lock = PTHREAD_MUTEX_INITIALIZER,
+	   .work = PTHREAD_COND_INITIALIZER,
+	   .done = PTHREAD_COND_INITIALIZER };
+
+/* Under pool.lock: run the job's next piece on worker w; false if none. */
+static bool pool_piece(struct crypt_job *j, unsigned w)
+{
+	size_t off = j->next, n;
+	bool failed = j->err != 0;
+	int ret = 0;
+
+	if (off >= j->len)
+		return false;
+	n = j->len - off < CRYPT_PIECE ? j->len - off : CRYPT_PIECE;
+	j->next += n;
+	pthread_mutex_unlock(&pool.lock);
+	if (!failed)
+		ret = run_sectors(j->c, w, j->encrypt,
+				  j->sector + off / IMG_CRYPT_SECTOR,
+				  j->src + off, j->dst + off, n);
+	pthread_mutex_lock(&pool.lock);
+	if (ret < 0 && !j->err) {
+		j->err = ret;
+		snprintf(j->errmsg, sizeof(j->errmsg), "%s", img_last_error());
+	}
+	j->done += n;
+	if (j->done == j->len)
+		pthread_cond_signal(&pool.done);
+	return true;
+}
+
+static void *pool_helper(void *arg)
+{
+	unsigned w = (unsigned)(uintptr_t)arg;
+
+	pthread_mutex_lock(&pool.lock);
+	for (;;) {
+		if (!pool.job || !pool_piece(pool.job, w))
+			pthread_cond_wait(&pool.work, &pool.lock);
+	}
+	return NULL;
+}
+
+static void pool_start(void)
+{
+	long n = sysconf(_SC_NPROCESSORS_ONLN) - 1;
+
+	if (n > CRYPT_MAX_HELPERS)
+		n = CRYPT_MAX_HELPERS;
+	for (long i = 0; i < n; i++) {
+		pthread_attr_t a;
+		pthread_t t;
+		bool ok;
+
+		pthread_attr_init(&a);
+		pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+		ok = !pthread_create(&t, &a, pool_helper,
+				     (void *)(uintptr_t)(i + 1));
+		pthread_attr_destroy(&a);
+		if (!ok)
+			break;
+		pool.n_helpers++;
+	}
+}
+
+int img_sector_cipher_copy(struct img_sector_cipher *c, bool encrypt,
+			   uint64_t sector, const uint8_t *src, uint8_t *dst,
+			   size_t len)
+{
+	struct crypt_job j = {
+		.c = c,
+		.encrypt = encrypt,
+		.sector = sector,
+		.src = src,
+		.dst = dst,
+		.len = len,
+	};
+	unsigned helpers;
+	int ret = 0;
+
+	if (len % IMG_CRYPT_SECTOR)
+		return img_error(-EINVAL,
+				 "luks: %zu bytes is not a whole number of "
+				 "sectors",
+				 len);
+	if (len < CRYPT_PARALLEL_MIN)
+		return run_sectors(c, 0, encrypt, sector, src, dst, len);
+	pthread_once(&pool.once, pool_start);
+	if (!pool.n_helpers || pthread_mutex_trylock(&pool.owner))
+		return run_sectors(c, 0, encrypt, sector, src, dst, len);
+	/* Each helper's contexts exist before it can see the job. */
+	helpers = (unsigned)((len - 1) / CRYPT_PIECE);
+	if (helpers > pool.n_helpers)
+		helpers = pool.n_helpers;
+	for (unsigned w = 1; w <= helpers && ret == 0; w++)
+		ret = worker_ctx(c, w, encrypt);
+	if (ret < 0) {
+		pthread_mutex_unlock(&pool.owner);
+		return ret;
+	}
+	pthread_mutex_lock(&pool.lock);
+	pool.job = &j;
+	pthread_cond_broadcast(&pool.work);
+	while (pool_piece(&j, 0))
+		;
+	while (j.done < j.len)
+		pthread_cond_wait(&pool.done, &pool.lock);
+	pool.job = NULL;
+	pthread_mutex_unlock(&pool.lock);
+	pthread_mutex_unlock(&pool.owner);
+	if (j.err)
+		return img_error(j.err, "%s", j.errmsg);
+	return 0;
+}
+
+int img_sector_cipher_run(struct img_sector_cipher *c, bool encrypt,
+			  uint64_t sector, uint8_t *buf, size_t len)
+{
+	return img_sector_cipher_copy(c, encrypt, sector, buf, buf, len);
 }
 
 /* ---- header ---- */
@@ -783,9 +954,16 @@ int img_luks_unlock(struct img_luks *l, const struct img_secret *secret,
 int img_luks_crypt(struct img_luks *l, bool encrypt, uint64_t sector,
 		   uint8_t *buf, size_t len)
 {
+	return img_luks_crypt_copy(l, encrypt, sector, buf, buf, len);
+}
+
+int img_luks_crypt_copy(struct img_luks *l, bool encrypt, uint64_t sector,
+			const uint8_t *src, uint8_t *dst, size_t len)
+{
 	if (!l->payload)
 		return img_error(-EACCES, "luks: the image is locked");
-	return img_sector_cipher_run(l->payload, encrypt, sector, buf, len);
+	return img_sector_cipher_copy(l->payload, encrypt, sector, src, dst,
+				      len);
 }
 
 /* ---- create ---- */

@@ -54,9 +54,13 @@ int img_sector_cipher_new(const char *alg, const char *mode_spec,
 			  struct img_sector_cipher **out);
 void img_sector_cipher_free(struct img_sector_cipher *c);
 /* En- or decrypt len bytes (a multiple of 512) in place; the first sector
- * has IV number sector. */
+ * has IV number sector. Large buffers are shared out over the cores. */
 int img_sector_cipher_run(struct img_sector_cipher *c, bool encrypt,
 			  uint64_t sector, uint8_t *buf, size_t len);
+/* The same from src into dst (equal, or not overlapping). */
+int img_sector_cipher_copy(struct img_sector_cipher *c, bool encrypt,
+			   uint64_t sector, const uint8_t *src, uint8_t *dst,
+			   size_t len);
 
 /* ---- LUKS1 ---- */
 
@@ -94,6 +98,9 @@ int img_luks_unlock(struct img_luks *l, const struct img_secret *secret,
  * create). */
 int img_luks_crypt(struct img_luks *l, bool encrypt, uint64_t sector,
 		   uint8_t *buf, size_t len);
+/* The same from src into dst (equal, or not overlapping). */
+int img_luks_crypt_copy(struct img_luks *l, bool encrypt, uint64_t sector,
+			const uint8_t *src, uint8_t *dst, size_t len);
 
 /* Parameters for a new header, named as QEMU's encrypt.* options. */
 struct img_luks_params {

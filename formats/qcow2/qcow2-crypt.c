@@ -15,7 +15,7 @@
  *
  * Hooks: the cluster code decrypts the host extents of a read after their
  * batch completes and encrypts write extents into a bounce buffer before
- * submitting them (the caller's buffer is const); copy-on-write data is
+ * submitting them (large extents on every core: img_sector_cipher_copy) (the caller's buffer is const); copy-on-write data is
  * decrypted after it is read so it is re-encrypted for its new host offset.
  * Requests not aligned to 512 bytes go through read-modify-write here.
  */
@@ -181,10 +181,11 @@ void qcow2_crypt_close(struct qcow2 *s)
 	s->crypt = NULL;
 }
 
-/* Run the cipher on len bytes at buf that sit at host offset host_off and
- * guest offset guest_off. */
-static int crypt_run(struct qcow2 *s, bool encrypt, uint8_t *buf, uint64_t len,
-		     uint64_t host_off, uint64_t guest_off)
+/* Run the cipher on len bytes from src into dst (may be equal) that sit at
+ * host offset host_off and guest offset guest_off. */
+static int crypt_run(struct qcow2 *s, bool encrypt, const uint8_t *src,
+		     uint8_t *dst, uint64_t len, uint64_t host_off,
+		     uint64_t guest_off)
 {
 	struct qcow2_crypt *c = s->crypt;
 
@@ -194,20 +195,20 @@ static int crypt_run(struct qcow2 *s, bool encrypt, uint8_t *buf, uint64_t len,
 				 " is not sector aligned",
 				 guest_off);
 	if (c->luks)
-		return img_luks_crypt(c->luks, encrypt, host_off / SECTOR, buf,
-				      len);
+		return img_luks_crypt_copy(c->luks, encrypt, host_off / SECTOR,
+					   src, dst, len);
 	if (!c->aes)
 		return locked_error();
 	if (encrypt)
 		return legacy_write_error();
-	return img_sector_cipher_run(c->aes, false, guest_off / SECTOR, buf,
-				     len);
+	return img_sector_cipher_copy(c->aes, false, guest_off / SECTOR, src,
+				      dst, len);
 }
 
 int qcow2_crypt_decrypt(struct qcow2 *s, uint8_t *buf, uint64_t len,
 			uint64_t host_off, uint64_t guest_off)
 {
-	return crypt_run(s, false, buf, len, host_off, guest_off);
+	return crypt_run(s, false, buf, buf, len, host_off, guest_off);
 }
 
 int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
@@ -216,7 +217,8 @@ int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
 	for (unsigned i = 0; i < s->n_vecs; i++) {
 		struct img_io_vec *v = &s->vecs[i];
 		uint64_t g = guest_off + (uint64_t)((uint8_t *)v->buf - buf);
-		int ret = crypt_run(s, false, v->buf, v->len, v->file_off, g);
+		int ret = crypt_run(s, false, v->buf, v->buf, v->len,
+				    v->file_off, g);
 
 		if (ret < 0)
 			return ret;
@@ -230,7 +232,7 @@ int qcow2_crypt_write_vecs(struct qcow2 *s)
 	uint64_t total = 0, pos = 0;
 
 	if (!c->luks)
-		return crypt_run(s, true, NULL, 0, 0, 0);
+		return crypt_run(s, true, NULL, NULL, 0, 0, 0);
 	for (unsigned i = 0; i < s->n_vecs; i++)
 		total += s->vecs[i].len;
 	if (total > c->bounce_cap) {
@@ -245,10 +247,9 @@ int qcow2_crypt_write_vecs(struct qcow2 *s)
 		struct img_io_vec *v = &s->vecs[i];
 		int ret;
 
-		memcpy(c->bounce + pos, v->buf, v->len);
+		ret = crypt_run(s, true, v->buf, c->bounce + pos, v->len,
+				v->file_off, v->file_off);
 		v->buf = c->bounce + pos;
-		ret = crypt_run(s, true, v->buf, v->len, v->file_off,
-				v->file_off);
 		if (ret < 0)
 			return ret;
 		pos += v->len;
