@@ -767,6 +767,15 @@ static int vhdx_read_bat(struct vhdx *s, uint64_t file_size)
 	return 0;
 }
 
+static void vhdx_close(struct img *img)
+{
+	struct vhdx *s = img_priv(img);
+
+	free(s->bat);
+	free(s->patches);
+	free(s->parent);
+}
+
 static int vhdx_open(struct img *img, unsigned flags)
 {
 	struct vhdx *s = img_priv(img);
@@ -796,22 +805,11 @@ static int vhdx_open(struct img *img, unsigned flags)
 	if (ret >= 0 && s->parent)
 		ret = img_set_backing_name(img, s->parent, "vhdx");
 	if (ret < 0) {
-		free(s->bat);
-		free(s->patches);
-		free(s->parent);
+		vhdx_close(img);
 		return ret;
 	}
 	img_set_size(img, s->size);
 	return 0;
-}
-
-static void vhdx_close(struct img *img)
-{
-	struct vhdx *s = img_priv(img);
-
-	free(s->bat);
-	free(s->patches);
-	free(s->parent);
 }
 
 static uint64_t vhdx_bat_idx(const struct vhdx *s, uint64_t block)
