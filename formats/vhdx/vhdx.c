@@ -279,8 +279,6 @@ static bool vhdx_entry_valid(const struct vhdx *s, const struct vhdx_log *l,
 {
 	const uint8_t *e = l->buf + off;
 	uint32_t len, ndesc;
-	uint8_t *copy;
-	bool ok;
 
 	if (off + 64 > l->len || memcmp(e, "loge", 4))
 		return false;
@@ -315,13 +313,7 @@ static bool vhdx_entry_valid(const struct vhdx *s, const struct vhdx_log *l,
 			data_off += 4096;
 		}
 	}
-	copy = malloc(len);
-	if (!copy)
-		return false;
-	memcpy(copy, e, len);
-	ok = img_le32(e + 4) == vhdx_crc(copy, len, 4);
-	free(copy);
-	return ok;
+	return img_le32(e + 4) == vhdx_crc(e, len, 4);
 }
 
 static int vhdx_apply(struct vhdx *s, bool in_file, uint64_t file_off,
