@@ -412,6 +412,15 @@ static int vhd_open_dynamic(struct vhd *s, uint64_t file_size)
 	return 0;
 }
 
+static void vhd_close(struct img *img)
+{
+	struct vhd *s = img_priv(img);
+
+	img_cache_free(s->bitmaps);
+	free(s->bat);
+	free(s->parent);
+}
+
 static int vhd_open(struct img *img, unsigned flags)
 {
 	struct vhd *s = img_priv(img);
@@ -427,22 +436,11 @@ static int vhd_open(struct img *img, unsigned flags)
 	if (ret >= 0 && s->type != VHD_TYPE_FIXED)
 		ret = vhd_open_dynamic(s, file_size);
 	if (ret < 0) {
-		img_cache_free(s->bitmaps);
-		free(s->bat);
-		free(s->parent);
+		vhd_close(img);
 		return ret;
 	}
 	img_set_size(img, s->size);
 	return 0;
-}
-
-static void vhd_close(struct img *img)
-{
-	struct vhd *s = img_priv(img);
-
-	img_cache_free(s->bitmaps);
-	free(s->bat);
-	free(s->parent);
 }
 
 static bool bit_is_set(const uint8_t *bm, uint64_t i)

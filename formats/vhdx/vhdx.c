@@ -279,8 +279,6 @@ static bool vhdx_entry_valid(const struct vhdx *s, const struct vhdx_log *l,
 {
 	const uint8_t *e = l->buf + off;
 	uint32_t len, ndesc;
-	uint8_t *copy;
-	bool ok;
 
 	if (off + 64 > l->len || memcmp(e, "loge", 4))
 		return false;
@@ -315,13 +313,7 @@ static bool vhdx_entry_valid(const struct vhdx *s, const struct vhdx_log *l,
 			data_off += 4096;
 		}
 	}
-	copy = malloc(len);
-	if (!copy)
-		return false;
-	memcpy(copy, e, len);
-	ok = img_le32(e + 4) == vhdx_crc(copy, len, 4);
-	free(copy);
-	return ok;
+	return img_le32(e + 4) == vhdx_crc(e, len, 4);
 }
 
 static int vhdx_apply(struct vhdx *s, bool in_file, uint64_t file_off,
@@ -767,6 +759,15 @@ static int vhdx_read_bat(struct vhdx *s, uint64_t file_size)
 	return 0;
 }
 
+static void vhdx_close(struct img *img)
+{
+	struct vhdx *s = img_priv(img);
+
+	free(s->bat);
+	free(s->patches);
+	free(s->parent);
+}
+
 static int vhdx_open(struct img *img, unsigned flags)
 {
 	struct vhdx *s = img_priv(img);
@@ -796,22 +797,11 @@ static int vhdx_open(struct img *img, unsigned flags)
 	if (ret >= 0 && s->parent)
 		ret = img_set_backing_name(img, s->parent, "vhdx");
 	if (ret < 0) {
-		free(s->bat);
-		free(s->patches);
-		free(s->parent);
+		vhdx_close(img);
 		return ret;
 	}
 	img_set_size(img, s->size);
 	return 0;
-}
-
-static void vhdx_close(struct img *img)
-{
-	struct vhdx *s = img_priv(img);
-
-	free(s->bat);
-	free(s->patches);
-	free(s->parent);
 }
 
 static uint64_t vhdx_bat_idx(const struct vhdx *s, uint64_t block)

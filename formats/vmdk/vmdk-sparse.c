@@ -544,13 +544,26 @@ static int vmdk_append_grain(struct vmdk_extent *e, uint64_t grain,
 	return 0;
 }
 
-/* Compress one grain (zlib's default level, as QEMU) and append it. */
+/*
+ * Compress one grain (zlib's default level, as QEMU) and append it. A
+ * whole grain that the convert pipeline writes plainly did not compress at
+ * that level: it is stored (deflate level 0), no larger and far cheaper.
+ */
 static int vmdk_append_compressed(struct vmdk_extent *e, uint64_t grain,
-				  const uint8_t *data)
+				  const uint8_t *data, bool whole)
 {
-	int clen = img_compress(IMG_COMPRESS_DEFLATE_ZLIB, 0, data,
-				e->grain_size, e->cbuf + 12, 2 * e->grain_size);
+	uLongf zlen = (uLongf)(2 * e->grain_size);
+	int clen, z;
 
+	if (whole && e->pipeline) {
+		z = compress2(e->cbuf + 12, &zlen, data, (uLong)e->grain_size,
+			      Z_NO_COMPRESSION);
+		if (z != Z_OK)
+			return img_error(-EIO, "vmdk: deflate failed (%d)", z);
+		return vmdk_append_grain(e, grain, e->cbuf + 12, zlen);
+	}
+	clen = img_compress(IMG_COMPRESS_DEFLATE_ZLIB, 0, data, e->grain_size,
+			    e->cbuf + 12, 2 * e->grain_size);
 	if (clen < 0)
 		return img_error(clen, "vmdk: deflate failed: %s",
 				 img_last_error());
@@ -567,7 +580,7 @@ static int vmdk_put_wbuf(struct img *img, struct vmdk_extent *e)
 	e->wbuf_idx = UINT64_MAX;
 	if (img_is_zero(e->wbuf, e->grain_size) && !img_has_backing(img))
 		return 0;
-	return vmdk_append_compressed(e, grain, e->wbuf);
+	return vmdk_append_compressed(e, grain, e->wbuf, false);
 }
 
 /*
@@ -632,7 +645,7 @@ static int vmdk_write_compressed_grain(struct img *img, struct vmdk_extent *e,
 		if (n == e->grain_size) {
 			if (img_is_zero(buf, n) && !img_has_backing(img))
 				return 0;
-			return vmdk_append_compressed(e, grain, buf);
+			return vmdk_append_compressed(e, grain, buf, true);
 		}
 		ret = vmdk_grain_base(img, e, grain, gte, e->wbuf);
 		if (ret < 0)

@@ -327,7 +327,9 @@ static int vmdk_write(struct img *img, const void *buf, uint64_t off,
 
 /*
  * A streamOptimized image stores only compressed grains: 1 tells convert
- * to compress (in parallel) without -c. Other subformats cannot.
+ * to compress (in parallel) without -c. Other subformats cannot. From now
+ * on whole grains given to write() are taken as the ones the pipeline
+ * could not shrink.
  */
 static int vmdk_compress_params(struct img *img, enum img_compress_type *type,
 				uint64_t *cluster_size)
@@ -341,6 +343,7 @@ static int vmdk_compress_params(struct img *img, enum img_compress_type *type,
 			"vmdk: compressed writes need subformat=streamOptimized");
 	*type = IMG_COMPRESS_DEFLATE_ZLIB;
 	*cluster_size = s->ext[0].grain_size;
+	s->ext[0].pipeline = true;
 	return 1;
 }
 

@@ -118,6 +118,9 @@ struct vmdk_extent {
 	struct vmdk_gt *gts; /* n_gts, loaded on first use */
 	bool gd_dirty;
 	bool compressed, markers, zero_grain;
+	/* compressed: a convert pipeline compresses the grains (see
+	 * vmdk_compress_params); whole grains written plainly are stored. */
+	bool pipeline;
 	bool at_end; /* GD at the end: metadata rewritten at flush */
 	bool appendable; /* at_end: grains may be appended at data_end */
 	bool stream_dirty;

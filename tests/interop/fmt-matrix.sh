@@ -18,6 +18,8 @@
 #                             pair), qemu-img compare checks each target
 #                             against the content, and img converts it back
 #                             to raw byte-identical
+#   fm_matrix_test V...       a whole matrix test script: the content, the
+#                             matrix for sources V..., the verdict
 . "$(dirname "${BASH_SOURCE[0]}")/interop-lib.sh"
 
 FM_SIZE=$((8 * 1048576 + 196608))
@@ -164,4 +166,14 @@ fm_matrix() {
 			tcase fm_pair "$v" "$w"
 		done
 	done
+}
+
+fm_matrix_test() {
+	local f
+	for f in vdi vmdk vpc vhdx; do
+		need_format $f
+	done
+	fm_contents
+	fm_matrix "$@"
+	finish
 }
