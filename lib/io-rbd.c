@@ -4,7 +4,9 @@
  * names spelled as QEMU spells them, rbd:POOL[/NAMESPACE]/IMAGE[@SNAP] followed
  * by :key=value options (conf=PATH, id=USER, or any Ceph client option such as
  * client_mount_timeout=5; a backslash escapes the next character). The cephx
- * key comes from the keyring named by the conf, never from the name. Transfers
+ * key comes from the keyring named by the conf, or from a registered secret
+ * (password-secret=ID, as QEMU's option: --object secret,id=ID,file=PATH),
+ * never from the name itself. Transfers
  * go out as librbd asynchronous requests, a batch in flight at once, and the
  * call returns when all have completed, so buffers stay alive until then.
  * Connecting and every cluster operation are bounded by timeouts (30 s unless
@@ -50,6 +52,7 @@ static uint64_t rbd_max(uint64_t a, uint64_t b)
 /* A parsed rbd: name; every string malloc'd. */
 struct rbd_name {
 	char *pool, *ns, *image, *snap, *conf, *id;
+	char *secret_id; /* password-secret=ID: the cephx key */
 	char **keys, **vals; /* other Ceph options, in name order */
 	unsigned n_opts;
 };
@@ -87,6 +90,7 @@ static void rbd_name_free(struct rbd_name *n)
 	free(n->snap);
 	free(n->conf);
 	free(n->id);
+	free(n->secret_id);
 	for (unsigned i = 0; i < n->n_opts; i++) {
 		free(n->keys[i]);
 		free(n->vals[i]);
@@ -136,6 +140,8 @@ static int rbd_parse_opt(struct rbd_name *n, const char *name, const char *kv,
 		slot = &n->conf;
 	else if (klen == 2 && !memcmp(kv, "id", 2))
 		slot = &n->id;
+	else if (klen == 15 && !memcmp(kv, "password-secret", 15))
+		slot = &n->secret_id;
 	else if ((klen == 3 && !memcmp(kv, "key", 3)) ||
 		 (klen == 6 && !memcmp(kv, "secret", 6)))
 		return img_error(
@@ -265,6 +271,39 @@ static int rbd_bound_timeout(rados_t c, const char *key, const char *before)
 	return rados_conf_set(c, key, RBD_TIMEOUT_SECS);
 }
 
+/* The cephx key from registered secret id (a key file's trailing newline
+ * dropped); the copy made for librados is wiped. */
+static int rbd_set_key(rados_t c, const char *id)
+{
+	const struct img_secret *s = img_secret_lookup(id);
+	const uint8_t *data;
+	char key[256];
+	size_t len;
+	int ret;
+
+	if (!s)
+		return img_error(
+			-ENOENT,
+			"rbd: no secret '%s' (give it with --object secret,id=%s,file=PATH)",
+			id, id);
+	data = img_secret_data(s, &len);
+	while (len && (data[len - 1] == '\n' || data[len - 1] == '\r' ||
+		       data[len - 1] == ' '))
+		len--;
+	if (!len || len >= sizeof(key) || memchr(data, '\0', len))
+		return img_error(-EINVAL, "rbd: secret '%s' is not a cephx key",
+				 id);
+	memcpy(key, data, len);
+	key[len] = '\0';
+	ret = rados_conf_set(c, "key", key);
+	explicit_bzero(key, sizeof(key));
+	if (ret < 0)
+		return img_error(
+			ret, "rbd: the cephx key of secret '%s' is refused: %s",
+			id, strerror(-ret));
+	return 0;
+}
+
 static int rbd_connect(const char *path, const struct rbd_name *n, bool nocache,
 		       rados_t *out)
 {
@@ -308,6 +347,11 @@ static int rbd_connect(const char *path, const struct rbd_name *n, bool nocache,
 						   strerror(-ret));
 			goto fail;
 		}
+	}
+	if (n->secret_id) {
+		ret = rbd_set_key(c, n->secret_id);
+		if (ret < 0)
+			goto fail;
 	}
 	ret = rados_connect(c);
 	if (ret < 0) {
