@@ -610,7 +610,16 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			size = 0;
 		else if (size > h->len - (uint64_t)off)
 			size = h->len - (uint64_t)off;
-		fuse_reply_buf(req, h->data + off, size);
+		/* A copy: the kernel may send RELEASE, which frees h->data,
+		 * as soon as it has the reply, before fuse_reply_buf returns. */
+		buf = malloc(size ? size : 1);
+		if (!buf) {
+			fuse_reply_err(req, ENOMEM);
+			return;
+		}
+		memcpy(buf, (const char *)h->data + off, size);
+		fuse_reply_buf(req, buf, size);
+		free(buf);
 		return;
 	}
 	pthread_rwlock_rdlock(&fs->size_lock);
