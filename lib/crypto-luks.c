@@ -18,7 +18,8 @@
  * Untrusted input: every header field is validated before use, and the key
  * derivation cost an image can demand is capped (IMG_LUKS_DEFAULT_MAX_ITER,
  * img_luks_set_max_iter). Key material is held in img_secure_alloc memory
- * and wiped; OpenSSL's cipher contexts keep their own key schedules.
+ * and wiped; OpenSSL's cipher contexts keep their own key schedules on its
+ * heap, so each keyed sector cipher holds the core guard (img-crypto.h).
  *
  * Bulk sector work (img_sector_cipher_copy over 256 KiB or more) is spread
  * over the online cores: a process-wide pool of one helper thread per extra
@@ -252,9 +253,14 @@ int img_sector_cipher_new(const char *alg, const char *mode_spec,
 				 "luks: %zu-byte keys are not supported with "
 				 "aes in mode '%s'",
 				 key_len, mode_spec);
+	ret = img_core_guard_acquire();
+	if (ret < 0)
+		return ret;
 	c = calloc(1, sizeof(*c));
-	if (!c)
+	if (!c) {
+		img_core_guard_release();
 		return img_error(-ENOMEM, "luks: out of memory");
+	}
 	c->ivgen = ivgen;
 	for (int enc = 0; enc < 2; enc++) {
 		c->ctx[0][enc] = EVP_CIPHER_CTX_new();
@@ -319,6 +325,7 @@ void img_sector_cipher_free(struct img_sector_cipher *c)
 		EVP_CIPHER_CTX_free(c->essiv[w]);
 	}
 	free(c);
+	img_core_guard_release();
 }
 
 /* Worker w's contexts for direction enc, copied from worker 0's. */

@@ -9,6 +9,17 @@
  * whose offsets are relative to the start of the LUKS header. Every
  * primitive is OpenSSL EVP (AES, PBKDF2, hashes, RAND_bytes).
  *
+ * Key material stays out of core dumps: our copies live in img_secure_alloc
+ * memory (MADV_DONTDUMP, locked, wiped), and because OpenSSL keeps its key
+ * schedules, PBKDF2's HMAC states and stack temporaries where we cannot
+ * place them (its secure heap is not used by the AES providers), every
+ * secure block and every keyed img_sector_cipher (its per-thread copies
+ * included) holds the process-wide core guard of lib/secret.c: while one
+ * exists, cores carry no anonymous memory. Cost: a write to
+ * /proc/self/coredump_filter when the first key appears and when the last
+ * goes, nothing per sector; crash cores while an encrypted image is open
+ * have registers and mappings but no memory to debug with.
+ *
  * Objects here are not thread-safe; a driver calls them under its lock.
  */
 #ifndef IMG_CRYPTO_H
@@ -24,7 +35,8 @@
 
 /*
  * Zeroed memory for key material: mlock'ed where the system allows it and
- * excluded from core dumps. NULL on failure (with img_error set).
+ * excluded from core dumps; holds the core guard until freed. NULL on failure
+ * (with img_error set).
  */
 void *img_secure_alloc(size_t len);
 /* Wipe and release memory from img_secure_alloc (NULL is a no-op). */

@@ -163,6 +163,16 @@ const char *const *img_formats(void);
  */
 struct img_secret;
 
+/*
+ * While any holder exists (a secret, a loaded key, or a caller that keeps
+ * key material of its own, such as a TLS private key), core dumps of the
+ * process carry no anonymous memory (lib/secret.c says how and what it
+ * costs). Acquire fails (-errno) only if nothing can keep cores out; each
+ * successful acquire needs one release.
+ */
+int img_core_guard_acquire(void);
+void img_core_guard_release(void);
+
 /* A secret holding a copy of len bytes of data. */
 int img_secret_new(const void *data, size_t len, struct img_secret **out);
 /* The whole file (format=raw) or its base64 decoding. */

@@ -304,6 +304,15 @@ static int rbd_set_key(rados_t c, const char *id)
 	return 0;
 }
 
+/* librados keeps the cephx key (from a secret or a keyring) and the session
+ * keys on its own heap for the life of the handle: the core guard covers
+ * them (lib/secret.c). */
+static void rbd_disconnect(rados_t c)
+{
+	rados_shutdown(c);
+	img_core_guard_release();
+}
+
 static int rbd_connect(const char *path, const struct rbd_name *n, bool nocache,
 		       rados_t *out)
 {
@@ -314,10 +323,15 @@ static int rbd_connect(const char *path, const struct rbd_name *n, bool nocache,
 	rados_t c;
 	int ret;
 
-	ret = rados_create(&c, n->id);
+	ret = img_core_guard_acquire();
 	if (ret < 0)
+		return ret;
+	ret = rados_create(&c, n->id);
+	if (ret < 0) {
+		img_core_guard_release();
 		return img_error(ret, "rbd: cannot create a cluster handle: %s",
 				 strerror(-ret));
+	}
 	for (size_t i = 0; i < IMG_ARRAY_SIZE(timeouts); i++)
 		if (rados_conf_get(c, timeouts[i], before[i],
 				   sizeof(before[i])) < 0)
@@ -367,7 +381,7 @@ static int rbd_connect(const char *path, const struct rbd_name *n, bool nocache,
 	*out = c;
 	return 0;
 fail:
-	rados_shutdown(c);
+	rbd_disconnect(c);
 	return ret;
 }
 
@@ -846,7 +860,7 @@ static void rbd_free(struct rbd *r)
 	if (r->ioctx)
 		rados_ioctx_destroy(r->ioctx);
 	if (r->cluster)
-		rados_shutdown(r->cluster);
+		rbd_disconnect(r->cluster);
 	pthread_mutex_destroy(&r->lock);
 	free(r->map);
 	free(r->io.path);
@@ -1225,7 +1239,7 @@ out:
 	if (pio)
 		rados_ioctx_destroy(pio);
 	if (c)
-		rados_shutdown(c);
+		rbd_disconnect(c);
 	rbd_name_free(&pn);
 	rbd_name_free(&cn);
 	return ret < 0 ? ret : 0;

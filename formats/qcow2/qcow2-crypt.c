@@ -142,7 +142,7 @@ static int open_aes(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
 	memcpy(key, pass, img_min(len, sizeof(key)));
 	ret = img_sector_cipher_new("aes", "cbc-plain64", key, sizeof(key),
 				    &c->aes);
-	memset(key, 0, sizeof(key));
+	explicit_bzero(key, sizeof(key));
 	return ret;
 }
 

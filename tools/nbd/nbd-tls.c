@@ -4,8 +4,11 @@
  * and key, and with a CA the client certificate is required and verified.
  * PSK: identities and keys from a qemu-style keys.psk file, looked up by the
  * identity the client sends (TLS 1.2 PSK cipher suites and TLS 1.3 external
- * PSKs through OpenSSL's PSK server callback). Keys are wiped with
- * OPENSSL_cleanse when the context is freed. TLS 1.2 is the minimum version.
+ * PSKs through OpenSSL's PSK server callback). PSKs are held as img
+ * secrets (locked, wiped when the context is freed), and the context holds
+ * libimg's core guard: OpenSSL keeps copies of the PSK, the private key and
+ * every session's keys on its heap, so cores carry no anonymous memory while
+ * the context lives. TLS 1.2 is the minimum version.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -22,12 +25,12 @@
 
 struct psk {
 	char *identity;
-	unsigned char *key;
-	size_t key_len;
+	struct img_secret *key;
 };
 
 struct nbd_tls {
 	SSL_CTX *ctx;
+	bool guarded;
 	struct psk *psks;
 	size_t n_psks;
 };
@@ -63,7 +66,9 @@ static int hexval(int ch)
 static int parse_psk_line(char *line, struct psk *p)
 {
 	char *colon = strchr(line, ':');
-	size_t hex_len;
+	unsigned char key[MAX_PSK_LEN];
+	size_t hex_len, key_len;
+	int ret = 0;
 
 	if (!colon || colon == line)
 		return -EINVAL;
@@ -71,20 +76,22 @@ static int parse_psk_line(char *line, struct psk *p)
 	hex_len = strcspn(colon + 1, "\r\n");
 	if (!hex_len || hex_len % 2 || hex_len / 2 > MAX_PSK_LEN)
 		return -EINVAL;
-	p->key_len = hex_len / 2;
-	p->key = OPENSSL_secure_malloc(p->key_len);
-	p->identity = strdup(line);
-	if (!p->key || !p->identity)
-		return -ENOMEM;
-	for (size_t i = 0; i < p->key_len; i++) {
+	key_len = hex_len / 2;
+	for (size_t i = 0; i < key_len && !ret; i++) {
 		int hi = hexval(colon[1 + 2 * i]),
 		    lo = hexval(colon[2 + 2 * i]);
 
 		if (hi < 0 || lo < 0)
-			return -EINVAL;
-		p->key[i] = (unsigned char)(hi << 4 | lo);
+			ret = -EINVAL;
+		key[i] = (unsigned char)(hi << 4 | lo);
 	}
-	return 0;
+	if (!ret)
+		ret = img_secret_new(key, key_len, &p->key);
+	OPENSSL_cleanse(key, sizeof(key));
+	if (ret < 0)
+		return ret;
+	p->identity = strdup(line);
+	return p->identity ? 0 : -ENOMEM;
 }
 
 static int load_psks(struct nbd_tls *t, const char *path)
@@ -97,6 +104,8 @@ static int load_psks(struct nbd_tls *t, const char *path)
 	if (!f)
 		return img_error(-errno, "tls: cannot open PSK file %s: %s",
 				 path, strerror(errno));
+	/* No stdio buffer: it would keep a copy of the keys, unwiped. */
+	setvbuf(f, NULL, _IONBF, 0);
 	while (fgets(line, sizeof(line), f)) {
 		struct psk *grown;
 
@@ -135,11 +144,16 @@ static unsigned int psk_server_cb(SSL *ssl, const char *identity,
 		return 0;
 	for (size_t i = 0; i < t->n_psks; i++) {
 		const struct psk *p = &t->psks[i];
+		const uint8_t *key;
+		size_t len;
 
-		if (strcmp(p->identity, identity) || p->key_len > max_psk_len)
+		if (strcmp(p->identity, identity))
 			continue;
-		memcpy(psk, p->key, p->key_len);
-		return (unsigned int)p->key_len;
+		key = img_secret_data(p->key, &len);
+		if (len > max_psk_len)
+			continue;
+		memcpy(psk, key, len);
+		return (unsigned int)len;
 	}
 	return 0;
 }
@@ -151,6 +165,12 @@ int nbd_tls_new(const struct nbd_tls_opts *o, struct nbd_tls **out)
 
 	if (!t)
 		return img_error(-ENOMEM, "tls: out of memory");
+	ret = img_core_guard_acquire();
+	if (ret < 0) {
+		free(t);
+		return ret;
+	}
+	t->guarded = true;
 	t->ctx = SSL_CTX_new(TLS_server_method());
 	if (!t->ctx) {
 		ret = img_error(-ENOMEM, "tls: %s", ssl_err());
@@ -213,14 +233,13 @@ void nbd_tls_free(struct nbd_tls *t)
 	if (!t)
 		return;
 	for (size_t i = 0; i < t->n_psks; i++) {
-		if (t->psks[i].key) {
-			OPENSSL_cleanse(t->psks[i].key, t->psks[i].key_len);
-			OPENSSL_secure_free(t->psks[i].key);
-		}
+		img_secret_free(t->psks[i].key);
 		free(t->psks[i].identity);
 	}
 	free(t->psks);
 	SSL_CTX_free(t->ctx);
+	if (t->guarded)
+		img_core_guard_release();
 	free(t);
 }
 
