@@ -48,6 +48,7 @@
  */
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -82,58 +83,64 @@ static size_t page_round(size_t len)
 
 static pthread_mutex_t guard_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned long guard_holders;
-/* The filter to restore ("" if the fallback is in use), or the limit. */
-static char saved_filter[32];
+/* What to restore: the filter, or (no /proc) the core size limit. */
+static bool filter_saved;
+static unsigned long saved_filter;
 static struct rlimit saved_core;
 
 #define CORE_FILTER "/proc/self/coredump_filter"
 
-/* The filter (hex text) into buf, NUL-terminated. */
-static int filter_read(char *buf, size_t size)
+static int filter_read(unsigned long *value)
 {
+	char buf[32], *end;
 	int fd = open(CORE_FILTER, O_RDONLY | O_CLOEXEC);
 	ssize_t n;
 
 	if (fd < 0)
 		return -errno;
-	n = read(fd, buf, size - 1);
+	n = read(fd, buf, sizeof(buf) - 1);
 	close(fd);
 	if (n <= 0)
 		return -EIO;
 	buf[n] = 0;
-	return 0;
+	*value = strtoul(buf, &end, 16);
+	return end == buf ? -EIO : 0;
 }
 
-static int filter_write(const char *value)
+static int filter_write(unsigned long value)
 {
+	char buf[32];
+	/* The kernel parses with base 0: the file's own "00000033" would be
+	 * octal. */
+	int len = snprintf(buf, sizeof(buf), "%#lx", value);
 	int fd = open(CORE_FILTER, O_WRONLY | O_CLOEXEC);
 	ssize_t n;
 
 	if (fd < 0)
 		return -errno;
-	n = write(fd, value, strlen(value));
+	n = write(fd, buf, (size_t)len);
 	close(fd);
-	return n == (ssize_t)strlen(value) ? 0 : -EIO;
+	return n == len ? 0 : -EIO;
 }
 
 static int guard_on(void)
 {
 	struct rlimit none;
 
-	if (filter_read(saved_filter, sizeof(saved_filter)) == 0 &&
-	    filter_write("0") == 0)
+	filter_saved = filter_read(&saved_filter) == 0 && filter_write(0) == 0;
+	if (filter_saved)
 		return 0;
-	saved_filter[0] = 0;
 	if (getrlimit(RLIMIT_CORE, &saved_core) < 0)
 		return img_error(-errno,
 				 "secret: cannot keep key material "
 				 "out of core dumps: no %s and no "
 				 "RLIMIT_CORE",
 				 CORE_FILTER);
+	/* 1, not 0: pipes ignore 0 but take 1 as "no core"; files need at
+	 * least a page. Raising a soft 0 to 1 is thus no loss. */
 	none = saved_core;
 	none.rlim_cur = saved_core.rlim_max ? 1 : 0;
-	if (none.rlim_cur < saved_core.rlim_cur &&
-	    setrlimit(RLIMIT_CORE, &none) < 0)
+	if (setrlimit(RLIMIT_CORE, &none) < 0)
 		return img_error(-errno,
 				 "secret: cannot keep key material "
 				 "out of core dumps: %s",
@@ -143,7 +150,7 @@ static int guard_on(void)
 
 static void guard_off(void)
 {
-	if (saved_filter[0])
+	if (filter_saved)
 		(void)filter_write(saved_filter);
 	else
 		(void)setrlimit(RLIMIT_CORE, &saved_core);
