@@ -6,7 +6,9 @@
 # Controls, so that the test fails if cores or the search are broken: the
 # same command on a plain qcow2 (no key loaded) leaves a core in which the
 # search finds a marker the process holds (its image name), and while the
-# key is loaded the process's coredump_filter is 0.
+# key is loaded the process's coredump_filter is 0. The same for img-nbd
+# serving over TLS with a PSK (a qemu-io client reads through it): its core
+# holds no PSK; a plain img-nbd's core shows the marker.
 . "$(dirname "$0")/functions.sh"
 requires python3 cryptsetup
 
@@ -121,4 +123,48 @@ if [ -f "$core" ]; then
 	[ -z "$found" ] || fail "key material in the core: ${found//$'\n'/ }"
 fi
 [ $((16#$filter)) = 0 ] || fail "coredump_filter is $filter while the key is loaded"
+
+# Run img-nbd with the given options serving $plain on $T/run/sock, read
+# through it with qemu-io (TLS PSK if $psk_dir is set), then SIGSEGV.
+crash_nbd() {
+	local pid i tls=""
+	rm -f "$T/run/sock"
+	(cd "$T/run" && exec "$IMG_NBD" -t -x e -k "$T/run/sock" "$@" "$plain" \
+		>"$T/nbd.out" 2>&1) &
+	pid=$!
+	for i in $(seq 300); do
+		[ -S "$T/run/sock" ] && break
+		sleep 0.1
+	done
+	[ -n "${psk_dir:-}" ] && tls=",tls-creds=c0"
+	timeout 30 qemu-io ${psk_dir:+--object "tls-creds-psk,id=c0,dir=$psk_dir,endpoint=client"} \
+		--image-opts "driver=nbd,path=$T/run/sock,export=e$tls" \
+		-c "read -P 0x61 0 4M" >"$T/qio.out" 2>&1 ||
+		fail "qemu-io through img-nbd $*: $(cat "$T/qio.out" "$T/nbd.out")"
+	filter=$(cat "/proc/$pid/coredump_filter")
+	kill -SEGV "$pid"
+	{ wait "$pid"; } 2>/dev/null
+	core=$T/run/$(core_of "$pid" img-nbd)
+}
+
+if command -v qemu-io >/dev/null; then
+	psk_dir=
+	crash_nbd
+	[ -f "$core" ] || fail "no core from the control img-nbd ($core)"
+	[ "$(found_in "$core" "marker=$(hex "$marker")")" = marker ] ||
+		fail "the control img-nbd core does not show the marker"
+	rm -f "$core"
+
+	psk=$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')
+	psk_dir=$T/psk
+	mkdir "$psk_dir"
+	echo "qemu:$psk" >"$psk_dir/keys.psk"
+	crash_nbd --tls-psk-file "$psk_dir/keys.psk"
+	if [ -f "$core" ]; then
+		found=$(found_in "$core" "psk=$psk" "psk-half=${psk:0:32}" \
+			"psk-hex=$(hex "$psk")")
+		[ -z "$found" ] || fail "the TLS PSK is in img-nbd's core: ${found//$'\n'/ }"
+	fi
+	[ $((16#$filter)) = 0 ] || fail "img-nbd's coredump_filter is $filter with a PSK loaded"
+fi
 echo ok
