@@ -2,11 +2,11 @@
 # SPDX-License-Identifier: MIT
 """Abandoning NBD clients, run by test-nbd-abandon.sh.
 
-Usage: nbd-abandon.py HOST PORT CLIENTS HOLD_SECONDS
+Usage: nbd-abandon.py HOST PORT CLIENTS HOLD_SECONDS [READ_KIB]
 
 Opens CLIENTS connections; each does the fixed newstyle handshake (NBD_OPT_GO
-on the default export, simple replies) and sends 64 NBD_CMD_READs of 4 MiB
-without reading any reply. With HOLD_SECONDS 0 every client then closes at
+on the default export, simple replies) and sends 64 NBD_CMD_READs of READ_KIB
+(default 4096: 4 MiB) without reading any reply. With HOLD_SECONDS 0 every client then closes at
 once; otherwise they all stay connected (with a small receive buffer, so the
 server's replies back up) for that long and then close. Exits 0 once every
 client has queued its reads and closed; a client the server refused (a
@@ -25,7 +25,6 @@ OPT_GO = 7
 REP_ACK = 1
 CMD_READ = 0
 READS = 64
-READ_LEN = 4 << 20
 
 
 def recv_exact(s, n):
@@ -38,7 +37,7 @@ def recv_exact(s, n):
     return out
 
 
-def handshake(host, port):
+def handshake(host, port, read_len):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # Small before connect() so the window is small: the server's replies
     # back up at once instead of filling megabytes of socket buffers.
@@ -62,7 +61,7 @@ def handshake(host, port):
             break
         if rtype & 0x80000000:
             raise ConnectionError("GO refused: %#x" % rtype)
-    if not size or size < READ_LEN:
+    if not size or size < read_len:
         raise ConnectionError("export too small: %r" % size)
     return s, size
 
@@ -70,13 +69,14 @@ def handshake(host, port):
 def main():
     host, port = sys.argv[1], int(sys.argv[2])
     clients, hold = int(sys.argv[3]), float(sys.argv[4])
+    read_len = (int(sys.argv[5]) if len(sys.argv) > 5 else 4096) << 10
     conns = []
     for i in range(clients):
-        s, size = handshake(host, port)
-        span = size // READ_LEN
+        s, size = handshake(host, port, read_len)
+        span = size // read_len
         reqs = b"".join(
             struct.pack(">IHHQQI", REQ_MAGIC, 0, CMD_READ, i * READS + k,
-                        ((i + k) % span) * READ_LEN, READ_LEN)
+                        ((i + k) % span) * read_len, read_len)
             for k in range(READS))
         s.sendall(reqs)
         if hold:
@@ -87,8 +87,8 @@ def main():
         time.sleep(hold)
         for s in conns:
             s.close()
-    print("%d clients queued %d x %d MiB reads and closed" %
-          (clients, READS, READ_LEN >> 20))
+    print("%d clients queued %d x %d KiB reads and closed" %
+          (clients, READS, read_len >> 10))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
  * default 2 per CPU); its done() callback sends the reply under the
  * connection's send lock, so replies go out in completion order, and a
  * connection holds at most CONN_MAX_INFLIGHT requests and CONN_MAX_BYTES of
- * buffers (plus one request of any size). Larger requests, and all of them
+ * buffers (plus one request of any size), all connections together at most
+ * SERVER_MAX_BYTES (a reader waits for its share, reading nothing meanwhile:
+ * TCP pushes back on the client). Larger requests, and all of them
  * with --threads=0, run on the reader thread itself. Measured on a cached
  * 1 GiB qcow2 on this loaded 2-core host: running on the reader thread costs
  * less server CPU (11 against 18 us per 4 KiB read, qemu-nbd 44; 320
@@ -20,6 +22,11 @@
  * contended CPU, and the data transfers of requests on allocated qcow2
  * clusters overlap (the library's fast path runs them outside the image
  * lock).
+ * A client that is gone (EOF or reset on read without NBD_CMD_DISC, a
+ * failed send) gets nothing more read or sent: its reads not yet started
+ * are dropped (taken off the pool's queue; one about to run on the reader
+ * thread is checked with poll() first), writes it sent and requests already
+ * running finish, and its slot is free for a new client before they do.
  * BLOCK_STATUS and zero-range reads are always answered on the reader
  * thread, and so is every request of a TLS connection, because an OpenSSL
  * session cannot be read and written from two threads at once.
@@ -517,7 +524,7 @@ static void conn_reserve(struct conn *c, uint64_t bytes)
 
 /*
  * The client is gone (EOF or reset on read, a failed send): read nothing
- * more, drop its requests still queued in the pool, and send nothing more, so
+ * more, drop its reads still queued in the pool, and send nothing more, so
  * that running requests finish without waiting on the socket. The shutdown
  * wakes a send blocked on this socket. Not on a server stop: then the
  * requests already read still get their replies.
@@ -560,10 +567,11 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	struct job *j;
 	int ret;
 
-	/* Work for a client that is gone is dropped; a large request is worth
-	 * a poll() to find out. */
-	if (atomic_load(&c->gone) ||
-	    (r->len >= INLINE_MIN && peer_hung_up(c))) {
+	/* A read (or CACHE) for a client that is gone is dropped, and a large
+	 * one is worth a poll() to find out; what a client sent to be written
+	 * is written even if it left. */
+	if (op == IMG_AIO_READ && (atomic_load(&c->gone) ||
+				   (r->len >= INLINE_MIN && peer_hung_up(c)))) {
 		conn_abandon(c);
 		buf_put(c, buf, r->len);
 		conn_release(c, buf ? r->len : 0);
@@ -607,7 +615,8 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	j->req.len = r->len;
 	j->req.flags = flags;
 	j->req.done = job_done;
-	j->req.opaque = c; /* for img_aio_cancel() */
+	/* Only reads are cancelled (see above). */
+	j->req.opaque = op == IMG_AIO_READ ? c : NULL;
 	ret = img_aio_submit(c->srv->aio, c->exp->img, &j->req);
 	if (ret < 0) {
 		j->req.error = img_last_error();
