@@ -88,7 +88,9 @@ static void *aio_worker(void *arg)
 		pthread_mutex_unlock(&aio->lock);
 
 		img_clear_error();
-		ret = img_aio_run(it.img, it.req);
+		ret = it.req->start ? it.req->start(it.req) : 0;
+		if (ret >= 0)
+			ret = img_aio_run(it.img, it.req);
 		it.req->error = ret < 0 ? img_last_error() : NULL;
 		it.req->done(it.req, ret);
 

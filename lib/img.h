@@ -553,6 +553,9 @@ struct img_aio_req {
 	unsigned flags; /* IMG_FUA (WRITE, ZERO, DISCARD), IMG_ZERO_* */
 	/* Called once from a worker thread with the result (0 or -errno). */
 	void (*done)(struct img_aio_req *req, int ret);
+	/* Optional: called by the worker just before the request runs; a
+	 * negative return skips it, and done() gets that result. */
+	int (*start)(struct img_aio_req *req);
 	void *opaque;
 	/* Error message when ret < 0 (valid during done()). */
 	const char *error;

@@ -2,13 +2,15 @@
 # SPDX-License-Identifier: MIT
 """Abandoning NBD clients, run by test-nbd-abandon.sh.
 
-Usage: nbd-abandon.py HOST PORT CLIENTS HOLD_SECONDS [READ_KIB]
+Usage: nbd-abandon.py HOST PORT CLIENTS HOLD_SECONDS [READ_KIB [SERVER_PID]]
 
 Opens CLIENTS connections; each does the fixed newstyle handshake (NBD_OPT_GO
 on the default export, simple replies) and sends 64 NBD_CMD_READs of READ_KIB
 (default 4096: 4 MiB) without reading any reply. With HOLD_SECONDS 0 every client then closes at
 once; otherwise they all stay connected (with a small receive buffer, so the
-server's replies back up) for that long and then close. Exits 0 once every
+server's replies back up) for that long and then close, and with SERVER_PID
+the line "rchar at close: N" gives the server's rchar (/proc/PID/io) just
+before they close. Exits 0 once every
 client has queued its reads and closed; a client the server refused (a
 handshake that fails) is an error, since the test runs within the cap.
 """
@@ -85,6 +87,11 @@ def main():
             s.close()
     if hold:
         time.sleep(hold)
+        if len(sys.argv) > 6:
+            with open("/proc/%s/io" % sys.argv[6]) as f:
+                rchar = [ln.split()[1] for ln in f
+                         if ln.startswith("rchar:")][0]
+            print("rchar at close: %s" % rchar, flush=True)
         for s in conns:
             s.close()
     print("%d clients queued %d x %d KiB reads and closed" %

@@ -13,7 +13,9 @@
 # data (rchar in /proc/PID/io, every read is one pread of the raw image: in
 # the 4 MiB rounds less than two reads per client, 1/32 of the 25 GiB
 # queued; in the 64 KiB round less than a quarter of the 400 MiB queued,
-# where img-nbd read all of it before and half without the pool cancel), and
+# where img-nbd read all of it before and half without the pool cancel; and
+# after the clients of a held round closed, less than three per client),
+# and
 # its peak RSS (VmHWM) must stay under the server-wide buffer budget
 # (128 MiB) plus 64 MiB for everything else (9-17 MiB in all after the
 # rounds that close at once); while the connections were held, each of them
@@ -42,7 +44,7 @@ round() {
 	local hold=$1 kib=$2 limit=$3 r0 t0 t1 last now served=0
 	r0=$(rchar)
 	timeout 120 python3 "$(dirname "$0")/nbd-abandon.py" 127.0.0.1 "$PORT" \
-		"$N" "$hold" "$kib" >"$T/py.log" 2>&1 ||
+		"$N" "$hold" "$kib" "$PID" >"$T/py.log" 2>&1 ||
 		{
 			cat "$T/py.log" >&2
 			fail "[hold $hold, $kib KiB reads] the abandoning clients failed"
@@ -73,6 +75,15 @@ round() {
 	echo "hold $hold, $kib KiB reads: the server read $(((now - r0) / MIB)) MiB (clients queued $((N * 64 * kib / 1024)) MiB)"
 	[ $((now - r0)) -lt "$limit" ] ||
 		fail "[hold $hold, $kib KiB reads] the server read $(((now - r0) / MIB)) MiB for clients that were gone (limit $((limit / MIB)) MiB)"
+	[ "$hold" = 0 ] && return
+	# Once they close: a client that closed before any reply reached it
+	# sent a FIN, not a reset, so its first reply after that still goes
+	# out; the second fails and drops the rest. Three reads per client.
+	r0=$(awk '/^rchar at close:/ { print $4 }' "$T/py.log")
+	[ -n "$r0" ] || fail "no rchar at close: $(cat "$T/py.log")"
+	echo "hold $hold, $kib KiB reads: $(((now - r0) / 1024)) KiB read after the clients closed"
+	[ $((now - r0)) -lt $((N * 3 * kib * 1024)) ] ||
+		fail "[hold $hold, $kib KiB reads] the server read $(((now - r0) / 1024)) KiB after the clients closed (limit $((N * 3 * kib)) KiB)"
 }
 
 round 0 4096 $((N * 2 * 4 * MIB))

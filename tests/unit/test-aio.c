@@ -7,7 +7,8 @@
  * reopening; errors reach done() with req->error set (and come back from
  * img_aio_run); drain and free with requests still queued; cancel takes
  * exactly one owner's queued requests off the queue (done() with -ECANCELED)
- * and leaves the running one and the others, in order.
+ * and leaves the running one and the others, in order; a start() hook that
+ * refuses keeps its request from running.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -230,6 +231,34 @@ static void on_gate_done(struct img_aio_req *req, int ret)
 		usleep(1000);
 }
 
+static int refuse_start(struct img_aio_req *req)
+{
+	(void)req;
+	return -ECANCELED;
+}
+
+static void test_start_refused(struct img_aio *aio, struct img *img)
+{
+	struct creq c = { 0 };
+	uint8_t *buf = malloc(SLOT);
+
+	if (!buf) {
+		CHECK(0);
+		return;
+	}
+	memset(buf, 0xee, SLOT);
+	c.req = (struct img_aio_req){ .op = IMG_AIO_READ,
+				      .buf = buf,
+				      .len = SLOT,
+				      .done = on_cancel_done,
+				      .start = refuse_start };
+	CHECK_OK(img_aio_submit(aio, img, &c.req));
+	img_aio_drain(aio);
+	CHECK_EQ(c.ret, -ECANCELED);
+	CHECK(buf[0] == 0xee && !memcmp(buf, buf + 1, SLOT - 1)); /* not read */
+	free(buf);
+}
+
 static void test_cancel(struct img *img)
 {
 	static char a, b; /* two owners */
@@ -278,6 +307,7 @@ static void test_cancel(struct img *img)
 		CHECK(r[i].seq > last_a); /* FIFO order kept */
 		last_a = r[i].seq;
 	}
+	test_start_refused(aio, img);
 	img_aio_free(aio);
 	free(buf);
 }

@@ -550,6 +550,17 @@ static bool peer_hung_up(struct conn *c)
 	       (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
+/* A queued read whose client went while it waited (img_aio_cancel() may
+ * not have seen it yet: another worker had just taken it) does not run. */
+static int job_start(struct img_aio_req *req)
+{
+	struct job *j = (struct job *)req;
+
+	if (req->op == IMG_AIO_READ && atomic_load(&j->c->gone))
+		return img_error(-ECANCELED, "nbd: the client is gone");
+	return 0;
+}
+
 /* Requests go to the aio pool; otherwise they run on the reader thread. */
 static bool use_pool(const struct conn *c)
 {
@@ -615,6 +626,7 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	j->req.len = r->len;
 	j->req.flags = flags;
 	j->req.done = job_done;
+	j->req.start = job_start;
 	/* Only reads are cancelled (see above). */
 	j->req.opaque = op == IMG_AIO_READ ? c : NULL;
 	ret = img_aio_submit(c->srv->aio, c->exp->img, &j->req);
