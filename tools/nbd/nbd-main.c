@@ -628,7 +628,7 @@ static int parse_image_opts(const char *spec, struct img_kv **kv, size_t *n,
 			*format = v;
 		else if (strcmp(k, "encrypt.key-secret") &&
 			 strcmp(k, "encrypt.format") &&
-			 (strcmp(k, "file.driver") || strcmp(v, "file")))
+			 (strcmp(k, "file.driver") || !v || strcmp(v, "file")))
 			ret = img_error(-EINVAL,
 					"--image-opts: unsupported option '%s'",
 					k);
