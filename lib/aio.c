@@ -54,6 +54,20 @@ int img_aio_run(struct img *img, struct img_aio_req *req)
 	return img_error(-EINVAL, "aio: unknown request type %d", (int)req->op);
 }
 
+static void aio_finish_locked(struct img_aio *aio)
+{
+	aio->running--;
+	if (!aio->q_len && !aio->running)
+		pthread_cond_broadcast(&aio->idle);
+}
+
+static void aio_finish(struct img_aio *aio)
+{
+	pthread_mutex_lock(&aio->lock);
+	aio_finish_locked(aio);
+	pthread_mutex_unlock(&aio->lock);
+}
+
 static void *aio_worker(void *arg)
 {
 	struct img_aio *aio = arg;
@@ -74,14 +88,14 @@ static void *aio_worker(void *arg)
 		pthread_mutex_unlock(&aio->lock);
 
 		img_clear_error();
-		ret = img_aio_run(it.img, it.req);
+		ret = it.req->start ? it.req->start(it.req) : 0;
+		if (ret >= 0)
+			ret = img_aio_run(it.img, it.req);
 		it.req->error = ret < 0 ? img_last_error() : NULL;
 		it.req->done(it.req, ret);
 
 		pthread_mutex_lock(&aio->lock);
-		aio->running--;
-		if (!aio->q_len && !aio->running)
-			pthread_cond_broadcast(&aio->idle);
+		aio_finish_locked(aio);
 	}
 	pthread_mutex_unlock(&aio->lock);
 	return NULL;
@@ -184,6 +198,48 @@ int img_aio_submit(struct img_aio *aio, struct img *img,
 	pthread_cond_signal(&aio->work);
 	pthread_mutex_unlock(&aio->lock);
 	return 0;
+}
+
+/* Take the first queued request of opaque off the queue (counted as running
+ * until aio_finish()); NULL if none. */
+static struct img_aio_req *aio_unqueue(struct img_aio *aio, const void *opaque)
+{
+	struct img_aio_req *req = NULL;
+
+	pthread_mutex_lock(&aio->lock);
+	for (size_t i = 0; i < aio->q_len; i++) {
+		size_t at = (aio->q_head + i) % aio->q_cap;
+
+		if (aio->q[at].req->opaque != opaque)
+			continue;
+		req = aio->q[at].req;
+		for (; i + 1 < aio->q_len; i++) {
+			size_t next = (aio->q_head + i + 1) % aio->q_cap;
+
+			aio->q[at] = aio->q[next];
+			at = next;
+		}
+		aio->q_len--;
+		aio->running++; /* until its done() returns, for drain */
+		break;
+	}
+	pthread_mutex_unlock(&aio->lock);
+	return req;
+}
+
+int img_aio_cancel(struct img_aio *aio, const void *opaque)
+{
+	struct img_aio_req *req;
+	int n = 0;
+
+	/* One at a time: done() runs without the lock, and may submit. */
+	while ((req = aio_unqueue(aio, opaque))) {
+		req->error = "request cancelled";
+		req->done(req, -ECANCELED);
+		aio_finish(aio);
+		n++;
+	}
+	return n;
 }
 
 void img_aio_drain(struct img_aio *aio)

@@ -563,6 +563,9 @@ struct img_aio_req {
 	unsigned flags; /* IMG_FUA (WRITE, ZERO, DISCARD), IMG_ZERO_* */
 	/* Called once from a worker thread with the result (0 or -errno). */
 	void (*done)(struct img_aio_req *req, int ret);
+	/* Optional: called by the worker just before the request runs; a
+	 * negative return skips it, and done() gets that result. */
+	int (*start)(struct img_aio_req *req);
 	void *opaque;
 	/* Error message when ret < 0 (valid during done()). */
 	const char *error;
@@ -579,6 +582,12 @@ int img_aio_submit(struct img_aio *aio, struct img *img,
 /* Run req on img on the calling thread, as a worker would, and return its
  * result (0 or -errno, message in img_last_error()); done() is not called. */
 int img_aio_run(struct img *img, struct img_aio_req *req);
+/*
+ * Take the queued requests whose opaque is opaque off the queue before any
+ * worker starts them, and call their done() with -ECANCELED on the calling
+ * thread. Running requests are not touched. Returns how many were cancelled.
+ */
+int img_aio_cancel(struct img_aio *aio, const void *opaque);
 /* Wait until every submitted request has completed. */
 void img_aio_drain(struct img_aio *aio);
 /* Drain and free the pool. NULL is a no-op. */

@@ -5,7 +5,10 @@
  * distinct slots (so their completion order does not matter), checked in the
  * done() callbacks and against a flat reference after every round and after
  * reopening; errors reach done() with req->error set (and come back from
- * img_aio_run); drain and free with requests still queued.
+ * img_aio_run); drain and free with requests still queued; cancel takes
+ * exactly one owner's queued requests off the queue (done() with -ECANCELED)
+ * and leaves the running one and the others, in order; a start() hook that
+ * refuses keeps its request from running.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -202,6 +205,113 @@ static void test_free_queued(struct img *img)
 	img_aio_free(NULL);
 }
 
+static atomic_int gate_in, gate_open, next_seq;
+
+struct creq {
+	struct img_aio_req req;
+	int ret, seq; /* seq: completion order, 0 = not completed */
+	pthread_t thread;
+};
+
+static void on_cancel_done(struct img_aio_req *req, int ret)
+{
+	struct creq *c = (struct creq *)req;
+
+	c->ret = ret;
+	c->thread = pthread_self();
+	c->seq = atomic_fetch_add(&next_seq, 1) + 1;
+}
+
+/* Holds the only worker until the test opens the gate. */
+static void on_gate_done(struct img_aio_req *req, int ret)
+{
+	on_cancel_done(req, ret);
+	atomic_store(&gate_in, 1);
+	while (!atomic_load(&gate_open))
+		usleep(1000);
+}
+
+static int refuse_start(struct img_aio_req *req)
+{
+	(void)req;
+	return -ECANCELED;
+}
+
+static void test_start_refused(struct img_aio *aio, struct img *img)
+{
+	struct creq c = { 0 };
+	uint8_t *buf = malloc(SLOT);
+
+	if (!buf) {
+		CHECK(0);
+		return;
+	}
+	memset(buf, 0xee, SLOT);
+	c.req = (struct img_aio_req){ .op = IMG_AIO_READ,
+				      .buf = buf,
+				      .len = SLOT,
+				      .done = on_cancel_done,
+				      .start = refuse_start };
+	CHECK_OK(img_aio_submit(aio, img, &c.req));
+	img_aio_drain(aio);
+	CHECK_EQ(c.ret, -ECANCELED);
+	CHECK(buf[0] == 0xee && !memcmp(buf, buf + 1, SLOT - 1)); /* not read */
+	free(buf);
+}
+
+static void test_cancel(struct img *img)
+{
+	static char a, b; /* two owners */
+	struct creq gate = { 0 }, r[12];
+	uint8_t *buf = malloc(SLOT * 13);
+	struct img_aio *aio;
+	int last_a = 0;
+
+	if (!buf || img_aio_new(1, &aio) < 0) {
+		CHECK(0);
+		free(buf);
+		return;
+	}
+	gate.req = (struct img_aio_req){ .op = IMG_AIO_READ,
+					 .buf = buf,
+					 .len = SLOT,
+					 .done = on_gate_done,
+					 .opaque = &a };
+	CHECK_OK(img_aio_submit(aio, img, &gate.req));
+	while (!atomic_load(&gate_in))
+		usleep(1000);
+	for (int i = 0; i < 12; i++) {
+		r[i] = (struct creq){ .req = { .op = IMG_AIO_READ,
+					       .buf = buf + SLOT * (i + 1),
+					       .off = SLOT * (uint64_t)i,
+					       .len = SLOT,
+					       .done = on_cancel_done,
+					       .opaque = i % 3 ? &b : &a } };
+		CHECK_OK(img_aio_submit(aio, img, &r[i].req));
+	}
+	CHECK_EQ(img_aio_cancel(aio, &b), 8);
+	CHECK_EQ(img_aio_cancel(aio, &b), 0);
+	for (int i = 0; i < 12; i++)
+		if (i % 3) {
+			CHECK_EQ(r[i].ret, -ECANCELED);
+			CHECK(r[i].seq &&
+			      pthread_equal(r[i].thread, pthread_self()));
+		} else {
+			CHECK_EQ(r[i].seq, 0); /* still queued */
+		}
+	CHECK_EQ(gate.seq, 1);
+	atomic_store(&gate_open, 1);
+	img_aio_drain(aio);
+	for (int i = 0; i < 12; i += 3) {
+		CHECK_EQ(r[i].ret, 0);
+		CHECK(r[i].seq > last_a); /* FIFO order kept */
+		last_a = r[i].seq;
+	}
+	test_start_refused(aio, img);
+	img_aio_free(aio);
+	free(buf);
+}
+
 int main(void)
 {
 	const char *path = test_path("aio.raw");
@@ -231,6 +341,7 @@ int main(void)
 	}
 	if (img_open(path, &oopts, &img) >= 0) {
 		test_free_queued(img);
+		test_cancel(img);
 		img_close(img);
 	}
 	free(ref);

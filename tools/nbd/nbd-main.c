@@ -2,7 +2,8 @@
 /*
  * img-nbd: serve disk images over NBD. The command line follows qemu-nbd
  * (-r -x -k -p -b -t -e -f -A -B -D --fork --pid-file --discard
- * --detect-zeroes --cache --object tls-creds-x509/tls-creds-psk --tls-creds)
+ * --detect-zeroes --cache --object tls-creds-x509/tls-creds-psk/secret
+ * --tls-creds --image-opts)
  * so that tools which start qemu-nbd can start img-nbd, plus --export
  * NAME=IMAGE / --export-ro NAME=IMAGE for several exports, --tls-cert,
  * --tls-key, --tls-ca, --tls-psk-file, --handshake-timeout and --threads.
@@ -62,6 +63,7 @@ struct cfg {
 	bool read_only;
 	bool fork;
 	bool snapshot_exports;
+	bool image_opts; /* image arguments are qemu's image options */
 	unsigned open_flags;
 	struct export_arg *exports;
 	size_t n_exports;
@@ -107,6 +109,10 @@ static void usage(FILE *f)
 		"      --object tls-creds-x509,id=ID,dir=DIR[,verify-peer=on|"
 		"off]\n"
 		"      --object tls-creds-psk,id=ID,dir=DIR\n"
+		"      --object secret,id=ID,file=PATH[,format=raw|base64]\n"
+		"      --image-opts         images are driver=FMT,"
+		"file.filename=PATH\n"
+		"                           [,encrypt.key-secret=ID]\n"
 		"      --tls-creds=ID       require TLS with object ID\n"
 		"      --tls-cert=PEM --tls-key=PEM [--tls-ca=PEM]\n"
 		"      --tls-psk-file=FILE  (identity:hexkey lines)\n"
@@ -130,9 +136,8 @@ static int parse_object(struct cfg *cfg, const char *spec)
 	size_t n = 0;
 	struct tls_object *o;
 	const char *type;
+	int ret;
 
-	if (cfg->n_objects == MAX_OBJECTS)
-		return img_error(-EINVAL, "too many --object options");
 	if (img_kv_parse(spec, &kv, &n) < 0 || !n) {
 		img_kv_free(kv, n);
 		return img_error(-EINVAL,
@@ -140,16 +145,28 @@ static int parse_object(struct cfg *cfg, const char *spec)
 				 spec);
 	}
 	type = kv[0].key;
+	if (!strcmp(type, "secret") ||
+	    (!strcmp(type, "qom-type") && kv[0].value &&
+	     !strcmp(kv[0].value, "secret"))) {
+		img_kv_free(kv, n);
+		return img_secret_object(spec);
+	}
+	if (strcmp(type, "tls-creds-psk") && strcmp(type, "tls-creds-x509")) {
+		/* The message is built before kv (which type points into)
+		 * goes. */
+		ret = img_error(-EINVAL, "--object: unsupported type '%s'",
+				type);
+		img_kv_free(kv, n);
+		return ret;
+	}
+	if (cfg->n_objects == MAX_OBJECTS) {
+		img_kv_free(kv, n);
+		return img_error(-EINVAL, "too many --object options");
+	}
 	o = &cfg->objects[cfg->n_objects];
 	memset(o, 0, sizeof(*o));
 	o->verify_peer = true; /* qemu's default for a server endpoint */
-	if (!strcmp(type, "tls-creds-psk"))
-		o->psk = true;
-	else if (strcmp(type, "tls-creds-x509")) {
-		img_kv_free(kv, n);
-		return img_error(-EINVAL, "--object: unsupported type '%s'",
-				 type);
-	}
+	o->psk = !strcmp(type, "tls-creds-psk");
 	for (size_t i = 1; i < n; i++) {
 		const char *k = kv[i].key, *v = kv[i].value ? kv[i].value : "";
 
@@ -168,9 +185,10 @@ static int parse_object(struct cfg *cfg, const char *spec)
 							  "must be server");
 			}
 		} else if (strcmp(k, "username") && strcmp(k, "priority")) {
+			ret = img_error(-EINVAL, "--object: unknown key '%s'",
+					k);
 			img_kv_free(kv, n);
-			return img_error(-EINVAL, "--object: unknown key '%s'",
-					 k);
+			return ret;
 		}
 	}
 	img_kv_free(kv, n);
@@ -259,6 +277,7 @@ enum {
 	OPT_EXPORT,
 	OPT_EXPORT_RO,
 	OPT_OBJECT,
+	OPT_IMAGE_OPTS,
 	OPT_TLS_CREDS,
 	OPT_TLS_CERT,
 	OPT_TLS_KEY,
@@ -295,6 +314,7 @@ static const struct option long_opts[] = {
 	{ "export", required_argument, NULL, OPT_EXPORT },
 	{ "export-ro", required_argument, NULL, OPT_EXPORT_RO },
 	{ "object", required_argument, NULL, OPT_OBJECT },
+	{ "image-opts", no_argument, NULL, OPT_IMAGE_OPTS },
 	{ "tls-creds", required_argument, NULL, OPT_TLS_CREDS },
 	{ "tls-cert", required_argument, NULL, OPT_TLS_CERT },
 	{ "tls-key", required_argument, NULL, OPT_TLS_KEY },
@@ -425,6 +445,9 @@ static int parse_args(int argc, char **argv, struct cfg *cfg)
 			break;
 		case OPT_OBJECT:
 			ret = parse_object(cfg, optarg);
+			break;
+		case OPT_IMAGE_OPTS:
+			cfg->image_opts = true;
 			break;
 		case OPT_TLS_CREDS:
 			cfg->tls_creds = optarg;
@@ -585,6 +608,36 @@ static void export_list_free(struct export_list *l)
 	free(l->v);
 }
 
+/*
+ * --image-opts: spec is qemu's driver=FMT,file.filename=PATH[,
+ * encrypt.key-secret=ID] (file.driver=file and encrypt.format=luks change
+ * nothing here). Sets *path and *format from it and leaves the options for
+ * img_open() in *kv.
+ */
+static int parse_image_opts(const char *spec, struct img_kv **kv, size_t *n,
+			    const char **path, const char **format)
+{
+	int ret = img_kv_parse(spec, kv, n);
+
+	for (size_t i = 0; i < *n && ret >= 0; i++) {
+		const char *k = (*kv)[i].key, *v = (*kv)[i].value;
+
+		if (!strcmp(k, "file.filename"))
+			*path = v;
+		else if (!strcmp(k, "driver"))
+			*format = v;
+		else if (strcmp(k, "encrypt.key-secret") &&
+			 strcmp(k, "encrypt.format") &&
+			 (strcmp(k, "file.driver") || !v || strcmp(v, "file")))
+			ret = img_error(-EINVAL,
+					"--image-opts: unsupported option '%s'",
+					k);
+	}
+	if (ret >= 0 && !*path)
+		ret = img_error(-EINVAL, "--image-opts: no file.filename");
+	return ret;
+}
+
 /* Open path (read-only at snapshot when given) as export name. */
 static int add_open_export(struct cfg *cfg, struct export_list *l,
 			   const char *name, const char *path, bool ro,
@@ -616,7 +669,20 @@ static int add_open_export(struct cfg *cfg, struct export_list *l,
 	}
 	e = &l->v[l->n];
 	memset(e, 0, sizeof(*e));
-	ret = img_open(path, &oo, &e->img);
+	if (cfg->image_opts) {
+		struct img_kv *kv = NULL;
+		size_t n = 0;
+		const char *file = NULL;
+
+		ret = parse_image_opts(path, &kv, &n, &file, &oo.format);
+		oo.opts = kv;
+		oo.n_opts = n;
+		if (ret >= 0)
+			ret = img_open(file, &oo, &e->img);
+		img_kv_free(kv, n);
+	} else {
+		ret = img_open(path, &oo, &e->img);
+	}
 	if (ret < 0)
 		return ret;
 	e->name = strdup(name);

@@ -10,7 +10,9 @@
  * default 2 per CPU); its done() callback sends the reply under the
  * connection's send lock, so replies go out in completion order, and a
  * connection holds at most CONN_MAX_INFLIGHT requests and CONN_MAX_BYTES of
- * buffers (plus one request of any size). Larger requests, and all of them
+ * buffers (plus one request of any size), all connections together at most
+ * SERVER_MAX_BYTES (a reader waits for its share, reading nothing meanwhile:
+ * TCP pushes back on the client). Larger requests, and all of them
  * with --threads=0, run on the reader thread itself. Measured on a cached
  * 1 GiB qcow2 on this loaded 2-core host: running on the reader thread costs
  * less server CPU (11 against 18 us per 4 KiB read, qemu-nbd 44; 320
@@ -20,6 +22,11 @@
  * contended CPU, and the data transfers of requests on allocated qcow2
  * clusters overlap (the library's fast path runs them outside the image
  * lock).
+ * A client that is gone (EOF or reset on read without NBD_CMD_DISC, a
+ * failed send) gets nothing more read or sent: its reads not yet started
+ * are dropped (taken off the pool's queue; one about to run on the reader
+ * thread is checked with poll() first), writes it sent and requests already
+ * running finish, and its slot is free for a new client before they do.
  * BLOCK_STATUS and zero-range reads are always answered on the reader
  * thread, and so is every request of a TLS connection, because an OpenSSL
  * session cannot be read and written from two threads at once.
@@ -55,6 +62,15 @@
 #define MAX_PAYLOAD (32u << 20) /* request size cap */
 #define CONN_MAX_INFLIGHT 64
 #define CONN_MAX_BYTES (4u << 20) /* beyond one request of any size */
+/*
+ * Data buffers of all connections together (beyond one request of any
+ * size): without it, 100 connections that each queue large reads and never
+ * take the replies held 100 x (CONN_MAX_BYTES + a request) of memory. Four
+ * maximum-size requests, or 32 connections with a full CONN_MAX_BYTES window
+ * each: more than the pool's workers (2 per CPU) or a client like nbdcopy
+ * (4 connections of at most CONN_MAX_BYTES + 256 KiB here) can keep busy.
+ */
+#define SERVER_MAX_BYTES (4ull * MAX_PAYLOAD)
 #define MAX_DESCRIPTORS 1024 /* per block status chunk */
 #define MAX_STATUS_CALLS 8192 /* img_block_status calls per chunk */
 #define MAX_DISCARD_OPT (16u << 20) /* option payload we skip over */
@@ -83,8 +99,14 @@ struct nbd_server {
 	int stop_pipe[2];
 	pthread_mutex_t lock;
 	pthread_cond_t gone; /* a connection ended */
-	struct conn *conns; /* live connections */
-	unsigned n_conns;
+	struct conn *conns; /* every connection not yet freed */
+	unsigned n_conns; /* slots: connections still reading requests */
+	unsigned n_live; /* connections not yet freed (drain waits for 0) */
+	/* The SERVER_MAX_BYTES budget, handed out in arrival order (tickets)
+	 * so that small requests cannot starve a large one. */
+	pthread_mutex_t budget_lock;
+	pthread_cond_t budget_cond;
+	uint64_t budget_used, budget_next, budget_turn;
 	bool served; /* a client reached transmission at some point */
 	atomic_int stopping; /* lock-free: set from a signal handler */
 };
@@ -100,6 +122,7 @@ struct conn {
 
 	pthread_mutex_t send_lock;
 	bool send_failed;
+	atomic_bool gone; /* client gone: read nothing, send nothing more */
 
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
@@ -224,7 +247,7 @@ static int conn_skip(struct conn *c, uint64_t n)
 /* Write the whole iovec; caller holds send_lock once transmission runs. */
 static int conn_writev(struct conn *c, struct iovec *iov, int n)
 {
-	if (c->send_failed)
+	if (c->send_failed || atomic_load(&c->gone))
 		return -EPIPE;
 	if (c->tls) {
 		for (int i = 0; i < n; i++) {
@@ -277,6 +300,8 @@ static enum nbd_reply_mode reply_mode(const struct conn *c)
 	return c->structured ? NBD_MODE_STRUCTURED : NBD_MODE_SIMPLE;
 }
 
+static void conn_abandon(struct conn *c);
+
 /* Send iov (whose iov[0] the caller reserved for the header) under lock. */
 static int send_locked(struct conn *c, struct iovec *iov, int n)
 {
@@ -286,7 +311,7 @@ static int send_locked(struct conn *c, struct iovec *iov, int n)
 	ret = conn_writev(c, iov, n);
 	pthread_mutex_unlock(&c->send_lock);
 	if (ret < 0)
-		shutdown(c->fd, SHUT_RDWR);
+		conn_abandon(c);
 	return ret;
 }
 
@@ -424,8 +449,40 @@ static void buf_put(struct conn *c, void *buf, uint64_t len)
 	free(buf);
 }
 
+/*
+ * Take bytes of the server-wide budget, waiting (and so reading nothing more
+ * from this client: TCP pushes back) until the requests ahead in line fit.
+ */
+static void budget_take(struct nbd_server *s, uint64_t bytes)
+{
+	uint64_t ticket;
+
+	if (!bytes)
+		return;
+	pthread_mutex_lock(&s->budget_lock);
+	ticket = s->budget_next++;
+	while (ticket != s->budget_turn ||
+	       (s->budget_used && s->budget_used + bytes > SERVER_MAX_BYTES))
+		pthread_cond_wait(&s->budget_cond, &s->budget_lock);
+	s->budget_turn++;
+	s->budget_used += bytes;
+	pthread_cond_broadcast(&s->budget_cond);
+	pthread_mutex_unlock(&s->budget_lock);
+}
+
+static void budget_give(struct nbd_server *s, uint64_t bytes)
+{
+	if (!bytes)
+		return;
+	pthread_mutex_lock(&s->budget_lock);
+	s->budget_used -= bytes;
+	pthread_cond_broadcast(&s->budget_cond);
+	pthread_mutex_unlock(&s->budget_lock);
+}
+
 static void conn_release(struct conn *c, uint64_t bytes)
 {
+	budget_give(c->srv, bytes);
 	pthread_mutex_lock(&c->lock);
 	c->inflight--;
 	c->inflight_bytes -= bytes;
@@ -451,7 +508,8 @@ static void job_done(struct img_aio_req *req, int ret)
 	conn_release(c, bytes);
 }
 
-/* Wait until the connection may take one more request of bytes. */
+/* Wait until the connection, then the server, may take one more request of
+ * bytes. */
 static void conn_reserve(struct conn *c, uint64_t bytes)
 {
 	pthread_mutex_lock(&c->lock);
@@ -461,6 +519,46 @@ static void conn_reserve(struct conn *c, uint64_t bytes)
 	c->inflight++;
 	c->inflight_bytes += bytes;
 	pthread_mutex_unlock(&c->lock);
+	budget_take(c->srv, bytes);
+}
+
+/*
+ * The client is gone (EOF or reset on read, a failed send): read nothing
+ * more, drop its reads still queued in the pool, and send nothing more, so
+ * that running requests finish without waiting on the socket. The shutdown
+ * wakes a send blocked on this socket. Not on a server stop: then the
+ * requests already read still get their replies.
+ */
+static void conn_abandon(struct conn *c)
+{
+	if (atomic_exchange(&c->gone, true))
+		return;
+	shutdown(c->fd, SHUT_RDWR);
+	if (c->srv->aio)
+		img_aio_cancel(c->srv->aio, c);
+}
+
+/* The client has closed or reset the connection: checked before a large
+ * request runs on the reader thread, which reads ahead of what it runs. */
+static bool peer_hung_up(struct conn *c)
+{
+	struct pollfd p = { .fd = c->fd, .events = POLLRDHUP };
+
+	if (atomic_load(&c->srv->stopping)) /* our own SHUT_RD */
+		return false;
+	return poll(&p, 1, 0) == 1 &&
+	       (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* A queued read whose client went while it waited (img_aio_cancel() may
+ * not have seen it yet: another worker had just taken it) does not run. */
+static int job_start(struct img_aio_req *req)
+{
+	struct job *j = (struct job *)req;
+
+	if (req->op == IMG_AIO_READ && atomic_load(&j->c->gone))
+		return img_error(-ECANCELED, "nbd: the client is gone");
+	return 0;
 }
 
 /* Requests go to the aio pool; otherwise they run on the reader thread. */
@@ -480,6 +578,16 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	struct job *j;
 	int ret;
 
+	/* A read (or CACHE) for a client that is gone is dropped, and a large
+	 * one is worth a poll() to find out; what a client sent to be written
+	 * is written even if it left. */
+	if (op == IMG_AIO_READ && (atomic_load(&c->gone) ||
+				   (r->len >= INLINE_MIN && peer_hung_up(c)))) {
+		conn_abandon(c);
+		buf_put(c, buf, r->len);
+		conn_release(c, buf ? r->len : 0);
+		return;
+	}
 	if (!use_pool(c) || r->len >= INLINE_MIN) {
 		struct img_aio_req q = {
 			.op = op,
@@ -518,6 +626,9 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	j->req.len = r->len;
 	j->req.flags = flags;
 	j->req.done = job_done;
+	j->req.start = job_start;
+	/* Only reads are cancelled (see above). */
+	j->req.opaque = op == IMG_AIO_READ ? c : NULL;
 	ret = img_aio_submit(c->srv->aio, c->exp->img, &j->req);
 	if (ret < 0) {
 		j->req.error = img_last_error();
@@ -802,8 +913,13 @@ static void transmission(struct conn *c)
 		bool fatal;
 		int ret;
 
-		if (conn_read(c, hdr, hdr_size) < 0)
+		if (atomic_load(&c->gone))
 			break;
+		if (conn_read(c, hdr, hdr_size) < 0) {
+			if (!atomic_load(&c->srv->stopping))
+				conn_abandon(c);
+			break;
+		}
 		if (nbd_parse_request(hdr, c->extended, &r) < 0) {
 			log_msg("bad request magic %#" PRIx32 ": disconnecting",
 				nbd_get32(hdr));
@@ -836,10 +952,6 @@ static void transmission(struct conn *c)
 		if (ret <= 0)
 			break;
 	}
-	pthread_mutex_lock(&c->lock);
-	while (c->inflight)
-		pthread_cond_wait(&c->cond, &c->lock);
-	pthread_mutex_unlock(&c->lock);
 }
 
 /* ---- handshake ---- */
@@ -1276,6 +1388,18 @@ static void *conn_thread(void *arg)
 		pthread_mutex_unlock(&s->lock);
 		transmission(c);
 	}
+	/* Nothing more is read: the slot is free for a new client now, while
+	 * requests still running finish (their replies discarded if the client
+	 * is gone). */
+	pthread_mutex_lock(&s->lock);
+	s->n_conns--;
+	if (!s->opts.persistent && s->served && !s->n_conns)
+		nbd_server_stop(s);
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_lock(&c->lock);
+	while (c->inflight)
+		pthread_cond_wait(&c->cond, &c->lock);
+	pthread_mutex_unlock(&c->lock);
 	if (c->tls)
 		nbd_tls_close(c->tls);
 
@@ -1286,10 +1410,8 @@ static void *conn_thread(void *arg)
 		s->conns = c->next;
 	if (c->next)
 		c->next->prev = c->prev;
-	s->n_conns--;
+	s->n_live--;
 	close(c->fd);
-	if (!s->opts.persistent && s->served && !s->n_conns)
-		nbd_server_stop(s);
 	pthread_cond_broadcast(&s->gone);
 	/* s may be freed as soon as the lock is released. */
 	pthread_mutex_unlock(&s->lock);
@@ -1339,6 +1461,7 @@ static void start_conn(struct nbd_server *s, int fd)
 		s->conns->prev = c;
 	s->conns = c;
 	s->n_conns++;
+	s->n_live++;
 	pthread_mutex_unlock(&s->lock);
 
 	pthread_attr_init(&attr);
@@ -1351,6 +1474,7 @@ static void start_conn(struct nbd_server *s, int fd)
 		if (c->next)
 			c->next->prev = NULL;
 		s->n_conns--;
+		s->n_live--;
 		pthread_mutex_unlock(&s->lock);
 		close(fd);
 		free(c->opt_buf);
@@ -1379,6 +1503,8 @@ int nbd_server_new(const struct nbd_server_opts *opts,
 	s->stop_pipe[0] = s->stop_pipe[1] = -1;
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_cond_init(&s->gone, NULL);
+	pthread_mutex_init(&s->budget_lock, NULL);
+	pthread_cond_init(&s->budget_cond, NULL);
 	if (pipe2(s->stop_pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
 		ret = img_error(-errno, "nbd: pipe: %s", strerror(errno));
 		goto fail;
@@ -1439,7 +1565,7 @@ int nbd_server_run(struct nbd_server *s, const int *listen_fds, size_t n)
 	pthread_mutex_lock(&s->lock);
 	for (struct conn *c = s->conns; c; c = c->next)
 		shutdown(c->fd, SHUT_RD);
-	while (s->n_conns)
+	while (s->n_live)
 		pthread_cond_wait(&s->gone, &s->lock);
 	pthread_mutex_unlock(&s->lock);
 	return 0;
@@ -1468,6 +1594,8 @@ int nbd_server_free(struct nbd_server *s)
 		close(s->stop_pipe[0]);
 		close(s->stop_pipe[1]);
 	}
+	pthread_cond_destroy(&s->budget_cond);
+	pthread_mutex_destroy(&s->budget_lock);
 	pthread_cond_destroy(&s->gone);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
