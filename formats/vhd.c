@@ -279,7 +279,9 @@ static int vhd_read_parent(struct vhd *s, uint64_t file_size)
 				free(name);
 				return ret;
 			}
-			ret = access(path, F_OK);
+			/* An untrusted image is refused for naming a parent
+			 * at all: do not tell it which host files exist. */
+			ret = img_untrusted(s->img) ? 0 : access(path, F_OK);
 			free(path);
 			if (!ret) {
 				free(first);

@@ -150,6 +150,14 @@ static int qcow2_open(struct img *img, unsigned flags)
 		s->corrupt = true;
 	}
 	if (s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+		ret = img_untrusted(img) ?
+			      img_untrusted_refuse(img, "a data file '%s'",
+						   s->data_file_name ?
+							   s->data_file_name :
+							   "") :
+			      0;
+		if (ret < 0)
+			goto fail;
 		ret = img_io_open_relative(img, s->data_file_name,
 					   s->read_only ? IMG_IO_RDONLY : 0,
 					   &s->data_file);
