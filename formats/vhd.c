@@ -364,6 +364,9 @@ static int vhd_open_dynamic(struct vhd *s, uint64_t file_size)
 				 "vpc: BAT at %#" PRIx64 " (%" PRIu64
 				 " entries) is outside the file or unaligned",
 				 s->bat_off, need);
+	ret = img_metadata_check(s->img, bat_bytes, "a BAT");
+	if (ret < 0)
+		return ret;
 	s->bat = malloc(bat_bytes ? bat_bytes : 1);
 	if (!s->bat)
 		return img_error(-ENOMEM, "vpc: out of memory for the BAT");

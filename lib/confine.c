@@ -50,8 +50,7 @@ static int fd_beneath(int dir_fd, int fd, const char *dir, const char *name)
 	file_real[len] = '\0';
 	n = strlen(dir_real);
 	/* "/" holds everything; else the file must be below "dir/". */
-	if (n == 1 ||
-	    (!strncmp(file_real, dir_real, n) && file_real[n] == '/'))
+	if (n == 1 || (!strncmp(file_real, dir_real, n) && file_real[n] == '/'))
 		return 0;
 	return escape_error(dir, name);
 }
@@ -67,8 +66,9 @@ int img_open_beneath_fd(const char *dir, const char *name, int oflags)
 	if (!name || !*name)
 		return img_error(-EINVAL, "io: empty file name");
 	if (oflags & O_CREAT)
-		return img_error(-EINVAL, "io: '%s': confined opens never "
-					  "create files",
+		return img_error(-EINVAL,
+				 "io: '%s': confined opens never "
+				 "create files",
 				 name);
 	/* A directory opened as a path: nothing is read through it. */
 	dir_fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -76,8 +76,7 @@ int img_open_beneath_fd(const char *dir, const char *name, int oflags)
 		return img_error(-errno, "io: cannot open directory '%s': %s",
 				 dir, strerror(errno));
 	do {
-		fd = (int)syscall(SYS_openat2, dir_fd, name, &how,
-				  sizeof(how));
+		fd = (int)syscall(SYS_openat2, dir_fd, name, &how, sizeof(how));
 	} while (fd < 0 && (errno == EINTR || errno == EAGAIN));
 	if (fd < 0 && errno == ENOSYS) {
 		do {

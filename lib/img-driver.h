@@ -308,12 +308,14 @@ bool img_untrusted(const struct img *img);
 int img_untrusted_refuse(const struct img *img, const char *what_fmt, ...)
 	__attribute__((format(printf, 2, 3)));
 /*
- * The most memory one metadata table sized by the image's header (L1,
- * refcount table, snapshot table, bitmap directory, BAT, block map) may take:
- * default_cap, lowered to IMG_UNTRUSTED_METADATA_CAP for untrusted images.
- * A driver refuses a larger table with -EFBIG (or its usual error).
+ * The cap on one metadata table whose size the image's header sets (L1,
+ * refcount table, snapshot table, bitmap directory and tables, BAT, block
+ * map), asked before allocating it, after the driver's own (larger) limit:
+ * 0 if bytes fits, -EPERM with the refusal ("<what> of N bytes, above the
+ * limit of M for untrusted images") when img is untrusted and bytes is
+ * above IMG_UNTRUSTED_METADATA_CAP.
  */
-uint64_t img_metadata_cap(const struct img *img, uint64_t default_cap);
+int img_metadata_check(const struct img *img, uint64_t bytes, const char *what);
 /* Resolve name relative to the directory of base_path; malloc'd result. */
 int img_path_relative(const char *base_path, const char *name, char **out);
 

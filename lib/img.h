@@ -462,7 +462,11 @@ int img_compress(enum img_compress_type type, int level, const void *src,
 /*
  * Decompress into exactly dst_len bytes: bytes after them in src are ignored,
  * a stream that ends early or is invalid gives -IMG_ECORRUPT. Thread-safe.
+ * One call is one cluster or grain, which bounds the work an image can ask
+ * of it: dst_len at most IMG_MAX_DECOMPRESS_OUT, src_len at most twice that
+ * (-EINVAL beyond).
  */
+#define IMG_MAX_DECOMPRESS_OUT (2u << 20) /* qcow2's largest cluster */
 int img_decompress(enum img_compress_type type, const void *src, size_t src_len,
 		   void *dst, size_t dst_len);
 

@@ -6,6 +6,7 @@
  * names <what>" the same way and frontends can show it as is, and the one cap
  * on the metadata memory an untrusted header may ask for.
  */
+#include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 
@@ -29,9 +30,12 @@ int img_untrusted_refuse(const struct img *img, const char *what_fmt, ...)
 			 what);
 }
 
-uint64_t img_metadata_cap(const struct img *img, uint64_t default_cap)
+int img_metadata_check(const struct img *img, uint64_t bytes, const char *what)
 {
-	if (img_untrusted(img) && default_cap > IMG_UNTRUSTED_METADATA_CAP)
-		return IMG_UNTRUSTED_METADATA_CAP;
-	return default_cap;
+	if (!img_untrusted(img) || bytes <= IMG_UNTRUSTED_METADATA_CAP)
+		return 0;
+	return img_untrusted_refuse(img,
+				    "%s of %" PRIu64 " bytes, above the limit "
+				    "of %llu for untrusted images",
+				    what, bytes, IMG_UNTRUSTED_METADATA_CAP);
 }
