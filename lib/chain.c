@@ -101,7 +101,8 @@ static int open_one(struct img *layer, const struct file_id *ids)
 int img_chain_refuse_untrusted(const struct img *img, const char *name)
 {
 	if (img_untrusted(img) && name && *name)
-		return img_untrusted_refuse(img, "a backing file '%s'", name);
+		return img_untrusted_refuse(img, "names a backing file '%s'",
+					    name);
 	return 0;
 }
 

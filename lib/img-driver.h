@@ -300,7 +300,7 @@ int img_io_open_relative(struct img *img, const char *name, unsigned io_flags,
 			 struct img_io **out);
 /*
  * IMG_OPEN_UNTRUSTED: the one place refusals are worded. Returns -EPERM with
- * "untrusted: '<image file>' names <what>" (what: printf-style, e.g. "a
+ * "untrusted: '<image file>' <what>" (what: printf-style, e.g. "names a
  * backing file 'base.qcow2'"). Drivers call it when an untrusted image names
  * another file; img_untrusted() says whether to.
  */
@@ -311,9 +311,9 @@ int img_untrusted_refuse(const struct img *img, const char *what_fmt, ...)
  * The cap on one metadata table whose size the image's header sets (L1,
  * refcount table, snapshot table, bitmap directory and tables, BAT, block
  * map), asked before allocating it, after the driver's own (larger) limit:
- * 0 if bytes fits, -EPERM with the refusal ("<what> of N bytes, above the
- * limit of M for untrusted images") when img is untrusted and bytes is
- * above IMG_UNTRUSTED_METADATA_CAP.
+ * 0 if bytes fits, -EPERM with the refusal ("asks for <what> of N bytes,
+ * above the limit of M for untrusted images") when img is untrusted and
+ * bytes is above IMG_UNTRUSTED_METADATA_CAP.
  */
 int img_metadata_check(const struct img *img, uint64_t bytes, const char *what);
 /* Resolve name relative to the directory of base_path; malloc'd result. */

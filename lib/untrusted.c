@@ -25,7 +25,7 @@ int img_untrusted_refuse(const struct img *img, const char *what_fmt, ...)
 	va_start(ap, what_fmt);
 	vsnprintf(what, sizeof(what), what_fmt, ap);
 	va_end(ap);
-	return img_error(-EPERM, "untrusted: '%s' names %s",
+	return img_error(-EPERM, "untrusted: '%s' %s",
 			 img && img->filename ? img->filename : "(image)",
 			 what);
 }
@@ -35,7 +35,8 @@ int img_metadata_check(const struct img *img, uint64_t bytes, const char *what)
 	if (!img_untrusted(img) || bytes <= IMG_UNTRUSTED_METADATA_CAP)
 		return 0;
 	return img_untrusted_refuse(img,
-				    "%s of %" PRIu64 " bytes, above the limit "
+				    "asks for %s of %" PRIu64
+				    " bytes, above the limit "
 				    "of %llu for untrusted images",
 				    what, bytes, IMG_UNTRUSTED_METADATA_CAP);
 }

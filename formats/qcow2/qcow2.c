@@ -151,7 +151,8 @@ static int qcow2_open(struct img *img, unsigned flags)
 	}
 	if (s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
 		ret = img_untrusted(img) ?
-			      img_untrusted_refuse(img, "a data file '%s'",
+			      img_untrusted_refuse(img,
+						   "names a data file '%s'",
 						   s->data_file_name ?
 							   s->data_file_name :
 							   "") :

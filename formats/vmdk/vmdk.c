@@ -172,15 +172,16 @@ static int vmdk_refuse_untrusted(struct vmdk *s, bool sparse)
 	if (!img_untrusted(s->img))
 		return 0;
 	if (s->desc.parent_hint)
-		return img_untrusted_refuse(s->img, "a backing file '%s'",
+		return img_untrusted_refuse(s->img, "names a backing file '%s'",
 					    s->desc.parent_hint);
 	if (s->desc.parent_cid != VMDK_NO_PARENT)
-		return img_untrusted_refuse(s->img, "a parent (parentCID %08x)",
+		return img_untrusted_refuse(s->img,
+					    "names a parent (parentCID %08x)",
 					    s->desc.parent_cid);
 	for (unsigned i = 0; !sparse && i < s->desc.n_extents; i++)
 		if (s->desc.extents[i].type != VMDK_EXT_ZERO)
 			return img_untrusted_refuse(s->img,
-						    "an extent file '%s'",
+						    "names an extent file '%s'",
 						    s->desc.extents[i].file);
 	return 0;
 }
