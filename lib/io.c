@@ -482,10 +482,11 @@ int img_io_open_beneath(const char *dir, const char *name, unsigned flags,
 	if (!name || !*name)
 		return img_error(-EINVAL, "io: empty file name");
 	if (!strncmp(name, "rbd:", 4) || !strncmp(dir, "rbd:", 4))
-		return img_error(-EXDEV,
-				 "io: '%s' cannot be confined to '%s': rbd "
-				 "names have no directory",
-				 name, dir);
+		return img_error(
+			-EXDEV,
+			"io: '%s' is outside the directory '%s': an rbd "
+			"name has no directory to stay in",
+			name, dir);
 	if (asprintf(&path, "%s/%s", dir, name) < 0)
 		return img_error(-ENOMEM, "io: out of memory");
 	switch (kind) {
