@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The front of struct img_io: img_io_open() picks a backend (io_uring when a
- * ring can be set up, else psync), and the img_io_* wrappers check arguments,
+ * ring can be set up, else psync), img_io_open_beneath() does the same for a
+ * name confined to a directory (lib/confine.c resolves it), and the img_io_* wrappers check arguments,
  * supply the documented behaviour for ops a backend leaves NULL, bounce
  * unaligned transfers through aligned buffers for O_DIRECT files (so psync
  * and io_uring only ever see aligned requests) and turn a backend's -errno
