@@ -104,7 +104,7 @@ enum img_io_kind {
  * opens and reads as without the flag.
  */
 #define IMG_OPEN_UNTRUSTED (1u << 11)
-#define IMG_UNTRUSTED_METADATA_CAP (4ull << 20)
+#define IMG_UNTRUSTED_METADATA_CAP (8ull << 20)
 #define IMG_UNTRUSTED_KDF_MAX_ITER (1ull << 22)
 
 struct img_open_opts {

@@ -13,9 +13,10 @@
 # images open. A self-contained image of each format (qcow2 plain and
 # compressed, raw, VMDK monolithicSparse and streamOptimized, VHD fixed and
 # dynamic, VHDX, VDI) passes with the same info, map and data as without the
-# flag (and check, compare and dd on three of them). Caps: a qcow2 whose L1 table (8 MiB) is under the
-# default cap but above the untrusted one opens without the flag and is
-# refused with it; a LUKS key slot asking for more PBKDF2 iterations than
+# flag (and check, compare and dd on three of them). Caps: a qcow2 whose L1
+# table (16 MiB) is under the default cap but above the untrusted one opens
+# without the flag and is refused with it, a 2 TiB VDI (a block map of 8
+# MiB, the cap) passes; a LUKS key slot asking for more PBKDF2 iterations than
 # the untrusted cap is refused before any derivation.
 . "$(dirname "$0")/functions.sh"
 requires qemu-img python3 cmp
@@ -138,18 +139,20 @@ for c in info check convert compare map dd; do
 done
 
 # ---- caps ----
-# 512-byte clusters: one L1 entry covers 32 KiB, so 32 GiB needs 8 MiB of L1:
-# under the default cap of 32 MiB, above the untrusted cap of 4 MiB.
-qemu-img create -q -f qcow2 -o cluster_size=512 big-l1.qcow2 32G || fail "big L1"
+# 512-byte clusters: one L1 entry covers 32 KiB, so 64 GiB needs 16 MiB of
+# L1: under the default cap of 32 MiB, above the untrusted cap of 8 MiB.
+qemu-img create -q -f qcow2 -o cluster_size=512 big-l1.qcow2 64G || fail "big L1"
 expect_exit 0 "$IMG" info big-l1.qcow2
 expect_exit 0 "$IMG" map big-l1.qcow2
 expect_exit 1 "$IMG" info --untrusted big-l1.qcow2
-[ "$(cat "$T/.err")" = "img: untrusted: 'big-l1.qcow2' asks for an L1 table of 8388608 bytes, above the limit of 4194304 for untrusted images" ] ||
+[ "$(cat "$T/.err")" = "img: untrusted: 'big-l1.qcow2' asks for an L1 table of 16777216 bytes, above the limit of 8388608 for untrusted images" ] ||
 	fail "L1 cap: $(cat "$T/.err")"
 expect_exit 1 "$IMG" convert --untrusted -O raw big-l1.qcow2 out.raw
 expect_exit 1 "$IMG" info --untrusted --output=json big-l1.qcow2
 grep -q '"untrusted-refusal": "untrusted: .big-l1.qcow2. asks for an L1 table' "$T/.out" ||
 	fail "L1 cap json: $(cat "$T/.out")"
+qemu-img create -q -f vdi big.vdi 2T || fail "big vdi"
+expect_exit 0 "$IMG" info --untrusted big.vdi
 
 # A LUKS key slot asking for 5M PBKDF2 iterations (above the untrusted cap of
 # 4M, below the default of 32M): refused at once with --untrusted.
