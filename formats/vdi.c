@@ -178,6 +178,9 @@ static int vdi_open(struct img *img, unsigned flags)
 	ret = vdi_parse(s, file_size);
 	if (ret < 0)
 		return ret;
+	ret = img_metadata_check(img, (uint64_t)s->n_blocks * 4, "a block map");
+	if (ret < 0)
+		return ret;
 	s->bmap = malloc(s->n_blocks ? (size_t)s->n_blocks * 4 : 1);
 	if (!s->bmap)
 		return img_error(-ENOMEM,

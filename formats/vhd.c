@@ -279,7 +279,9 @@ static int vhd_read_parent(struct vhd *s, uint64_t file_size)
 				free(name);
 				return ret;
 			}
-			ret = access(path, F_OK);
+			/* An untrusted image is refused for naming a parent
+			 * at all: do not tell it which host files exist. */
+			ret = img_untrusted(s->img) ? 0 : access(path, F_OK);
 			free(path);
 			if (!ret) {
 				free(first);
@@ -362,6 +364,9 @@ static int vhd_open_dynamic(struct vhd *s, uint64_t file_size)
 				 "vpc: BAT at %#" PRIx64 " (%" PRIu64
 				 " entries) is outside the file or unaligned",
 				 s->bat_off, need);
+	ret = img_metadata_check(s->img, bat_bytes, "a BAT");
+	if (ret < 0)
+		return ret;
 	s->bat = malloc(bat_bytes ? bat_bytes : 1);
 	if (!s->bat)
 		return img_error(-ENOMEM, "vpc: out of memory for the BAT");

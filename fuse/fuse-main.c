@@ -80,6 +80,9 @@ static void usage(FILE *f)
 		"      --key-fd=N         read the passphrase from fd N\n"
 		"      --kdf-max-iter=N   accept LUKS key slots of up to N "
 		"PBKDF2 iterations\n"
+		"      --untrusted        the image comes from others: refuse "
+		"references to\n"
+		"                         other files, cap metadata memory\n"
 		"  -d, --debug            print every FUSE request (implies "
 		"-f)\n"
 		"  -h, --help             this help\n"
@@ -149,6 +152,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		OPT_KEY_FILE,
 		OPT_KEY_FD,
 		OPT_KDF_MAX_ITER,
+		OPT_UNTRUSTED,
 	};
 	static const struct option longopts[] = {
 		{ "read-only", no_argument, NULL, 'r' },
@@ -166,6 +170,7 @@ static int parse_args(int argc, char **argv, struct options *o)
 		{ "key-file", required_argument, NULL, OPT_KEY_FILE },
 		{ "key-fd", required_argument, NULL, OPT_KEY_FD },
 		{ "kdf-max-iter", required_argument, NULL, OPT_KDF_MAX_ITER },
+		{ "untrusted", no_argument, NULL, OPT_UNTRUSTED },
 		{ "debug", no_argument, NULL, 'd' },
 		{ "help", no_argument, NULL, 'h' },
 		{ "version", no_argument, NULL, 'V' },
@@ -260,6 +265,9 @@ static int parse_args(int argc, char **argv, struct options *o)
 			img_luks_set_max_iter(n);
 			break;
 		}
+		case OPT_UNTRUSTED:
+			o->flags |= IMG_OPEN_UNTRUSTED;
+			break;
 		case 'h':
 			usage(stdout);
 			return 0;
@@ -392,7 +400,8 @@ static void maybe_prompt(const struct options *o)
 {
 	struct img_open_opts po = {
 		.format = o->format,
-		.flags = IMG_OPEN_RDONLY | IMG_OPEN_NO_BACKING | IMG_OPEN_NO_IO,
+		.flags = IMG_OPEN_RDONLY | IMG_OPEN_NO_BACKING |
+			 IMG_OPEN_NO_IO | (o->flags & IMG_OPEN_UNTRUSTED),
 		.io = IMG_IO_PSYNC,
 	};
 	struct img_secret *s;

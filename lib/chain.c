@@ -4,7 +4,8 @@
  * names; the core resolves the name relative to the overlay's directory (as
  * QEMU does), opens each layer read-only with the overlay's I/O settings,
  * refuses chains deeper than IMG_MAX_CHAIN_DEPTH and chains that loop back to
- * a file already in them (-ELOOP), and never probes the format of a backing
+ * a file already in them (-ELOOP), refuses any backing file at all for an
+ * image opened IMG_OPEN_UNTRUSTED (-EPERM), and never probes the format of a backing
  * file whose format the header names (probing a guest-written file as another
  * format is a known hole). Reads that fall through to the backing see zeroes
  * past the backing's end, and zeroes when the chain is not opened.
@@ -94,6 +95,14 @@ static int open_one(struct img *layer, const struct file_id *ids)
 	 * flags is what the chain asked for. */
 	b->flags &= ~IMG_OPEN_NO_BACKING;
 	layer->backing = b;
+	return 0;
+}
+
+int img_chain_refuse_untrusted(const struct img *img, const char *name)
+{
+	if (img_untrusted(img) && name && *name)
+		return img_untrusted_refuse(img, "names a backing file '%s'",
+					    name);
 	return 0;
 }
 

@@ -271,8 +271,13 @@ int img_decompress(enum img_compress_type type, const void *src, size_t src_len,
 {
 	struct codec_ctx *c;
 
-	if (!dst_len || dst_len > INT_MAX || src_len > INT_MAX)
+	if (!dst_len || dst_len > IMG_MAX_DECOMPRESS_OUT)
 		return img_error(-EINVAL, "compress: bad length %zu", dst_len);
+	if (src_len > 2 * IMG_MAX_DECOMPRESS_OUT)
+		return img_error(-EINVAL,
+				 "compress: %zu compressed bytes for one "
+				 "cluster is more than %u",
+				 src_len, 2 * IMG_MAX_DECOMPRESS_OUT);
 	c = ctx_get();
 	if (!c)
 		return img_error(-ENOMEM, "compress: out of memory");

@@ -111,6 +111,7 @@ struct luks_slot {
 };
 
 struct img_luks {
+	uint64_t iter_cap; /* img_luks_cap_iter; 0: the process-wide cap */
 	char cipher_name[LUKS_NAME_LEN + 1];
 	char cipher_mode[LUKS_NAME_LEN + 1];
 	char hash_spec[LUKS_NAME_LEN + 1];
@@ -139,6 +140,11 @@ static uint64_t max_iter = IMG_LUKS_DEFAULT_MAX_ITER;
 void img_luks_set_max_iter(uint64_t n)
 {
 	max_iter = n ? n : IMG_LUKS_DEFAULT_MAX_ITER;
+}
+
+void img_luks_cap_iter(struct img_luks *l, uint64_t cap)
+{
+	l->iter_cap = cap;
 }
 
 /* ---- sector ciphers ---- */
@@ -890,36 +896,41 @@ static int set_master_key(struct img_luks *l, uint8_t *mk)
 static int find_slot(struct img_luks *l, const uint8_t *pass, size_t pass_len,
 		     img_luks_read_fn rd, void *opaque, uint8_t *mk, int *found)
 {
-	uint64_t spent = 0;
+	uint64_t spent = 0, cap = max_iter;
+	/* Only the process-wide cap is the user's to raise. */
+	const char *hint = " (raise it with --kdf-max-iter)";
 	int ret;
 
-	if (l->mk_digest_iter > max_iter)
+	if (l->iter_cap && l->iter_cap < cap) {
+		cap = l->iter_cap;
+		hint = " for untrusted images";
+	}
+
+	if (l->mk_digest_iter > cap)
 		return img_error(-E2BIG,
 				 "luks: the master key digest needs %" PRIu32
 				 " PBKDF2 iterations, more than the limit of "
-				 "%" PRIu64 " (raise it with --kdf-max-iter)",
-				 l->mk_digest_iter, max_iter);
+				 "%" PRIu64 "%s",
+				 l->mk_digest_iter, cap, hint);
 	for (unsigned i = 0; i < IMG_LUKS_SLOTS; i++) {
 		const struct luks_slot *s = &l->slots[i];
 
 		if (s->active != LUKS_SLOT_ACTIVE)
 			continue;
-		if (s->iterations > max_iter)
+		if (s->iterations > cap)
 			return img_error(-E2BIG,
 					 "luks: key slot %u needs %" PRIu32
 					 " PBKDF2 iterations, more than the "
-					 "limit of %" PRIu64
-					 " (raise it with --kdf-max-iter)",
-					 i, s->iterations, max_iter);
+					 "limit of %" PRIu64 "%s",
+					 i, s->iterations, cap, hint);
 		spent += s->iterations + l->mk_digest_iter;
-		if (spent > 4 * max_iter)
+		if (spent > 4 * cap)
 			return img_error(
 				-E2BIG,
 				"luks: trying key slot %u would exceed "
 				"the key derivation limit of %" PRIu64
-				" iterations (raise it with "
-				"--kdf-max-iter)",
-				i, 4 * max_iter);
+				" iterations%s",
+				i, 4 * cap, hint);
 		ret = try_slot(l, i, pass, pass_len, rd, opaque, mk);
 		if (ret < 0)
 			return ret;

@@ -687,6 +687,9 @@ int img_set_backing_name(struct img *img, const char *name, const char *fmt)
 	char *n = NULL, *f = NULL, *path = NULL;
 	int ret;
 
+	ret = img_chain_refuse_untrusted(img, name);
+	if (ret < 0)
+		return ret;
 	if (name && *name) {
 		n = strdup(name);
 		if (!n)
@@ -731,7 +734,15 @@ int img_io_open_relative(struct img *img, const char *name, unsigned io_flags,
 	if (img_read_only(img))
 		io_flags |= IMG_IO_RDONLY;
 	io_flags |= io_flags_for(img->flags) & ~IMG_IO_RDONLY;
-	ret = img_io_open(path, io_flags, img->io_kind, out);
+	if (io_flags & IMG_IO_BENEATH)
+		ret = img_open_confined(img, name, io_flags & ~IMG_IO_BENEATH,
+					out);
+	else
+		ret = img_io_open(path, io_flags, img->io_kind, out);
+	if (ret == -EXDEV) {
+		free(path);
+		return ret;
+	}
 	if (ret < 0 && ret != -EBUSY)
 		img_error(ret, "could not open '%s': %s", path, strerror(-ret));
 	free(path);

@@ -104,6 +104,9 @@ void img_luks_free(struct img_luks *l);
  * if no slot opens; -E2BIG if the key derivation cost of the image is above
  * the cap (img_luks_set_max_iter in img.h).
  */
+/* Lower the key derivation cap for this header below the process-wide one
+ * (IMG_UNTRUSTED_KDF_MAX_ITER for untrusted images); 0 removes it. */
+void img_luks_cap_iter(struct img_luks *l, uint64_t cap);
 int img_luks_unlock(struct img_luks *l, const struct img_secret *secret,
 		    img_luks_read_fn rd, void *opaque);
 /* En- or decrypt payload sectors with the master key (after unlock or

@@ -25,6 +25,9 @@
 #define IMG_IO_NOFLUSH (1u << 3) /* flush is a no-op (cache=unsafe) */
 /* Read-only and letting others write (-U): no lock keeps writers out. */
 #define IMG_IO_SHARED (1u << 4)
+/* img_io_open_relative only: the name must resolve (symlinks included)
+ * beneath the image's directory, else -EXDEV. */
+#define IMG_IO_BENEATH (1u << 5)
 
 /* img_io_zero() flags */
 #define IMG_IO_ZERO_PUNCH (1u << 0) /* may deallocate (punch a hole) */
@@ -78,6 +81,15 @@ struct img_io {
  */
 int img_io_open(const char *path, unsigned flags, enum img_io_kind kind,
 		struct img_io **out);
+/*
+ * Open name beneath directory dir: every component, symlinks included, must
+ * resolve inside dir (a symlink staying inside is fine; "..", absolute names,
+ * magic links and symlinks leading out fail -EXDEV with a message). The
+ * descriptor checked is the one used: no window between check and open.
+ * Names starting with "rbd:" are refused (-EXDEV): rbd has no directory.
+ */
+int img_io_open_beneath(const char *dir, const char *name, unsigned flags,
+			enum img_io_kind kind, struct img_io **out);
 /* A growable in-memory file initialised with a copy of data (may be NULL). */
 int img_io_mem_new(const void *data, size_t len, struct img_io **out);
 /* Contents of a mem backend (valid until the next write or close). */
@@ -282,9 +294,28 @@ int img_read_backing(struct img *img, void *buf, uint64_t off, uint64_t len);
 /* Wait until no transfer mapped by .map_direct is running. Call with the
  * image's lock held (no new one can start then). */
 void img_direct_drain(struct img *img);
-/* Open a file named relative to the image's directory (data files). */
+/* Open a file named relative to the image's directory (data files, extents);
+ * IMG_IO_BENEATH in io_flags confines it there (img_io_open_beneath). */
 int img_io_open_relative(struct img *img, const char *name, unsigned io_flags,
 			 struct img_io **out);
+/*
+ * IMG_OPEN_UNTRUSTED: the one place refusals are worded. Returns -EPERM with
+ * "untrusted: '<image file>' <what>" (what: printf-style, e.g. "names a
+ * backing file 'base.qcow2'"). Drivers call it when an untrusted image names
+ * another file; img_untrusted() says whether to.
+ */
+bool img_untrusted(const struct img *img);
+int img_untrusted_refuse(const struct img *img, const char *what_fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/*
+ * The cap on one metadata table whose size the image's header sets (L1,
+ * refcount table, snapshot table, bitmap directory and tables, BAT, block
+ * map), asked before allocating it, after the driver's own (larger) limit:
+ * 0 if bytes fits, -EPERM with the refusal ("asks for <what> of N bytes,
+ * above the limit of M for untrusted images") when img is untrusted and
+ * bytes is above IMG_UNTRUSTED_METADATA_CAP.
+ */
+int img_metadata_check(const struct img *img, uint64_t bytes, const char *what);
 /* Resolve name relative to the directory of base_path; malloc'd result. */
 int img_path_relative(const char *base_path, const char *name, char **out);
 

@@ -18,6 +18,8 @@
  *   -ELOOP        backing chain too deep or looping
  *   -ENOENT       missing file or backing file
  *   -EACCES       wrong passphrase
+ *   -EPERM        an image opened IMG_OPEN_UNTRUSTED asks for what it may not
+ *   -EXDEV        a reference resolves outside the directory it must stay in
  *
  * Thread safety: an image may be used from several threads at once; the
  * library serialises what the format driver cannot do concurrently.
@@ -92,6 +94,18 @@ enum img_io_kind {
  * the clusters whose last reference a discard, zeroing or snapshot deletion
  * dropped. Without it, freed clusters are only reused. */
 #define IMG_OPEN_UNMAP (1u << 10)
+/*
+ * The image comes from someone else (an upload, another tenant): refuse
+ * (-EPERM, "untrusted: '<file>' names ...") any reference to another file
+ * (backing file or parent, qcow2 data_file, VMDK extents outside the
+ * descriptor's own file), cap every metadata table the image sizes at
+ * IMG_UNTRUSTED_METADATA_CAP bytes and the LUKS key derivation at
+ * IMG_UNTRUSTED_KDF_MAX_ITER iterations per slot. A self-contained image
+ * opens and reads as without the flag.
+ */
+#define IMG_OPEN_UNTRUSTED (1u << 11)
+#define IMG_UNTRUSTED_METADATA_CAP (8ull << 20)
+#define IMG_UNTRUSTED_KDF_MAX_ITER (1ull << 22)
 
 struct img_open_opts {
 	const char *
@@ -458,7 +472,11 @@ int img_compress(enum img_compress_type type, int level, const void *src,
 /*
  * Decompress into exactly dst_len bytes: bytes after them in src are ignored,
  * a stream that ends early or is invalid gives -IMG_ECORRUPT. Thread-safe.
+ * One call is one cluster or grain, which bounds the work an image can ask
+ * of it: dst_len at most IMG_MAX_DECOMPRESS_OUT, src_len at most twice that
+ * (-EINVAL beyond).
  */
+#define IMG_MAX_DECOMPRESS_OUT (2u << 20) /* qcow2's largest cluster */
 int img_decompress(enum img_compress_type type, const void *src, size_t src_len,
 		   void *dst, size_t dst_len);
 

@@ -103,6 +103,10 @@ int img_open_layer(struct img_io *io, const char *filename,
  * and attach it as img->backing. On failure img->backing stays NULL.
  */
 int img_chain_open(struct img *img);
+/* -EPERM with the refusal when img is untrusted and names the backing file
+ * name (NULL or "": none), else 0. Every driver records its backing through
+ * img_set_backing_name, which asks this. */
+int img_chain_refuse_untrusted(const struct img *img, const char *name);
 
 /* Switch a just-opened read-only image to the view of an internal snapshot
  * (img_open_opts.snapshot; lib/snapshot.c). */
@@ -120,6 +124,18 @@ int img_chain_allocated_above(struct img *top, struct img *base, uint64_t off,
 /* ---- host-file backends behind img_io_open (lib/io-psync.c, io-uring.c) ---- */
 
 int img_io_psync_open(const char *path, unsigned flags, struct img_io **out);
+/* The same with path confined beneath dir (NULL: not confined), and the
+ * io_uring backend's; see img_io_open_beneath. */
+int img_io_psync_open_beneath(const char *dir, const char *path, unsigned flags,
+			      struct img_io **out);
+int img_io_uring_open_beneath(const char *dir, const char *path, unsigned flags,
+			      struct img_io **out);
+/* lib/confine.c: open name (no O_CREAT) beneath dir; the descriptor or
+ * -errno (-EXDEV with a message when it resolves outside). */
+int img_open_beneath_fd(const char *dir, const char *name, int oflags);
+/* img_io_open_beneath in the directory of img's file. */
+int img_open_confined(struct img *img, const char *name, unsigned io_flags,
+		      struct img_io **out);
 /* lib/io-lock.c: take QEMU's image locks on fd for a user opening it with
  * io_flags (IMG_IO_RDONLY, IMG_IO_SHARED); -EBUSY when another user's
  * locks conflict. */

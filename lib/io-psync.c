@@ -249,6 +249,12 @@ static const struct img_io_ops psync_ops = {
 
 int img_io_psync_open(const char *path, unsigned flags, struct img_io **out)
 {
+	return img_io_psync_open_beneath(NULL, path, flags, out);
+}
+
+int img_io_psync_open_beneath(const char *dir, const char *path, unsigned flags,
+			      struct img_io **out)
+{
 	int oflags = O_CLOEXEC, fd, ret;
 	struct psync *p;
 
@@ -260,9 +266,16 @@ int img_io_psync_open(const char *path, unsigned flags, struct img_io **out)
 		oflags |= O_RDWR;
 	if (flags & IMG_IO_DIRECT)
 		oflags |= O_DIRECT;
-	do {
-		fd = open(path, oflags, 0644);
-	} while (fd < 0 && errno == EINTR);
+	if (dir) {
+		fd = img_open_beneath_fd(dir, path, oflags);
+		if (fd == -EXDEV || fd == -EINVAL)
+			return fd;
+		errno = -fd;
+	} else {
+		do {
+			fd = open(path, oflags, 0644);
+		} while (fd < 0 && errno == EINTR);
+	}
 	if (fd < 0) {
 		int err = errno;
 

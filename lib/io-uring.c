@@ -370,6 +370,12 @@ static const struct img_io_ops uring_ops = {
 
 int img_io_uring_open(const char *path, unsigned flags, struct img_io **out)
 {
+	return img_io_uring_open_beneath(NULL, path, flags, out);
+}
+
+int img_io_uring_open_beneath(const char *dir, const char *path, unsigned flags,
+			      struct img_io **out)
+{
 	struct img_io *file;
 	struct uring *u;
 	int ret;
@@ -377,7 +383,7 @@ int img_io_uring_open(const char *path, unsigned flags, struct img_io **out)
 	if (!ring_get(&ret))
 		return img_error(-ENOSYS, "io: cannot set up an io_uring: %s",
 				 strerror(-ret));
-	ret = img_io_psync_open(path, flags, &file);
+	ret = img_io_psync_open_beneath(dir, path, flags, &file);
 	if (ret < 0)
 		return ret;
 	u = calloc(1, sizeof(*u));

@@ -1,13 +1,15 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The front of struct img_io: img_io_open() picks a backend (io_uring when a
- * ring can be set up, else psync), and the img_io_* wrappers check arguments,
+ * ring can be set up, else psync), img_io_open_beneath() does the same for a
+ * name confined to a directory (lib/confine.c resolves it), and the img_io_* wrappers check arguments,
  * supply the documented behaviour for ops a backend leaves NULL, bounce
  * unaligned transfers through aligned buffers for O_DIRECT files (so psync
  * and io_uring only ever see aligned requests) and turn a backend's -errno
  * into a message that names the file.
  */
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -469,4 +471,45 @@ int img_io_open(const char *path, unsigned flags, enum img_io_kind kind,
 		return img_io_psync_open(path, flags, out);
 	}
 	return img_error(-EINVAL, "io: unknown backend kind %d", (int)kind);
+}
+
+int img_io_open_beneath(const char *dir, const char *name, unsigned flags,
+			enum img_io_kind kind, struct img_io **out)
+{
+	struct img_io *io;
+	char *path;
+	int ret;
+
+	if (!name || !*name)
+		return img_error(-EINVAL, "io: empty file name");
+	if (!strncmp(name, "rbd:", 4) || !strncmp(dir, "rbd:", 4))
+		return img_error(
+			-EXDEV,
+			"io: '%s' is outside the directory '%s': an rbd "
+			"name has no directory to stay in",
+			name, dir);
+	if (asprintf(&path, "%s/%s", dir, name) < 0)
+		return img_error(-ENOMEM, "io: out of memory");
+	switch (kind) {
+	case IMG_IO_AUTO:
+		ret = img_io_uring_open_beneath(dir, name, flags, &io);
+		if (ret == -ENOSYS)
+			ret = img_io_psync_open_beneath(dir, name, flags, &io);
+		break;
+	case IMG_IO_URING:
+		ret = img_io_uring_open_beneath(dir, name, flags, &io);
+		break;
+	default:
+		ret = img_io_psync_open_beneath(dir, name, flags, &io);
+		break;
+	}
+	if (ret < 0) {
+		free(path);
+		return ret;
+	}
+	/* Messages name the file as the user sees it, not relative to dir. */
+	free(io->path);
+	io->path = path;
+	*out = io;
+	return 0;
 }

@@ -206,6 +206,9 @@ static int load_table(struct qcow2 *s, struct bm *b, uint64_t file_size,
 			  b->name);
 	if (ret < 0)
 		return ret;
+	ret = img_metadata_check(s->img, bytes, "a bitmap table");
+	if (ret < 0)
+		return ret;
 	t = malloc(bytes);
 	if (!t)
 		return img_error(-ENOMEM, "qcow2: out of memory");
@@ -394,6 +397,9 @@ int qcow2_bitmap_open(struct qcow2 *s)
 				dir_size, nb);
 		goto fail;
 	}
+	ret = img_metadata_check(s->img, dir_size, "a bitmap directory");
+	if (ret < 0)
+		goto fail;
 	bs->bm = calloc(nb, sizeof(*bs->bm));
 	dir = malloc(dir_size);
 	if (!bs->bm || !dir) {

@@ -712,6 +712,9 @@ static int check_bitmaps(struct check *c)
 			c->res->corruptions++;
 			continue;
 		}
+		ret = img_metadata_check(s->img, tbl_bytes, "a bitmap table");
+		if (ret < 0)
+			goto out;
 		tbl = malloc(tbl_bytes + 1);
 		if (!tbl) {
 			ret = -ENOMEM;
@@ -877,6 +880,10 @@ static int calculate_refcounts(struct check *c, unsigned fix, bool *rebuild)
 			c->res->corruptions++;
 			continue;
 		}
+		ret = img_metadata_check(s->img, (uint64_t)sn->l1_size * 8,
+					 "a snapshot L1 table");
+		if (ret < 0)
+			return ret;
 		ret = read_l1(c, sn->l1_off, sn->l1_size, &l1);
 		if (ret < 0) {
 			report(c, "ERROR: I/O error in check_refcounts_l1");

@@ -106,6 +106,8 @@ static int open_luks(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
 	ret = img_luks_parse(hdr, sizeof(hdr), c->area_len, &c->luks);
 	if (ret < 0)
 		return ret;
+	if (img_untrusted(s->img))
+		img_luks_cap_iter(c->luks, IMG_UNTRUSTED_KDF_MAX_ITER);
 	if (flags & IMG_OPEN_NO_IO)
 		return 0;
 	secret = img_open_secret(s->img);

@@ -478,6 +478,11 @@ int qcow2_header_read(struct qcow2 *s)
 			h->refcount_table_clusters);
 		goto out;
 	}
+	ret = img_metadata_check(
+		s->img, (uint64_t)h->refcount_table_clusters << h->cluster_bits,
+		"a refcount table");
+	if (ret < 0)
+		goto out;
 	{
 		unsigned entry =
 			(h->incompatible_features & QCOW2_INCOMPAT_EXTL2) ? 16 :
@@ -499,6 +504,10 @@ int qcow2_header_read(struct qcow2 *s)
 				h->l1_size);
 		goto out;
 	}
+	ret = img_metadata_check(s->img, (uint64_t)h->l1_size * 8,
+				 "an L1 table");
+	if (ret < 0)
+		goto out;
 	ret = check_table(cs, h->l1_table_offset, (uint64_t)h->l1_size * 8,
 			  "L1 table");
 	if (ret < 0)

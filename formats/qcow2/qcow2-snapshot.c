@@ -225,6 +225,11 @@ static int table_read(struct qcow2 *s, struct sn_table *t)
 				 "qcow2: snapshot table offset %#" PRIx64
 				 " is invalid",
 				 base);
+	/* Each entry takes at least 40 bytes of the table. */
+	ret = img_metadata_check(s->img, (uint64_t)s->h.nb_snapshots * 40,
+				 "a snapshot table");
+	if (ret < 0)
+		return ret;
 	end = base + img_min(MAX_TABLE_BYTES, file_size - base);
 	t->sn = calloc(s->h.nb_snapshots, sizeof(*t->sn));
 	if (!t->sn)
@@ -306,6 +311,10 @@ static int read_sn_l1(struct qcow2 *s, const struct qcow2_snapshot *sn,
 				 "qcow2: snapshot '%s' L1 table of %" PRIu32
 				 " entries is too large",
 				 sn->id, sn->l1_size);
+	ret = img_metadata_check(s->img, bytes > need * 8 ? bytes : need * 8,
+				 "a snapshot L1 table");
+	if (ret < 0)
+		return ret;
 	ret = img_io_size(s->file, &file_size);
 	if (ret < 0)
 		return ret;

@@ -9,7 +9,9 @@
  * layout (header_length 112, feature-name table, refcount table at cluster 1,
  * one refcount block at cluster 2, L1 table at cluster 3). Supported: cluster
  * sizes 512 B to 2 MiB, refcount widths 1 to 64 bits, extended L2 entries
- * (subcluster allocation), external data files (raw or not), zero clusters,
+ * (subcluster allocation), external data files (raw or not; followed
+ * wherever the name points, as in QEMU, and refused for untrusted images),
+ * zero clusters,
  * lazy refcounts, backing files, preallocation, resize, compressed clusters
  * (zlib and zstd, qcow2-compress.c), encryption (LUKS; legacy AES read
  * only; qcow2-crypt.c), internal snapshots (qcow2-snapshot.c; resize of
@@ -150,6 +152,15 @@ static int qcow2_open(struct img *img, unsigned flags)
 		s->corrupt = true;
 	}
 	if (s->h.incompatible_features & QCOW2_INCOMPAT_DATA_FILE) {
+		ret = img_untrusted(img) ?
+			      img_untrusted_refuse(img,
+						   "names a data file '%s'",
+						   s->data_file_name ?
+							   s->data_file_name :
+							   "") :
+			      0;
+		if (ret < 0)
+			goto fail;
 		ret = img_io_open_relative(img, s->data_file_name,
 					   s->read_only ? IMG_IO_RDONLY : 0,
 					   &s->data_file);

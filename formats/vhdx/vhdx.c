@@ -735,6 +735,9 @@ static int vhdx_read_bat(struct vhdx *s, uint64_t file_size)
 				 "vhdx: BAT of %" PRIu64
 				 " entries does not fit its region or the file",
 				 s->n_entries);
+	ret = img_metadata_check(s->img, bytes, "a BAT");
+	if (ret < 0)
+		return ret;
 	s->bat = malloc(bytes ? bytes : 8);
 	if (!s->bat)
 		return img_error(-ENOMEM, "vhdx: out of memory for the BAT");

@@ -226,6 +226,11 @@ int vmdk_sparse_open(struct img *img, struct vmdk_extent *e, bool writable)
 	e->compressed = e->h.flags & VMDK_FLAG_COMPRESS;
 	e->markers = e->h.flags & VMDK_FLAG_MARKER;
 	e->zero_grain = e->h.flags & VMDK_FLAG_ZERO_GRAIN;
+	ret = img_metadata_check(img,
+				 (uint64_t)e->n_gts * (4 + sizeof(*e->gts)),
+				 "a grain directory");
+	if (ret < 0)
+		return ret;
 	ret = vmdk_read_gd(e, e->h.gd_sector, file_size, &e->gd);
 	if (ret < 0)
 		return ret;

@@ -21,8 +21,11 @@
  * compresses them in parallel, with or without -c.
  *
  * Extent files named in a descriptor must stay inside the image's directory
- * (no absolute name, no ".." component) unless the image is opened with
- * IMG_OPEN_ANY_EXTENT_PATH. Crash consistency: see vmdk-sparse.c; flat
+ * unless the image is opened with IMG_OPEN_ANY_EXTENT_PATH: the descriptor
+ * parser refuses absolute names and ".." components, and the file is opened
+ * with IMG_IO_BENEATH, so that a symlink in the directory cannot lead out
+ * either. An image opened IMG_OPEN_UNTRUSTED may name no extent file and no
+ * parent at all. Crash consistency: see vmdk-sparse.c; flat
  * extents are written in place.
  */
 #include <inttypes.h>
@@ -129,7 +132,8 @@ static void vmdk_free_extents(struct vmdk *s)
 }
 
 static int vmdk_open_extent(struct vmdk *s, struct vmdk_extent *e,
-			    const struct vmdk_desc_extent *x, bool writable)
+			    const struct vmdk_desc_extent *x, bool writable,
+			    bool any_path)
 {
 	struct img *img = s->img;
 	int ret;
@@ -142,9 +146,11 @@ static int vmdk_open_extent(struct vmdk *s, struct vmdk_extent *e,
 	ret = img_path_relative(img_filename(img), x->file, &e->file);
 	if (ret < 0)
 		return ret;
-	ret = img_io_open_relative(
-		img, x->file, writable && !x->read_only ? 0 : IMG_IO_RDONLY,
-		&e->io);
+	ret = img_io_open_relative(img, x->file,
+				   (writable && !x->read_only ? 0 :
+								IMG_IO_RDONLY) |
+					   (any_path ? 0 : IMG_IO_BENEATH),
+				   &e->io);
 	if (ret < 0) {
 		char why[512];
 
@@ -157,6 +163,27 @@ static int vmdk_open_extent(struct vmdk *s, struct vmdk_extent *e,
 		return 0;
 	}
 	return vmdk_sparse_open(img, e, writable && !x->read_only);
+}
+
+/* An untrusted image must be one file: a sparse extent with its embedded
+ * descriptor, or a descriptor whose extents are all zero extents. */
+static int vmdk_refuse_untrusted(struct vmdk *s, bool sparse)
+{
+	if (!img_untrusted(s->img))
+		return 0;
+	if (s->desc.parent_hint)
+		return img_untrusted_refuse(s->img, "names a backing file '%s'",
+					    s->desc.parent_hint);
+	if (s->desc.parent_cid != VMDK_NO_PARENT)
+		return img_untrusted_refuse(s->img,
+					    "names a parent (parentCID %08x)",
+					    s->desc.parent_cid);
+	for (unsigned i = 0; !sparse && i < s->desc.n_extents; i++)
+		if (s->desc.extents[i].type != VMDK_EXT_ZERO)
+			return img_untrusted_refuse(s->img,
+						    "names an extent file '%s'",
+						    s->desc.extents[i].file);
+	return 0;
 }
 
 static int vmdk_open(struct img *img, unsigned flags)
@@ -183,6 +210,9 @@ static int vmdk_open(struct img *img, unsigned flags)
 	free(text);
 	if (ret < 0)
 		return ret;
+	ret = vmdk_refuse_untrusted(s, sparse);
+	if (ret < 0)
+		goto fail;
 	s->n_ext = sparse ? 1 : s->desc.n_extents;
 	s->ext = calloc(s->n_ext, sizeof(*s->ext));
 	if (!s->ext) {
@@ -207,7 +237,8 @@ static int vmdk_open(struct img *img, unsigned flags)
 	} else {
 		for (unsigned i = 0; i < s->n_ext; i++) {
 			ret = vmdk_open_extent(s, &s->ext[i],
-					       &s->desc.extents[i], writable);
+					       &s->desc.extents[i], writable,
+					       any_path);
 			if (ret < 0)
 				goto fail;
 		}

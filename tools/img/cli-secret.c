@@ -6,7 +6,9 @@
  * --target-image-opts (an image named "driver=qcow2,file.filename=PATH,
  * encrypt.key-secret=ID"), plus --key-file PATH and --key-fd N (the default
  * secret for encrypted images that name none) and --kdf-max-iter N (the cap
- * on the key derivation cost of untrusted images). When an encrypted image
+ * on the key derivation cost of untrusted images), and --untrusted for the
+ * subcommands that read an upload (IMG_OPEN_UNTRUSTED on the images they
+ * read, never on the images they write). When an encrypted image
  * needs a passphrase that was not given and stdin is a terminal, the user is
  * asked without echo. Secret bytes never pass through argv or the
  * environment.
@@ -29,6 +31,25 @@ struct image_opts {
 static struct image_opts *image_opts;
 static size_t n_image_opts;
 static bool prompted;
+static bool untrusted;
+
+/* The subcommands that read an image someone else made without changing it:
+ * those a cloud runs on an upload. */
+static bool takes_untrusted(const char *cmd)
+{
+	static const char *const cmds[] = { "info",    "check", "convert",
+					    "compare", "map",	"dd" };
+
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (!strcmp(cmd, cmds[i]))
+			return true;
+	return false;
+}
+
+unsigned cli_untrusted(void)
+{
+	return untrusted ? IMG_OPEN_UNTRUSTED : 0;
+}
 
 static void wipe_at_exit(void)
 {
@@ -149,6 +170,10 @@ static int take_option(const char *opt, const char *val, bool *image_opts_on)
 	char *end;
 	int ret;
 
+	if (!strcmp(opt, "--untrusted")) {
+		untrusted = true;
+		return 0;
+	}
 	if (!strcmp(opt, "--image-opts") ||
 	    !strcmp(opt, "--target-image-opts")) {
 		*image_opts_on = true;
@@ -186,9 +211,10 @@ int cli_secret_args(int *argc, char **argv)
 {
 	static const char *const opts[] = {
 		"--object",	  "--key-file",	  "--key-fd",
-		"--kdf-max-iter", "--image-opts", "--target-image-opts"
+		"--kdf-max-iter", "--image-opts", "--target-image-opts",
+		"--untrusted"
 	};
-	bool image_opts_on = false;
+	bool image_opts_on = false, can_untrust = takes_untrusted(argv[0]);
 	int out = 1, ret;
 
 	atexit(wipe_at_exit);
@@ -206,7 +232,8 @@ int cli_secret_args(int *argc, char **argv)
 		for (k = 0; k < sizeof(opts) / sizeof(opts[0]); k++) {
 			bool flag = k >= 4;
 
-			if (flag && !strcmp(argv[i], opts[k])) {
+			if (flag && !strcmp(argv[i], opts[k]) &&
+			    (k < 6 || can_untrust)) {
 				used = 1;
 				break;
 			}

@@ -142,11 +142,10 @@ int cli_open(const char *path, const char *fmt, unsigned flags,
 	ret = img_open(path, &o, out);
 	if (ret < 0 && cli_secret_prompt(path, &o, ret))
 		ret = img_open(path, &o, out);
-	if (ret < 0) {
-		const char *msg = cli_errmsg(ret);
-
-		cli_fail(1, "Could not open '%s': %s", path, msg);
-	}
+	if (ret == -EPERM && (flags & IMG_OPEN_UNTRUSTED))
+		cli_fail(1, "%s", cli_errmsg(ret)); /* names path already */
+	else if (ret < 0)
+		cli_fail(1, "Could not open '%s': %s", path, cli_errmsg(ret));
 	return ret;
 }
 

@@ -151,12 +151,15 @@ bool cli_has_help_option(const char *s);
 /* ---- secrets and --image-opts (tools/img/cli-secret.c) ---- */
 
 /*
- * Take --object, --key-file, --key-fd, --kdf-max-iter, --image-opts and
- * --target-image-opts out of argv[1..] (argv[0] is the subcommand), loading
+ * Take --object, --key-file, --key-fd, --kdf-max-iter, --image-opts,
+ * --target-image-opts and --untrusted out of argv[1..] (argv[0] is the subcommand), loading
  * and registering the secrets, and replace each image-options argument by
  * its file name. Returns 0 or the exit code after printing an error.
  */
 int cli_secret_args(int *argc, char **argv);
+/* IMG_OPEN_UNTRUSTED if --untrusted was given (only info, check, convert,
+ * compare, map and dd take it), else 0: for the images a command reads. */
+unsigned cli_untrusted(void);
 /* Open path (an image just created with the create options kv) with the
  * secret kv names in encrypt.key-secret, if any. */
 void cli_secret_target(const char *path, const struct img_kv *kv, size_t n);

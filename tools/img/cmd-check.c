@@ -112,8 +112,8 @@ int cmd_check(int argc, char **argv)
 	};
 	const char *fmt = NULL, *filename;
 	int output = CLI_OUTPUT_HUMAN;
-	unsigned flags = IMG_OPEN_RDONLY | IMG_OPEN_NO_BACKING |
-			 IMG_OPEN_NO_REPAIR;
+	unsigned flags = cli_untrusted() | IMG_OPEN_RDONLY |
+			 IMG_OPEN_NO_BACKING | IMG_OPEN_NO_REPAIR;
 	unsigned fix = 0;
 	bool quiet = false;
 	struct img_check r;

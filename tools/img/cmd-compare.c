@@ -59,7 +59,7 @@ int cmd_compare(int argc, char **argv)
 		{ NULL, 0, NULL, 0 },
 	};
 	const char *fmt1 = NULL, *fmt2 = NULL, *name1, *name2;
-	unsigned flags = IMG_OPEN_RDONLY;
+	unsigned flags = IMG_OPEN_RDONLY | cli_untrusted();
 	bool progress = false, quiet = false, strict = false;
 	struct img *img1 = NULL, *img2 = NULL;
 	uint8_t *buf1 = NULL, *buf2 = NULL;

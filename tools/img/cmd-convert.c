@@ -904,7 +904,7 @@ int cmd_convert(int argc, char **argv)
 {
 	struct cv_args a;
 	struct cv *cv = NULL;
-	unsigned src_flags = IMG_OPEN_RDONLY;
+	unsigned src_flags = IMG_OPEN_RDONLY | cli_untrusted();
 	int n_srcs, ret, rc = 1;
 	uint64_t total = 0;
 	const char *dst;

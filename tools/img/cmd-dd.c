@@ -59,7 +59,7 @@ int cmd_dd(int argc, char **argv)
 	const char *in_name = NULL, *out_name = NULL;
 	uint64_t bs = 512, count = 0, skip = 0;
 	bool has_count = false, has_skip = false;
-	unsigned flags = IMG_OPEN_RDONLY;
+	unsigned flags = IMG_OPEN_RDONLY | cli_untrusted();
 	struct img *in = NULL, *out = NULL;
 	uint64_t size, in_pos, out_pos;
 	uint8_t *buf = NULL;

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -161,6 +162,26 @@ static void print_human(struct img *img, const struct img_info *in,
 	}
 }
 
+/*
+ * --untrusted --output=json on a refused image: what is known without
+ * following the reference the image makes, and why it was refused.
+ */
+static int print_refusal(const char *filename, const char *fmt, int err)
+{
+	struct cli_json *o = cli_json_object();
+	struct stat st;
+
+	cli_json_add_str(o, "filename", filename);
+	if (fmt)
+		cli_json_add_str(o, "format", fmt);
+	if (!stat(filename, &st))
+		cli_json_add_int(o, "actual-size", (int64_t)st.st_blocks * 512);
+	cli_json_add_str(o, "untrusted-refusal", cli_errmsg(err));
+	cli_json_print(o);
+	cli_json_free(o);
+	return 1;
+}
+
 int cmd_info(int argc, char **argv)
 {
 	enum { OPT_OUTPUT = 256, OPT_BACKING_CHAIN };
@@ -175,7 +196,7 @@ int cmd_info(int argc, char **argv)
 	const char *fmt = NULL, *filename;
 	int output = CLI_OUTPUT_HUMAN;
 	bool chain = false;
-	unsigned flags = IMG_OPEN_RDONLY | IMG_OPEN_NO_IO;
+	unsigned flags = IMG_OPEN_RDONLY | IMG_OPEN_NO_IO | cli_untrusted();
 	struct cli_json *list = NULL;
 	struct img *img, *cur;
 	int c, ret;
@@ -208,6 +229,8 @@ int cmd_info(int argc, char **argv)
 		flags |= IMG_OPEN_NO_BACKING;
 
 	ret = cli_open(filename, fmt, flags, IMG_IO_AUTO, &img);
+	if (ret == -EPERM && cli_untrusted() && output == CLI_OUTPUT_JSON)
+		return print_refusal(filename, fmt, ret);
 	if (ret < 0)
 		return 1;
 	if (chain && output == CLI_OUTPUT_JSON)

@@ -95,7 +95,7 @@ int cmd_map(int argc, char **argv)
 	};
 	const char *fmt = NULL, *filename;
 	int output = CLI_OUTPUT_HUMAN;
-	unsigned flags = IMG_OPEN_RDONLY;
+	unsigned flags = IMG_OPEN_RDONLY | cli_untrusted();
 	uint64_t start = 0, max_len = UINT64_MAX, length;
 	unsigned layers = 0;
 	struct map_entry curr, next;

@@ -33,16 +33,18 @@ static const struct command commands[] = {
 	  "[-f fmt] filename bitmap" },
 	{ "check", cmd_check, "check an image for consistency (and repair it)",
 	  "check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] "
-	  "[-T src_cache] [-U] filename" },
+	  "[-T src_cache] [-U] [--untrusted] filename" },
 	{ "commit", cmd_commit, "write an overlay's data into its backing file",
 	  "commit [-q] [-f fmt] [-t cache] [-b base] [-d] [-p] filename" },
 	{ "compare", cmd_compare,
 	  "compare the guest-visible contents of two "
 	  "images",
 	  "compare [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] "
+	  "[--untrusted] "
 	  "filename1 filename2" },
 	{ "convert", cmd_convert, "convert or copy an image to another format",
-	  "convert [--target-is-zero] [-U] [-C] [-c] [-p] [-q] [-n] "
+	  "convert [--target-is-zero] [--untrusted] [-U] [-C] [-c] [-p] "
+	  "[-q] [-n] "
 	  "[-f fmt] [-t cache] [-T src_cache] [-O output_fmt] "
 	  "[-B backing_file [-F backing_fmt]] [-o options] "
 	  "[-S sparse_size] [-m num_coroutines] [-W] "
@@ -51,16 +53,18 @@ static const struct command commands[] = {
 	  "create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] "
 	  "[-o options] filename [size]" },
 	{ "dd", cmd_dd, "copy from an image to a new image, dd-style",
-	  "dd [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks] "
+	  "dd [-U] [--untrusted] [-f fmt] [-O output_fmt] [bs=block_size] "
+	  "[count=blocks] "
 	  "[skip=blocks] if=input of=output" },
 	{ "info", cmd_info, "show information about an image",
-	  "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename" },
+	  "info [-f fmt] [--output=ofmt] [--backing-chain] [-U] "
+	  "[--untrusted] filename" },
 	{ "io", cmd_io, "run qemu-io style commands on an image",
 	  "io [-f fmt] [-r] [-U] [-q] [-t cache] [-i aio] -c command "
 	  "[-c command ...] filename" },
 	{ "map", cmd_map, "dump the allocation map of an image",
 	  "map [-f fmt] [--start-offset=offset] [--max-length=len] "
-	  "[--output=ofmt] [-U] filename" },
+	  "[--output=ofmt] [-U] [--untrusted] filename" },
 	{ "measure", cmd_measure, "compute the size a new image would need",
 	  "measure [--output=ofmt] [-O output_fmt] [-o options] "
 	  "[--size N | [-f fmt] filename]" },
@@ -129,6 +133,12 @@ static void usage(void)
 	       "  '-q' use Quiet mode - do not print any output (except "
 	       "errors)\n"
 	       "  '-U' force shared access (no image locking)\n"
+	       "  '--untrusted' the image comes from someone else (an "
+	       "upload): refuse any\n"
+	       "    reference to another file (backing file, data file, "
+	       "extent files) and\n"
+	       "    cap the metadata memory and key derivation it may ask "
+	       "for\n"
 	       "\n"
 	       "'img <command> --help' shows the syntax of one command.\n"
 	       "\nSupported formats:");

@@ -116,6 +116,9 @@ static void usage(FILE *f)
 		"      --tls-creds=ID       require TLS with object ID\n"
 		"      --tls-cert=PEM --tls-key=PEM [--tls-ca=PEM]\n"
 		"      --tls-psk-file=FILE  (identity:hexkey lines)\n"
+		"      --untrusted          the images come from others: refuse "
+		"references to\n"
+		"                           other files, cap metadata memory\n"
 		"      --handshake-timeout=SECONDS (default 10)\n"
 		"      --threads=N          I/O pool threads (default 2 per "
 		"CPU; 0: run\n"
@@ -288,6 +291,7 @@ enum {
 	OPT_HS_TIMEOUT,
 	OPT_THREADS,
 	OPT_SNAPSHOT_EXPORTS,
+	OPT_UNTRUSTED,
 };
 
 static const struct option long_opts[] = {
@@ -325,6 +329,7 @@ static const struct option long_opts[] = {
 	{ "handshake-timeout", required_argument, NULL, OPT_HS_TIMEOUT },
 	{ "threads", required_argument, NULL, OPT_THREADS },
 	{ "snapshot-exports", no_argument, NULL, OPT_SNAPSHOT_EXPORTS },
+	{ "untrusted", no_argument, NULL, OPT_UNTRUSTED },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -467,6 +472,9 @@ static int parse_args(int argc, char **argv, struct cfg *cfg)
 			break;
 		case OPT_CACHE:
 			ret = parse_cache(cfg, optarg);
+			break;
+		case OPT_UNTRUSTED:
+			cfg->open_flags |= IMG_OPEN_UNTRUSTED;
 			break;
 		case OPT_SNAPSHOT_EXPORTS:
 			cfg->snapshot_exports = true;
