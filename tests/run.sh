@@ -116,7 +116,7 @@ launch() {
 			bash -c "exec ${cmds[$i]}" >"$log" 2>&1 </dev/null
 		rc=$?
 		echo "$rc $start $EPOCHREALTIME" >"$work/$i.rc"
-	) &
+	) 2>/dev/null &
 	running[$!]=$i
 }
 
