@@ -46,8 +46,9 @@
 /* fuzz_format() options. */
 #define FUZZ_DISCARD (1u << 0) /* also discard (contents then undefined) */
 
-static int fuzz_open_bytes(const uint8_t *data, size_t size, const char *fmt,
-			   unsigned flags, struct img **out, struct img_io **io)
+static inline int fuzz_open_bytes(const uint8_t *data, size_t size,
+				  const char *fmt, unsigned flags,
+				  struct img **out, struct img_io **io)
 {
 	struct img_open_opts o = {
 		.format = fmt,
@@ -62,14 +63,14 @@ static int fuzz_open_bytes(const uint8_t *data, size_t size, const char *fmt,
 	return img_open_io(mem, "fuzz.img", &o, out);
 }
 
-static void fuzz_fail(const char *what, uint64_t a, uint64_t b)
+static inline void fuzz_fail(const char *what, uint64_t a, uint64_t b)
 {
 	fprintf(stderr, "fuzz invariant broken: %s (%#llx, %#llx)\n", what,
 		(unsigned long long)a, (unsigned long long)b);
 	abort();
 }
 
-static bool fuzz_all_zero(const uint8_t *p, size_t n)
+static inline bool fuzz_all_zero(const uint8_t *p, size_t n)
 {
 	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
 }
@@ -79,7 +80,8 @@ static bool fuzz_all_zero(const uint8_t *p, size_t n)
  * returns whether the map ran to the end. Zero extents are read back (up to
  * FUZZ_ZERO_READ_CAP bytes): a read error there is allowed, data is not.
  */
-static bool fuzz_map(struct img *img, unsigned bs, uint64_t cap, uint8_t *buf)
+static inline bool fuzz_map(struct img *img, unsigned bs, uint64_t cap,
+			    uint8_t *buf)
 {
 	uint64_t end = img_min(img_size(img), cap), off = 0, zread = 0;
 	unsigned long n = 0;
@@ -116,12 +118,13 @@ static bool fuzz_map(struct img *img, unsigned bs, uint64_t cap, uint8_t *buf)
 }
 
 /* The first read error of the read errors check should have seen. */
-static int fuzz_read_all(struct img *img, uint8_t *buf, uint64_t *where)
+static inline int fuzz_read_all(struct img *img, uint8_t *buf, uint64_t *where)
 {
 	uint64_t end = img_min(img_size(img), FUZZ_READ_CAP);
 
 	for (uint64_t pos = 0; pos < end; pos += FUZZ_CHUNK) {
-		int ret = img_read(img, buf, pos, img_min(FUZZ_CHUNK, end - pos));
+		int ret =
+			img_read(img, buf, pos, img_min(FUZZ_CHUNK, end - pos));
 
 		if (ret == -IMG_ECORRUPT || ret == -EIO) {
 			*where = pos;
@@ -132,7 +135,7 @@ static int fuzz_read_all(struct img *img, uint8_t *buf, uint64_t *where)
 }
 
 /* Whether check (returning ret with *res) calls the image clean. */
-static bool fuzz_check_clean(struct img *img, struct img_check *res)
+static inline bool fuzz_check_clean(struct img *img, struct img_check *res)
 {
 	memset(res, 0, sizeof(*res));
 	return img_check(img, 0, res) == 0 && res->corruptions == 0 &&
@@ -140,10 +143,10 @@ static bool fuzz_check_clean(struct img *img, struct img_check *res)
 }
 
 /* Data whose integrity check does not look at (see the comment on top). */
-static bool fuzz_check_blind(struct img *img, const struct img_check *res)
+static inline bool fuzz_check_blind(struct img *img,
+				    const struct img_check *res)
 {
-	return res->compressed_clusters ||
-	       strcmp(img_format(img), "vmdk") == 0;
+	return res->compressed_clusters || strcmp(img_format(img), "vmdk") == 0;
 }
 
 /*
@@ -158,8 +161,8 @@ struct fuzz_model {
 };
 
 /* Apply [off, off + len) := pattern (known) or unknown to every window. */
-static void fuzz_model_set(struct fuzz_model *m, uint64_t off, uint64_t len,
-			   int pattern)
+static inline void fuzz_model_set(struct fuzz_model *m, uint64_t off,
+				  uint64_t len, int pattern)
 {
 	for (unsigned i = 0; i < FUZZ_RANGES; i++) {
 		uint64_t a = off > m->off[i] ? off : m->off[i];
@@ -174,8 +177,9 @@ static void fuzz_model_set(struct fuzz_model *m, uint64_t off, uint64_t len,
 }
 
 /* Every known byte of every window reads back as expected. */
-static void fuzz_model_verify(const struct fuzz_model *m, struct img *img,
-			      uint8_t *buf, const char *when)
+static inline void fuzz_model_verify(const struct fuzz_model *m,
+				     struct img *img, uint8_t *buf,
+				     const char *when)
 {
 	for (unsigned i = 0; i < FUZZ_RANGES; i++) {
 		if (!m->len[i])
@@ -189,8 +193,9 @@ static void fuzz_model_verify(const struct fuzz_model *m, struct img *img,
 }
 
 /* The written bytes as a crash right after the flush leaves them. */
-static void fuzz_reopen_verify(const struct fuzz_model *m, struct img_io *io,
-			       const char *fmt, uint64_t vsize, uint8_t *buf)
+static inline void fuzz_reopen_verify(const struct fuzz_model *m,
+				      struct img_io *io, const char *fmt,
+				      uint64_t vsize, uint8_t *buf)
 {
 	const uint8_t *data;
 	struct img *img;
@@ -208,9 +213,9 @@ static void fuzz_reopen_verify(const struct fuzz_model *m, struct img_io *io,
 	img_close(img);
 }
 
-static void fuzz_write_and_verify(struct img *img, struct img_io *io,
-				  const char *fmt, unsigned opts,
-				  bool was_clean, uint8_t *buf)
+static inline void fuzz_write_and_verify(struct img *img, struct img_io *io,
+					 const char *fmt, unsigned opts,
+					 bool was_clean, uint8_t *buf)
 {
 	uint64_t vsize = img_size(img), cs = img_granularity(img);
 	struct fuzz_model m;
@@ -250,8 +255,8 @@ static void fuzz_write_and_verify(struct img *img, struct img_io *io,
 	memset(pat, 0x3c, 1);
 	ok = ok && img_write(img, pat, m.off[2], 1, 0) >= 0;
 	fuzz_model_set(&m, m.off[2], 1, 0x3c);
-	ok = ok && img_zero(img, 0, img_min(vsize, 3000), IMG_ZERO_MAY_UNMAP) >=
-			   0;
+	ok = ok &&
+	     img_zero(img, 0, img_min(vsize, 3000), IMG_ZERO_MAY_UNMAP) >= 0;
 	fuzz_model_set(&m, 0, img_min(vsize, 3000), 0);
 	if (opts & FUZZ_DISCARD) {
 		uint64_t dlen = img_min(vsize - mid, 2 * cs);
@@ -276,8 +281,8 @@ out:
 	free(pat);
 }
 
-static int fuzz_format_opts(const uint8_t *data, size_t size, const char *fmt,
-			    unsigned opts)
+static inline int fuzz_format_opts(const uint8_t *data, size_t size,
+				   const char *fmt, unsigned opts)
 {
 	uint8_t *buf = malloc(FUZZ_CHUNK);
 	bool was_clean = false;
@@ -308,8 +313,7 @@ static int fuzz_format_opts(const uint8_t *data, size_t size, const char *fmt,
 	return 0;
 }
 
-static inline int fuzz_format(const uint8_t *data, size_t size,
-			      const char *fmt)
+static inline int fuzz_format(const uint8_t *data, size_t size, const char *fmt)
 {
 	return fuzz_format_opts(data, size, fmt, 0);
 }
