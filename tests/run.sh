@@ -11,6 +11,8 @@
 # stopped at the end, even on failure or a signal. Ends with the 10 slowest
 # tests, then the summary line "N passed, N failed, N skipped" (always the
 # last line: .ci/run relies on it); exits non-zero on any failure.
+# Tests start longest first, by the times of the previous run
+# ($BUILD/test-logs/.durations).
 # Usage: tests/run.sh [-j N] [BUILD_DIR] [PATTERN]
 #   -j N  parallel tests (default $TEST_JOBS, else twice the number of cores)
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,6 +69,23 @@ for t in "$top"/tests/cli/test-*.sh "$top"/tests/interop/test-*.sh; do
 	add "${d##*/}/${n%.sh}" bash "$t"
 done
 
+# Longest first (by the times of the last run, unknown ones first), so that
+# no long test starts last and runs alone.
+durations=$logs/.durations
+declare -A prev=()
+if [ -f "$durations" ]; then
+	while read -r secs n; do prev[$n]=$secs; done <"$durations"
+	order=$(for i in "${!names[@]}"; do
+		echo "${prev[${names[$i]}]:-1e9} $i"
+	done | sort -s -k1,1gr | cut -d' ' -f2)
+	sorted_names=() sorted_cmds=()
+	for i in $order; do
+		sorted_names+=("${names[$i]}")
+		sorted_cmds+=("${cmds[$i]}")
+	done
+	names=("${sorted_names[@]}") cmds=("${sorted_cmds[@]}")
+fi
+
 # Running tests: subshell pid -> test index.
 declare -A running=()
 ceph_dir=""
@@ -86,7 +105,7 @@ finish_run() {
 }
 trap finish_run EXIT
 trap 'stop_all; exit 130' INT
-trap 'stop_all; exit 143' TERM HUP
+trap 'stop_all; exit 143' TERM HUP PIPE
 
 # One cluster for every selected rbd test, when it can run here at all; a
 # test that runs alone (or when this start fails) starts its own.
@@ -169,6 +188,8 @@ while [ $next -lt ${#names[@]} ] || [ ${#running[@]} -gt 0 ]; do
 	report "$i"
 done
 
+for t in "${times[@]}"; do prev[${t#* }]=${t%% *}; done
+for n in "${!prev[@]}"; do echo "${prev[$n]} $n"; done >"$durations"
 if [ ${#times[@]} -gt 0 ]; then
 	echo "slowest tests (wall time $(awk -v a="$run_start" -v b="$EPOCHREALTIME" \
 		'BEGIN { printf "%.0f", b - a }') s, -j $jobs):"
