@@ -37,7 +37,7 @@ static int open_bytes(const uint8_t *data, size_t size, unsigned flags,
 
 	if (img_io_mem_new(data, size, &io) < 0)
 		return -1;
-	return img_open_io(io, "fuzz.qcow2", &o, out);
+	return img_open_io(io, "fuzz.img", &o, out);
 }
 
 /* Size and FNV-1a hash of the first READ_CAP bytes (known if readable). */
@@ -127,7 +127,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    0)
 			continue;
 		views[i] = look(img, buf);
-		fuzz_map(img, IMG_BS_NO_CHAIN, READ_CAP, buf);
+		fuzz_map(img, IMG_BS_NO_CHAIN, READ_CAP, size, buf);
 		img_close(img);
 	}
 	if (open_bytes(data, size, IMG_OPEN_NO_REPAIR, NULL, &img) >= 0) {
