@@ -92,8 +92,8 @@ static inline void fuzz_past_eof(struct img *img, const struct img_extent *ext,
 	uint64_t lost;
 	uint8_t b;
 
-	if ((ext->flags & (IMG_EXT_DATA | IMG_EXT_OFFSET_VALID |
-			   IMG_EXT_COMPRESSED)) !=
+	if ((ext->flags &
+	     (IMG_EXT_DATA | IMG_EXT_OFFSET_VALID | IMG_EXT_COMPRESSED)) !=
 		    (IMG_EXT_DATA | IMG_EXT_OFFSET_VALID) ||
 	    (ext->file && strcmp(ext->file, "fuzz.img")) ||
 	    ext->file_off + ext->len <= file_size)
