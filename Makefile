@@ -122,8 +122,9 @@ demo: deps
 check: deps
 	$(Q)$(MAKE) --no-print-directory check-only
 
+# TEST_JOBS=N: tests run at once (run.sh's -j; it prints the one it uses).
 check-only: tests
-	$(Q)SAN_CFLAGS="$(SAN_CFLAGS)" ./tests/run.sh $(B)
+	$(Q)SAN_CFLAGS="$(SAN_CFLAGS)" ./tests/run.sh $(if $(TEST_JOBS),-j $(TEST_JOBS)) $(B)
 
 # Sanitized code runs several times slower: allow each test more time.
 asan:

@@ -76,6 +76,7 @@ mon allow pool size one = true
 osd crush chooseleaf type = 0
 osd pool default pg num = 8
 osd pool default pgp num = 8
+mon allow pool delete = true
 osd pool default pg autoscale mode = off
 mon data avail crit = 0
 mon warn on pool no redundancy = false
@@ -99,7 +100,7 @@ EOF
 		ceph-authtool "$kr" --gen-key -n osd.0 --cap mon 'allow profile osd' \
 			--cap osd 'allow *' &&
 		ceph-authtool "$kr" --gen-key -n client.test --cap mon 'profile rbd' \
-			--cap osd 'profile rbd pool=rbd' ||
+			--cap osd 'profile rbd' ||
 		die "ceph-authtool failed"
 	monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" \
 		"$dir/monmap" >/dev/null || die "monmaptool failed"

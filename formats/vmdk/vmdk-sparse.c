@@ -243,7 +243,10 @@ int vmdk_sparse_open(struct img *img, struct vmdk_extent *e, bool writable)
 	e->gts = calloc(e->n_gts ? e->n_gts : 1, sizeof(*e->gts));
 	if (!e->gts)
 		return img_error(-ENOMEM, "vmdk: out of memory");
-	e->next_free = img_align_up(file_size, VMDK_SECTOR);
+	/* New grains start at a grain boundary past the end, as in QEMU: a
+	 * file cut inside its last grain must not get a new grain on top of
+	 * that grain's (lost) tail. */
+	e->next_free = img_align_up(file_size, e->grain_size);
 	if (e->at_end) {
 		/* Appendable only while it holds no grain: new grains then go
 		 * where the metadata starts (the GD's marker). */

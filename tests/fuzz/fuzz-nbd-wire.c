@@ -9,7 +9,9 @@
  * after which it is a stream of transmission requests, each parsed and
  * checked against the state, with a reply header built for it. Any crash,
  * out-of-bounds access or inconsistency (a request accepted past the export
- * end, a payload over the cap) is a bug.
+ * end, a payload over the cap, a request that does not encode back to the
+ * very bytes it was decoded from, a name or query that is not the bytes it
+ * came from) is a bug and aborts.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -49,7 +51,8 @@ static void handshake_option(uint32_t opt, const uint8_t *p, uint32_t len)
 		}
 		break;
 	case NBD_OPT_EXPORT_NAME:
-		if (nbd_parse_name(p, len, &s) == 0 && s.len != len)
+		if (nbd_parse_name(p, len, &s) == 0 &&
+		    (s.len != len || (len && s.p != (const char *)p)))
 			abort();
 		break;
 	}
@@ -68,6 +71,8 @@ static void transmission(const uint8_t *data, size_t size,
 		bool fatal;
 		uint32_t err;
 
+		const uint8_t *wire = data;
+
 		if (nbd_parse_request(data, lim->extended, &r) < 0)
 			return;
 		data += hdr;
@@ -82,7 +87,9 @@ static void transmission(const uint8_t *data, size_t size,
 			abort();
 		if (!err && payload > lim->max_payload)
 			abort();
-		nbd_build_request(out, lim->extended, &r);
+		if (nbd_build_request(out, lim->extended, &r) != hdr ||
+		    memcmp(out, wire, hdr))
+			abort(); /* every header bit is a field: same bytes */
 		if (nbd_parse_request(out, lim->extended, &again) < 0 ||
 		    again.flags != r.flags || again.type != r.type ||
 		    again.cookie != r.cookie || again.off != r.off ||

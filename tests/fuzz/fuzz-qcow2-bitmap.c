@@ -8,7 +8,10 @@
  * (storing them), clears, disables, merges, adds and removes bitmaps, closes,
  * and lists and checks again. Any crash, leak, hang or unbounded allocation
  * is a bug; queries are skipped on images over 256 MiB so that the target
- * stays fast (the driver caps bitmap memory on its own).
+ * stays fast (the driver caps bitmap memory on its own). Invariants (abort
+ * when broken): dirty runs are 1..rest bytes; a bitmap added enabled is
+ * listed under its name as enabled, and a write that succeeded after it
+ * leaves the written byte dirty in it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +76,22 @@ static void check(struct img *img)
 	img_check(img, 0, &res);
 }
 
+/* The flags of the bitmap called name, 0 if it is not listed. */
+static unsigned listed_flags(struct img *img, const char *name)
+{
+	struct img_bitmap_info *l = NULL;
+	unsigned flags = 0;
+	size_t n = 0;
+
+	if (img_bitmap_list(img, &l, &n) < 0)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if (strcmp(l[i].name, name) == 0)
+			flags = l[i].flags;
+	img_bitmap_list_free(l, n);
+	return flags;
+}
+
 static void modify(struct img *img)
 {
 	struct img_bitmap_info *l = NULL;
@@ -98,10 +117,20 @@ static void modify(struct img *img)
 		img_bitmap_remove(img, b);
 	}
 	img_bitmap_list_free(l, n);
-	img_bitmap_add(img, "fuzz", 0, false);
-	if (size)
-		img_write(img, buf, size / 3, img_min(size - size / 3, 4096),
-			  0);
+	if (img_bitmap_add(img, "fuzz", 0, false) < 0)
+		return;
+	if (!(listed_flags(img, "fuzz") & IMG_BITMAP_AUTO))
+		abort(); /* added enabled: listed, and tracking writes */
+	if (size && img_write(img, buf, size / 3,
+			      img_min(size - size / 3, 4096), 0) == 0) {
+		uint64_t run = 0;
+		bool dirty = false;
+
+		if (img_bitmap_dirty(img, "fuzz", size / 3, 1, &dirty, &run) <
+			    0 ||
+		    !dirty)
+			abort(); /* a tracked write that left no mark */
+	}
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

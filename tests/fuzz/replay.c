@@ -3,7 +3,9 @@
  * A main() for fuzz targets built without libFuzzer: every argument is a file
  * or a directory of files (not recursive), and each file's bytes are passed
  * once to LLVMFuzzerTestOneInput. Lets `make check` replay the corpora (and
- * any crash reproducer) under plain or sanitizer builds.
+ * any crash reproducer) under plain or sanitizer builds. A missing argument
+ * or a run that replays no input at all fails: an empty or lost corpus must
+ * not pass as a test.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -111,14 +113,19 @@ int main(int argc, char **argv)
 		} else if (S_ISDIR(st.st_mode)) {
 			if (replay_dir(argv[i], &count) < 0)
 				ret = 1;
-		} else if (S_ISREG(st.st_mode) || S_ISCHR(st.st_mode)) {
-			/* /dev/null stands for an empty corpus. */
-			if (S_ISCHR(st.st_mode))
-				continue;
-			if (replay_file(argv[i], &count) < 0)
-				ret = 1;
+		} else if (!S_ISREG(st.st_mode)) {
+			fprintf(stderr, "replay: %s: not a file or directory\n",
+				argv[i]);
+			ret = 1;
+		} else if (replay_file(argv[i], &count) < 0) {
+			ret = 1;
 		}
 	}
 	printf("replayed %lu inputs\n", count);
+	if (count == 0) {
+		fprintf(stderr, "replay: no input replayed (missing or empty "
+				"corpus): this replay tests nothing\n");
+		return 1;
+	}
 	return ret;
 }

@@ -9,11 +9,11 @@ fuse_requires
 rbd_cluster
 M=1048576
 
-must "$IMG" create -f raw rbd:rbd/disk 8M
-must qemu-io -f raw -c "write -P 0x66 1M 1M" rbd:rbd/disk
+must "$IMG" create -f raw rbd:$POOL/disk 8M
+must qemu-io -f raw -c "write -P 0x66 1M 1M" rbd:$POOL/disk
 mnt=$T/m
 mkdir "$mnt"
-fuse_mount --format=raw --pid-file="$T/pid" rbd:rbd/disk "$mnt"
+fuse_mount --format=raw --pid-file="$T/pid" rbd:$POOL/disk "$mnt"
 
 ctx="reads through the mount"
 [ "$(stat -c %s "$mnt/disk")" = $((8 * M)) ] || fail "[$ctx] disk size"
@@ -28,6 +28,6 @@ pid=$(cat "$T/pid")
 fusermount3 -u "$mnt" || fail "[$ctx] unmount"
 for _ in $(seq 200); do alive "$pid" || break; sleep 0.1; done
 alive "$pid" && fail "[$ctx] img-fuse still running after unmount"
-must qemu-io -f raw -c "read -v 4096 5" rbd:rbd/disk
+must qemu-io -f raw -c "read -v 4096 5" rbd:$POOL/disk
 grep -q "68 65 6c 6c 6f" "$T/.must" || fail "[$ctx] $(cat "$T/.must")"
 echo ok

@@ -17,12 +17,12 @@ nbd_make_pki "$P"
 qemu-img create -q -f raw "$T/ref.raw" 32M
 qemu-io -f raw -c "write -P 0x11 0 1M" -c "write -P 0x22 $((20 * M)) 1M" \
 	"$T/ref.raw" >/dev/null
-must "$IMG" convert -f raw -O raw "$T/ref.raw" rbd:rbd/disk
+must "$IMG" convert -f raw -O raw "$T/ref.raw" rbd:$POOL/disk
 
 PORT=$(free_port)
 nbd_start s -t -x e -b 127.0.0.1 -p "$PORT" \
 	--object "tls-creds-x509,id=t0,dir=$P/srv,endpoint=server,verify-peer=on" \
-	--tls-creds t0 -f raw rbd:rbd/disk
+	--tls-creds t0 -f raw rbd:$POOL/disk
 OBJ="tls-creds-x509,id=c0,dir=$P/cli,endpoint=client"
 OPTS="driver=nbd,host=127.0.0.1,port=$PORT,export=e,tls-creds=c0"
 U="nbds://127.0.0.1:$PORT/e?tls-certificates=$P/cli"
@@ -53,7 +53,7 @@ cmp "$T/new.raw" "$T/copy.raw" || fail "[$ctx] read back differs"
 nbd_stop s
 
 ctx="the data is in the rbd image"
-must qemu-img compare -f raw -F raw rbd:rbd/disk "$T/new.raw"
+must qemu-img compare -f raw -F raw rbd:$POOL/disk "$T/new.raw"
 timeout 30 rbd export --no-progress disk "$T/exp.raw" >/dev/null || fail "[$ctx] rbd export"
 cmp "$T/new.raw" "$T/exp.raw" || fail "[$ctx] rbd export differs"
 echo ok

@@ -14,11 +14,11 @@ M=1048576
 qemu-img create -q -f raw "$T/ref.raw" 32M
 qemu-io -f raw -c "write -P 0x11 0 1M" -c "write -P 0x22 $((20 * M)) 1M" \
 	"$T/ref.raw" >/dev/null
-must "$IMG" convert -f raw -O raw "$T/ref.raw" rbd:rbd/disk
+must "$IMG" convert -f raw -O raw "$T/ref.raw" rbd:$POOL/disk
 
 SOCK=$T/s.sock
 U="nbd+unix:///exp?socket=$SOCK"
-nbd_start s -t -x exp -k "$SOCK" -f raw rbd:rbd/disk
+nbd_start s -t -x exp -k "$SOCK" -f raw rbd:$POOL/disk
 
 ctx="qemu-img reads over nbd"
 must qemu-img info "$U"
@@ -41,12 +41,12 @@ printf '%s\n' "0 $((4 * M))" "$((8 * M)) $((4 * M))" "$((20 * M)) $((4 * M))" |
 	cmp - "$T/map" || fail "[$ctx] map after writes: $(cat "$T/.must")"
 nbd_stop s
 qemu-io -f raw -c "write -P 0x33 $((8 * M)) 1M" -c "write -z 0 64k" "$T/ref.raw" >/dev/null
-must qemu-img compare -f raw -F raw rbd:rbd/disk "$T/ref.raw"
+must qemu-img compare -f raw -F raw rbd:$POOL/disk "$T/ref.raw"
 
 ctx="another client's writes show in block status"
-nbd_start r -t -r -x exp -k "$SOCK" -f raw rbd:rbd/disk
+nbd_start r -t -r -x exp -k "$SOCK" -f raw rbd:$POOL/disk
 must nbdinfo --map "$U"
-must qemu-io -f raw -c "write -P 0x44 $((28 * M)) 4k" rbd:rbd/disk
+must qemu-io -f raw -c "write -P 0x44 $((28 * M)) 4k" rbd:$POOL/disk
 # The map of a read-only view of a live image is rebuilt after 1 s.
 sleep 1.5
 must nbdinfo --map "$U"

@@ -12,14 +12,14 @@ rbd_cluster
 ceph-authtool -p -n client.test "$CL/keyring" >"$T/key" || fail "no client.test key"
 grep -v '^keyring' "$CL/ceph.conf" >"$T/nokr.conf"
 key=$(cat "$T/key")
-n="rbd:rbd/sec:conf=$T/nokr.conf:id=test:client_mount_timeout=5"
+n="rbd:$POOL/sec:conf=$T/nokr.conf:id=test:client_mount_timeout=5"
 head -c 4M /dev/urandom >"$T/a.raw"
 
 ctx="key from a secret"
 must "$IMG" convert --object "secret,id=k,file=$T/key" -O raw "$T/a.raw" "$n:password-secret=k"
 must "$IMG" convert --object "secret,id=k,file=$T/key" -O raw "$n:password-secret=k" "$T/b.raw"
 cmp "$T/a.raw" "$T/b.raw" || fail "[$ctx] contents differ"
-qemu-img compare -f raw -F raw "$T/a.raw" "rbd:rbd/sec" >/dev/null ||
+qemu-img compare -f raw -F raw "$T/a.raw" "rbd:$POOL/sec" >/dev/null ||
 	fail "[$ctx] qemu-img (admin keyring) reads other contents"
 grep -qF "$key" "$T/.must" && fail "[$ctx] the key is in the output"
 

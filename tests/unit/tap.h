@@ -3,7 +3,8 @@
  * Header-only helpers for the unit tests: CHECK() and friends print the file,
  * line and failed expression and count failures without stopping the test;
  * test_done() turns the count into the exit code tests/run.sh expects (0 pass,
- * 1 fail); test_skip() exits 77 with a reason; test_tmpdir() makes a private
+ * 1 fail, and 1 when no check ran at all: a test that checks nothing must not
+ * pass); test_skip() exits 77 with a reason; test_tmpdir() makes a private
  * temporary directory that test_done() removes.
  */
 #ifndef TAP_H
@@ -160,6 +161,11 @@ static inline int test_done(void)
 			fprintf(stderr, "could not remove %s\n", tap_dir);
 	}
 	printf("%d checks, %d failed\n", tap_checks, tap_failures);
+	if (tap_checks == 0) {
+		fprintf(stderr, "test_done: no check ran: this test tests "
+				"nothing\n");
+		return 1;
+	}
 	return tap_failures ? 1 : 0;
 }
 
