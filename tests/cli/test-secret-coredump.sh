@@ -7,8 +7,10 @@
 # same command on a plain qcow2 (no key loaded) leaves a core in which the
 # search finds a marker the process holds (its image name), and while the
 # key is loaded the process's coredump_filter is 0. The same for img-nbd
-# serving over TLS with a PSK (a qemu-io client reads through it): its core
-# holds no PSK; a plain img-nbd's core shows the marker.
+# serving the LUKS image (--object secret + --image-opts, as qemu-nbd) and
+# serving over TLS with a PSK (a qemu-io client reads through each): its core
+# holds neither the volume key nor the PSK; a plain img-nbd's core shows the
+# marker.
 . "$(dirname "$0")/functions.sh"
 requires python3 cryptsetup
 
@@ -128,12 +130,13 @@ if [ -f "$core" ]; then
 fi
 [ $((16#$filter)) = 0 ] || fail "coredump_filter is $filter while the key is loaded"
 
-# Run img-nbd with the given options serving $plain on $T/run/sock, read
-# through it with qemu-io (TLS PSK if $psk_dir is set), then SIGSEGV.
+# Run img-nbd with the given options (the last names the image) on
+# $T/run/sock, read through it with qemu-io (TLS PSK if $psk_dir is set),
+# then SIGSEGV.
 crash_nbd() {
 	local pid i tls=""
 	rm -f "$T/run/sock"
-	(cd "$T/run" && exec "$IMG_NBD" -t -x e -k "$T/run/sock" "$@" "$plain" \
+	(cd "$T/run" && exec "$IMG_NBD" -t -x e -k "$T/run/sock" "$@" \
 		>"$T/nbd.out" 2>&1) &
 	pid=$!
 	for i in $(seq 300); do
@@ -153,7 +156,7 @@ crash_nbd() {
 
 if command -v qemu-io >/dev/null; then
 	psk_dir=
-	crash_nbd
+	crash_nbd "$plain"
 	[ -f "$core" ] || fail "no core from the control img-nbd ($core)"
 	[ "$(found_in "$core" "marker=$(hex "$marker")")" = marker ] ||
 		fail "the control img-nbd core does not show the marker"
@@ -163,12 +166,23 @@ if command -v qemu-io >/dev/null; then
 	psk_dir=$T/psk
 	mkdir "$psk_dir"
 	echo "qemu:$psk" >"$psk_dir/keys.psk"
-	crash_nbd --tls-psk-file "$psk_dir/keys.psk"
+	crash_nbd --tls-psk-file "$psk_dir/keys.psk" "$plain"
 	if [ -f "$core" ]; then
 		found=$(found_in "$core" "psk=$psk" "psk-half=${psk:0:32}" \
 			"psk-hex=$(hex "$psk")")
 		[ -z "$found" ] || fail "the TLS PSK is in img-nbd's core: ${found//$'\n'/ }"
 	fi
 	[ $((16#$filter)) = 0 ] || fail "img-nbd's coredump_filter is $filter with a PSK loaded"
+
+	psk_dir=
+	crash_nbd --object "secret,id=s0,file=$T/pw" --image-opts \
+		"driver=qcow2,file.filename=$enc,encrypt.key-secret=s0"
+	if [ -f "$core" ]; then
+		found=$(found_in "$core" "first-half=${key:0:64}" \
+			"second-half=${key:64:64}" "quarter1=${key:0:32}" \
+			"quarter3=${key:64:32}" "passphrase=$(hex "$PASS")")
+		[ -z "$found" ] || fail "key material in img-nbd's core: ${found//$'\n'/ }"
+	fi
+	[ $((16#$filter)) = 0 ] || fail "img-nbd's coredump_filter is $filter serving a LUKS image"
 fi
 echo ok
