@@ -118,7 +118,13 @@ int qcow2_compressed_read(struct qcow2 *s, uint64_t l2e, uint64_t guest_off,
 						 "qcow2: out of memory");
 		}
 		s->cout_l2e = 0;
-		ret = img_io_pread(s->file, s->cin, len, off);
+		/* The descriptor counts whole sectors: the last one may end
+		 * past the file when the cluster was the last thing written.
+		 * Its first byte must be there. */
+		ret = img_data_check(s->img, s->file, len > 511 ? len - 511 : 1,
+				     off, guest_off);
+		if (ret == 0)
+			ret = img_io_pread(s->file, s->cin, len, off);
 		if (ret < 0)
 			return ret;
 		ret = img_decompress(codec(s), s->cin, len, s->cout, cs);
