@@ -78,8 +78,8 @@ int img_data_check(struct img *img, struct img_io *io, uint64_t len,
 
 	if (file_off > UINT64_MAX - len)
 		return img_error(-IMG_ECORRUPT,
-				 "%s: guest offset %#" PRIx64
-				 " maps to host offset %#" PRIx64
+				 "%s: guest offset 0x%" PRIx64
+				 " maps to host offset 0x%" PRIx64
 				 " which overflows",
 				 img->drv->name, off, file_off);
 	ret = img_io_holds(io, file_off + len, &size);
@@ -93,8 +93,8 @@ int img_data_check(struct img *img, struct img_io *io, uint64_t len,
 		file_off = size;
 	}
 	return img_error(-EIO,
-			 "%s: guest offset %#" PRIx64
-			 " maps to host offset %#" PRIx64
+			 "%s: guest offset 0x%" PRIx64
+			 " maps to host offset 0x%" PRIx64
 			 " past the end of '%s' (size %" PRIu64 ")",
 			 img->drv->name, off, file_off,
 			 io->path ? io->path : io->ops->name, size);
