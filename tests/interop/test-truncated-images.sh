@@ -171,11 +171,18 @@ EOF
 	# Compressed: qemu-img leaves the last cluster's descriptor naming a
 	# whole last sector that the file may end inside; that reads right.
 	ctx="qcow2 compressed"
-	must qemu-img convert -c -f raw -O qcow2 "$T/d.raw" "$T/c.qcow2"
-	reads_same "$T/c.qcow2" "$T/d.raw"
+	python3 -c 'import random, sys
+random.seed(7)
+sys.stdout.buffer.write(b"".join(b"%08d compressible " % random.randrange(10**8)
+	for _ in range(4 << 16)))' | head -c $((4 << 20)) >"$T/z.raw"
+	must qemu-img convert -c -f raw -O qcow2 "$T/z.raw" "$T/c.qcow2"
+	qemu-img check "$T/c.qcow2" | grep -q "[1-9][0-9.]*% compressed" ||
+		fail "[$ctx] qemu-img wrote no compressed cluster"
+	reads_same "$T/c.qcow2" "$T/z.raw"
 	sz=$(stat -c %s "$T/c.qcow2")
-	cut_to "$T/c.qcow2" "$T/tc.qcow2" $((sz / 2))
-	ctx="qcow2 compressed cut in the middle"
+	[ $((sz % 512)) != 0 ] || echo "  (the last compressed cluster ends on a sector)"
+	cut_to "$T/c.qcow2" "$T/tc.qcow2" $((sz * 3 / 4))
+	ctx="qcow2 compressed cut"
 	echo "$ctx:"; qemu_says "$T/tc.qcow2"
 	read_fails "$T/tc.qcow2"
 
@@ -191,6 +198,9 @@ EOF
 	grep -q "guest offset 0x100000 maps to host offset 0x100000 past the end of '.*df.raw' (size 1048576)" "$T/err" ||
 		{ cat "$T/err" >&2; fail "[$ctx] wrong message"; }
 	echo "  img convert: $(cat "$T/err")"
+	"$IMG" check "$T/df.qcow2" >"$T/out" 2>&1
+	[ $? = 2 ] || { cat "$T/out" >&2; fail "[$ctx] check did not report it"; }
+	echo "  img check: exit 2 $(grep -m1 ^ERROR "$T/out")"
 
 	# Preallocated images end exactly at their last cluster.
 	ctx="qcow2 preallocation"
