@@ -195,7 +195,9 @@ struct img_driver {
 	 * file *io with no metadata change and no data transform, fill
 	 * vecs[0..*n) (*n holds the capacity on entry; a read may fill zero
 	 * ranges of buf here) and return 1; the core then runs the transfer
-	 * without the lock. 0: take the normal path (.read or .write).
+	 * without the lock, after checking that no read vec ends past the
+	 * end of *io (img_data_check_vecs). 0: take the normal path (.read
+	 * or .write), where the driver reads data with img_data_read.
 	 * A driver with this op calls img_direct_drain() before it frees,
 	 * shares or moves a host range that a mapping may have returned. */
 	int (*map_direct)(struct img *img, void *buf, uint64_t off,
