@@ -43,6 +43,7 @@ refused "$IMG" map -f raw <(cat "$T/src.raw")
 refused "$IMG" check <(cat "$T/src.qcow2")
 refused "$IMG" compare "$T/src.raw" <(cat "$T/src.raw")
 refused "$IMG" dd -f raw -O raw if=<(cat "$T/src.raw") of="$T/dd.raw" bs=64k
+refused "$IMG_NBD" -r -f raw -k "$T/nbd.sock" <(cat "$T/src.raw")
 
 # /dev/stdin fed by a pipe; redirected from a file it is a regular file.
 cat "$T/src.raw" | refused "$IMG" convert -f raw -O raw /dev/stdin "$T/o.raw"
