@@ -398,12 +398,11 @@ static void check_data_end(struct check *c, uint64_t off, uint64_t bitmap)
 
 	if (c->s->extended_l2) {
 		uint32_t alloc = (uint32_t)(bitmap & L2_BITMAP_ALL_ALLOC);
-		unsigned last = 0;
+		unsigned last;
 
 		if (!alloc)
 			return;
-		while (alloc >> (last + 1))
-			last++;
+		last = 31u - (unsigned)__builtin_clz(alloc);
 		end = off + (((uint64_t)last + 1) << c->s->subcluster_bits);
 	}
 	if (end <= c->data_size)
