@@ -150,8 +150,12 @@ static int transfer(struct img *img, void *buf, uint64_t off, uint64_t len,
 		unlock(img);
 		return ret;
 	}
-	if (ret > 0 && !write)
-		ret = img_data_check_vecs(img, io, buf, off, vecs, n);
+	if (ret > 0 && !write) {
+		int r = img_data_check_vecs(img, io, buf, off, vecs, n);
+
+		if (r < 0)
+			ret = r;
+	}
 	if (ret > 0)
 		atomic_fetch_add(&img->direct_inflight, 1);
 	unlock(img);
