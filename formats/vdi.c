@@ -155,11 +155,22 @@ static int vdi_parse(struct vdi *s, uint64_t file_size)
 	return 0;
 }
 
+static bool vdi_allocated(uint32_t e)
+{
+	return e != VDI_UNALLOCATED && e != VDI_DISCARDED;
+}
+
+static uint64_t vdi_block_off(const struct vdi *s, uint32_t e)
+{
+	return s->data_off + (uint64_t)e * VDI_BLOCK_SIZE;
+}
+
 static int vdi_open(struct img *img, unsigned flags)
 {
 	struct vdi *s = img_priv(img);
 	struct img_io *io = img_file(img);
 	uint64_t file_size;
+	uint32_t used = 0;
 	int ret;
 
 	s->img = img;
@@ -205,6 +216,19 @@ static int vdi_open(struct img *img, unsigned flags)
 		}
 		if (e + 1 > s->next_block)
 			s->next_block = e + 1;
+		if (e + 1 > used)
+			used = e + 1;
+	}
+	/* QEMU reads blocks past the end as zeroes; they are lost data.
+	 * check (IMG_OPEN_NO_REPAIR) opens the image to report each one. */
+	if (vdi_block_off(s, used) > file_size &&
+	    !(flags & IMG_OPEN_NO_REPAIR)) {
+		ret = img_error(-IMG_ECORRUPT,
+				"vdi: block %" PRIu32 " ends at %" PRIu64
+				", past the end of the file (size %" PRIu64
+				"): the image has been truncated",
+				used - 1, vdi_block_off(s, used), file_size);
+		goto fail;
 	}
 	s->file_end = file_size > s->data_off ? file_size - s->data_off : 0;
 	img_set_size(img, s->size);
@@ -219,16 +243,6 @@ static void vdi_close(struct img *img)
 	struct vdi *s = img_priv(img);
 
 	free(s->bmap);
-}
-
-static bool vdi_allocated(uint32_t e)
-{
-	return e != VDI_UNALLOCATED && e != VDI_DISCARDED;
-}
-
-static uint64_t vdi_block_off(const struct vdi *s, uint32_t e)
-{
-	return s->data_off + (uint64_t)e * VDI_BLOCK_SIZE;
 }
 
 static int vdi_read(struct img *img, void *buf, uint64_t off, uint64_t len)
@@ -254,8 +268,9 @@ static int vdi_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 		if (!vdi_allocated(e)) {
 			memset(p, 0, n);
 		} else {
-			ret = img_io_pread(img_file(img), p, n,
-					   vdi_block_off(s, e) + in_block);
+			ret = img_data_read(img, img_file(img), p, n,
+					    vdi_block_off(s, e) + in_block,
+					    off);
 			if (ret < 0)
 				return ret;
 		}
@@ -398,9 +413,14 @@ static int vdi_info(struct img *img, struct img_info *info)
 static int vdi_check(struct img *img, unsigned flags, struct img_check *res)
 {
 	struct vdi *s = img_priv(img);
-	uint8_t *seen = calloc(s->n_blocks / 8 + 1, 1);
-	uint64_t n = 0;
+	uint8_t *seen;
+	uint64_t n = 0, file_size;
+	int ret;
 
+	ret = img_io_size(img_file(img), &file_size);
+	if (ret < 0)
+		return ret;
+	seen = calloc(s->n_blocks / 8 + 1, 1);
 	if (!seen)
 		return img_error(-ENOMEM, "vdi: out of memory");
 	for (uint32_t i = 0; i < s->n_blocks; i++) {
@@ -421,6 +441,20 @@ static int vdi_check(struct img *img, unsigned flags, struct img_check *res)
 			}
 		}
 		seen[e / 8] |= (uint8_t)(1u << (e % 8));
+		if (vdi_block_off(s, e + 1) > file_size) {
+			res->corruptions++;
+			if (res->report) {
+				char line[160];
+
+				snprintf(
+					line, sizeof(line),
+					"ERROR block %" PRIu32 " at %#" PRIx64
+					" ends past the end of the file (size %" PRIu64
+					"): the image has been truncated",
+					i, vdi_block_off(s, e), file_size);
+				res->report(res->opaque, line);
+			}
+		}
 		n++;
 	}
 	free(seen);

@@ -392,6 +392,15 @@ static int vhd_open_dynamic(struct vhd *s, uint64_t file_size)
 		if (end > s->next_free)
 			s->next_free = end;
 	}
+	/* As QEMU: blocks past the end are lost data, not zeroes. check
+	 * (IMG_OPEN_NO_REPAIR) opens it to report each one. */
+	if (s->next_free > file_size &&
+	    !(img_open_flags(s->img) & IMG_OPEN_NO_REPAIR))
+		return img_error(-IMG_ECORRUPT,
+				 "vpc: the BAT and blocks end at %" PRIu64
+				 ", past the end of the file (size %" PRIu64
+				 "): the image has been truncated",
+				 s->next_free, file_size);
 	if (s->type == VHD_TYPE_DIFF) {
 		for (unsigned i = 0; i < VHD_N_LOCATORS; i++) {
 			const uint8_t *e = s->header + H_LOCATORS + 24 * i;
@@ -476,9 +485,9 @@ static int vhd_read_diff(struct vhd *s, uint8_t *buf, uint64_t off,
 			n += VHD_SECTOR;
 		n = img_min(n, len);
 		if (set)
-			ret = img_io_pread(io, buf, n,
-					   block_off + s->bitmap_size +
-						   in_block);
+			ret = img_data_read(
+				s->img, io, buf, n,
+				block_off + s->bitmap_size + in_block, off);
 		else
 			ret = img_read_backing(s->img, buf, off, n);
 		buf += n;
@@ -496,7 +505,7 @@ static int vhd_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 	uint8_t *p = buf;
 
 	if (s->type == VHD_TYPE_FIXED)
-		return img_io_pread(img_file(img), buf, len, off);
+		return img_data_read(img, img_file(img), buf, len, off, off);
 	while (len) {
 		uint32_t idx = (uint32_t)(off / s->block_size);
 		uint64_t in_block = off % s->block_size;
@@ -512,9 +521,9 @@ static int vhd_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 		} else if (s->type == VHD_TYPE_DIFF) {
 			ret = vhd_read_diff(s, p, off, n, block_off);
 		} else {
-			ret = img_io_pread(img_file(img), p, n,
-					   block_off + s->bitmap_size +
-						   in_block);
+			ret = img_data_read(
+				img, img_file(img), p, n,
+				block_off + s->bitmap_size + in_block, off);
 		}
 		if (ret < 0)
 			return ret;
@@ -821,15 +830,17 @@ static int vhd_check(struct img *img, unsigned flags, struct img_check *res)
 				res->report(res->opaque, line);
 			}
 		}
-		if (off + s->bitmap_size > file_size) {
+		if (off + per_block > file_size) {
 			res->corruptions++;
 			if (res->report) {
-				char line[128];
+				char line[160];
 
-				snprintf(line, sizeof(line),
-					 "ERROR block %" PRIu32 " at %#" PRIx64
-					 " is past the end of the file",
-					 i, off);
+				snprintf(
+					line, sizeof(line),
+					"ERROR block %" PRIu32 " at %#" PRIx64
+					" ends past the end of the file (size %" PRIu64
+					"): the image has been truncated",
+					i, off, file_size);
 				res->report(res->opaque, line);
 			}
 		}

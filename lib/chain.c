@@ -85,8 +85,9 @@ static int open_one(struct img *layer, const struct file_id *ids)
 	ret = img_io_open(path, backing_io_flags(layer->flags), layer->io_kind,
 			  &io);
 	if (ret < 0)
-		return img_error(ret, "could not open backing file '%s': %s",
-				 name, strerror(-ret));
+		return img_error(
+			ret, "could not open backing file '%s': %s", name,
+			ret == -ESPIPE ? img_last_error() : strerror(-ret));
 	ret = img_open_layer(io, path, &bo, layer->depth + 1, &b);
 	if (ret < 0)
 		return img_error(ret, "could not open backing file '%s': %s",

@@ -207,9 +207,10 @@ int img_open(const char *path, const struct img_open_opts *opts,
 		return img_error(-EINVAL, "no file name given");
 	ret = img_io_open(path, io_flags_for(opts ? opts->flags : 0),
 			  opts ? opts->io : IMG_IO_AUTO, &io);
-	/* The rbd backend's message (cluster, pool, timeout) and a lock
-	 * conflict's say more. */
-	if (ret < 0 && ret != -EBUSY && strncmp(path, "rbd:", 4))
+	/* The rbd backend's message (cluster, pool, timeout), a lock
+	 * conflict's and a refused pipe's say more. */
+	if (ret < 0 && ret != -EBUSY && ret != -ESPIPE &&
+	    strncmp(path, "rbd:", 4))
 		return img_error(ret, "could not open '%s': %s", path,
 				 strerror(-ret));
 	if (ret < 0)
@@ -383,7 +384,8 @@ int img_create(const char *path, const struct img_create_opts *opts)
 	/* The backing is checked; it needs no second opening below. */
 	o.unsafe_backing = true;
 	ret = img_io_open(path, IMG_IO_CREATE, IMG_IO_AUTO, &io);
-	if (ret < 0 && ret != -EBUSY && strncmp(path, "rbd:", 4))
+	if (ret < 0 && ret != -EBUSY && ret != -ESPIPE &&
+	    strncmp(path, "rbd:", 4))
 		return img_error(ret, "could not create '%s': %s", path,
 				 strerror(-ret));
 	if (ret < 0)

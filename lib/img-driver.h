@@ -44,7 +44,9 @@ struct img_io_vec {
 
 struct img_io_ops {
 	const char *name; /* "io_uring", "psync", "mem", "faulty" */
-	/* Full transfers or -errno; reads past EOF return zeroes. */
+	/* Full transfers or -errno; reads past EOF return zeroes (guest data
+	 * reads go through img_data_check first, so that lost data is an
+	 * error and not zeroes). */
 	int (*pread)(struct img_io *io, void *buf, uint64_t len,
 		     uint64_t file_off);
 	int (*pwrite)(struct img_io *io, const void *buf, uint64_t len,
@@ -73,6 +75,11 @@ struct img_io {
 	const struct img_io_ops *ops;
 	char *path; /* for messages; may be NULL */
 	unsigned flags; /* IMG_IO_* it was opened with */
+	/* File size last seen by lib/io.c (set by size queries and truncate,
+	 * raised by writes; 0 = not known yet). Accessed atomically. It lets
+	 * img_io_holds() skip the size query on every data read; only
+	 * another process shrinking the file makes it stale. */
+	uint64_t size_seen;
 };
 
 /*
@@ -112,6 +119,13 @@ int img_io_extent(struct img_io *io, uint64_t file_off, uint64_t len,
 		  bool *data, uint64_t *extent_len);
 int img_io_allocated(struct img_io *io, uint64_t *bytes);
 void img_io_close(struct img_io *io);
+/*
+ * Whether the file holds every byte below end: 1, or 0 with *size set to
+ * the file's size, or -errno. Without a query when end is within the size
+ * last seen; the size is asked for again before answering 0, so a file
+ * grown behind this io is never called short.
+ */
+int img_io_holds(struct img_io *io, uint64_t end, uint64_t *size);
 
 /* ---- create-time options (-o key=value) ---- */
 
@@ -193,7 +207,9 @@ struct img_driver {
 	 * file *io with no metadata change and no data transform, fill
 	 * vecs[0..*n) (*n holds the capacity on entry; a read may fill zero
 	 * ranges of buf here) and return 1; the core then runs the transfer
-	 * without the lock. 0: take the normal path (.read or .write).
+	 * without the lock, after checking that no read vec ends past the
+	 * end of *io (img_data_check_vecs). 0: take the normal path (.read
+	 * or .write), where the driver reads data with img_data_read.
 	 * A driver with this op calls img_direct_drain() before it frees,
 	 * shares or moves a host range that a mapping may have returned. */
 	int (*map_direct)(struct img *img, void *buf, uint64_t off,
@@ -294,6 +310,26 @@ int img_read_backing(struct img *img, void *buf, uint64_t off, uint64_t len);
 /* Wait until no transfer mapped by .map_direct is running. Call with the
  * image's lock held (no new one can start then). */
 void img_direct_drain(struct img *img);
+/*
+ * Guest data the image maps to a host range must be in the file: a range
+ * that ends past the end of io is data the image claims and the file lost
+ * (truncated, or a corrupt table), never zeroes. Every driver's data
+ * references go through these (and lib/request.c applies the same check to
+ * what .map_direct returns).
+ * img_data_check: 0, or -EIO with "<fmt>: guest offset 0x.. maps to host
+ * offset 0x.. past the end of '<file>' (size N)" when [file_off, file_off +
+ * len) ends past the end of io; off is the guest offset, for the message
+ * (arguments in img_io_pread's order, the guest offset last).
+ * img_data_read: the check, then img_io_pread.
+ * img_data_check_vecs: the check on every read in v[0..n), whose buffers lie
+ * in buf, the guest range starting at off.
+ */
+int img_data_check(struct img *img, struct img_io *io, uint64_t len,
+		   uint64_t file_off, uint64_t off);
+int img_data_read(struct img *img, struct img_io *io, void *buf, uint64_t len,
+		  uint64_t file_off, uint64_t off);
+int img_data_check_vecs(struct img *img, struct img_io *io, const void *buf,
+			uint64_t off, const struct img_io_vec *v, unsigned n);
 /* Open a file named relative to the image's directory (data files, extents);
  * IMG_IO_BENEATH in io_flags confines it there (img_io_open_beneath). */
 int img_io_open_relative(struct img *img, const char *name, unsigned io_flags,

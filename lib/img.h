@@ -83,7 +83,9 @@ enum img_io_kind {
 #define IMG_OPEN_SHARED (1u << 2) /* -U: no image locking */
 #define IMG_OPEN_DIRECT (1u << 3) /* O_DIRECT on every file (-t none) */
 #define IMG_OPEN_UNSAFE (1u << 4) /* flush is a no-op (-t unsafe) */
-#define IMG_OPEN_NO_REPAIR (1u << 5) /* no automatic repair on open */
+/* No automatic repair on open; and open what check must report though
+ * open would refuse it (a truncated VHD, VDI or VHDX). */
+#define IMG_OPEN_NO_REPAIR (1u << 5)
 /* Open without reading data (info): an encrypted image opens without its
  * passphrase; reads and writes then fail -EACCES. */
 #define IMG_OPEN_NO_IO (1u << 8)

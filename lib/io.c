@@ -6,12 +6,15 @@
  * supply the documented behaviour for ops a backend leaves NULL, bounce
  * unaligned transfers through aligned buffers for O_DIRECT files (so psync
  * and io_uring only ever see aligned requests) and turn a backend's -errno
- * into a message that names the file.
+ * into a message that names the file. It refuses files whose size cannot
+ * be known (pipes, sockets, character devices) and keeps a cached file size
+ * for img_io_holds().
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "internal.h"
 
@@ -46,6 +49,23 @@ static int io_check_range(struct img_io *io, const char *what, uint64_t len,
 				 " in '%s' is beyond the largest file offset",
 				 what, len, file_off, io_name(io));
 	return 0;
+}
+
+/* A successful write or allocation up to end: the file is at least that
+ * long now. */
+static void io_size_raise(struct img_io *io, uint64_t end)
+{
+	uint64_t seen = __atomic_load_n(&io->size_seen, __ATOMIC_RELAXED);
+
+	while (seen < end &&
+	       !__atomic_compare_exchange_n(&io->size_seen, &seen, end, true,
+					    __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		;
+}
+
+static void io_size_set(struct img_io *io, uint64_t size)
+{
+	__atomic_store_n(&io->size_seen, size, __ATOMIC_RELAXED);
 }
 
 static int io_check_writable(struct img_io *io)
@@ -199,6 +219,7 @@ int img_io_pwrite(struct img_io *io, const void *buf, uint64_t len,
 		ret = io->ops->pwrite(io, buf, len, file_off);
 	if (ret < 0)
 		return io_fail(io, ret, "pwrite", len, file_off);
+	io_size_raise(io, file_off + len);
 	return 0;
 }
 
@@ -207,6 +228,14 @@ static int io_submit_one(struct img_io *io, struct img_io_vec *v)
 	if (v->write)
 		return img_io_pwrite(io, v->buf, v->len, v->file_off);
 	return img_io_pread(io, v->buf, v->len, v->file_off);
+}
+
+static void io_size_raise_vecs(struct img_io *io, const struct img_io_vec *v,
+			       unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (v[i].write)
+			io_size_raise(io, v[i].file_off + v[i].len);
 }
 
 /* O_DIRECT batch with some unaligned vecs: the aligned ones go in one
@@ -230,6 +259,8 @@ static int io_submit_split(struct img_io *io, struct img_io_vec *v, unsigned n)
 				ret,
 				"io: batch of %u transfers in '%s' failed: %s",
 				nb, io_name(io), strerror(-ret));
+		else
+			io_size_raise_vecs(io, batch, nb);
 	}
 	free(batch);
 	for (unsigned i = 0; i < n && ret >= 0; i++) {
@@ -277,6 +308,8 @@ int img_io_submit(struct img_io *io, struct img_io_vec *v, unsigned n)
 		return img_error(ret,
 				 "io: batch of %u transfers in '%s' failed: %s",
 				 n, io_name(io), strerror(-ret));
+	if (writes)
+		io_size_raise_vecs(io, v, n);
 	return 0;
 }
 
@@ -363,6 +396,7 @@ int img_io_allocate(struct img_io *io, uint64_t file_off, uint64_t len)
 			io_name(io));
 	if (ret < 0)
 		return io_fail(io, ret, "allocate", len, file_off);
+	io_size_raise(io, file_off + len);
 	return 0;
 }
 
@@ -377,7 +411,23 @@ int img_io_size(struct img_io *io, uint64_t *size)
 	if (ret < 0)
 		return img_error(ret, "io: cannot get the size of '%s': %s",
 				 io_name(io), strerror(-ret));
+	io_size_set(io, *size);
 	return 0;
+}
+
+int img_io_holds(struct img_io *io, uint64_t end, uint64_t *size)
+{
+	int ret;
+
+	if (end <= __atomic_load_n(&io->size_seen, __ATOMIC_RELAXED))
+		return 1;
+	/* A backend without a size cannot say; today's contract holds. */
+	if (!io->ops->get_size)
+		return 1;
+	ret = img_io_size(io, size);
+	if (ret < 0)
+		return ret;
+	return end <= *size;
 }
 
 int img_io_truncate(struct img_io *io, uint64_t size)
@@ -401,6 +451,7 @@ int img_io_truncate(struct img_io *io, uint64_t size)
 				 "io: truncate of '%s' to %" PRIu64
 				 " bytes failed: %s",
 				 io_name(io), size, strerror(-ret));
+	io_size_set(io, size);
 	return 0;
 }
 
@@ -448,6 +499,34 @@ void img_io_close(struct img_io *io)
 		io->ops->close(io);
 }
 
+/*
+ * An image needs a size and random access. A pipe, socket or character
+ * device has neither (its size reads as 0, reads give what it streams), so
+ * it would silently become an empty or short image: refused with -ESPIPE.
+ * Checked on the name, before open, because opening a FIFO for reading
+ * waits for a writer.
+ */
+static int io_check_file_type(const char *path)
+{
+	const char *what;
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return 0; /* the backend's open reports it, or creates it */
+	if (S_ISFIFO(st.st_mode))
+		what = "a pipe";
+	else if (S_ISSOCK(st.st_mode))
+		what = "a socket";
+	else if (S_ISCHR(st.st_mode))
+		what = "a character device";
+	else
+		return 0;
+	return img_error(
+		-ESPIPE,
+		"io: '%s' is %s, whose size cannot be known: images must be regular files or block devices (no streaming yet)",
+		path, what);
+}
+
 int img_io_open(const char *path, unsigned flags, enum img_io_kind kind,
 		struct img_io **out)
 {
@@ -457,6 +536,9 @@ int img_io_open(const char *path, unsigned flags, enum img_io_kind kind,
 		return img_error(-EINVAL, "io: empty file name");
 	if (!strncmp(path, "rbd:", 4))
 		return img_io_rbd_open(path, flags, out);
+	ret = io_check_file_type(path);
+	if (ret < 0)
+		return ret;
 	switch (kind) {
 	case IMG_IO_AUTO:
 		ret = img_io_uring_open(path, flags, out);

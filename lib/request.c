@@ -5,7 +5,9 @@
  * without write support, splitting into chunks of at most IMG_MAX_REQUEST,
  * the image lock for drivers that are not thread-safe (reads and writes the
  * driver maps with .map_direct do their data transfer outside it), and the
- * defaults for optional driver ops that are NULL. Block status walks the
+ * defaults for optional driver ops that are NULL, and the rule that guest
+ * data mapped to a host range past the end of its file is an error, not
+ * zeroes (img_data_check, which drivers and the .map_direct path share). Block status walks the
  * backing chain the way qemu-img map does: each layer is asked in turn until
  * one allocates the range, holds zeroes past its backing's end, or has no
  * backing.
@@ -68,6 +70,62 @@ void img_direct_drain(struct img *img)
 	pthread_mutex_unlock(&img->direct_lock);
 }
 
+int img_data_check(struct img *img, struct img_io *io, uint64_t len,
+		   uint64_t file_off, uint64_t off)
+{
+	uint64_t size = 0;
+	int ret;
+
+	if (file_off > UINT64_MAX - len)
+		return img_error(-IMG_ECORRUPT,
+				 "%s: guest offset 0x%" PRIx64
+				 " maps to host offset 0x%" PRIx64
+				 " which overflows",
+				 img->drv->name, off, file_off);
+	ret = img_io_holds(io, file_off + len, &size);
+	if (ret < 0)
+		return ret;
+	if (ret)
+		return 0;
+	/* Name the first byte that is missing. */
+	if (file_off < size) {
+		off += size - file_off;
+		file_off = size;
+	}
+	return img_error(-EIO,
+			 "%s: guest offset 0x%" PRIx64
+			 " maps to host offset 0x%" PRIx64
+			 " past the end of '%s' (size %" PRIu64 ")",
+			 img->drv->name, off, file_off,
+			 io->path ? io->path : io->ops->name, size);
+}
+
+int img_data_read(struct img *img, struct img_io *io, void *buf, uint64_t len,
+		  uint64_t file_off, uint64_t off)
+{
+	int ret = img_data_check(img, io, len, file_off, off);
+
+	return ret < 0 ? ret : img_io_pread(io, buf, len, file_off);
+}
+
+int img_data_check_vecs(struct img *img, struct img_io *io, const void *buf,
+			uint64_t off, const struct img_io_vec *v, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++) {
+		int ret;
+
+		if (v[i].write)
+			continue;
+		ret = img_data_check(
+			img, io, v[i].len, v[i].file_off,
+			off + (uint64_t)((const uint8_t *)v[i].buf -
+					 (const uint8_t *)buf));
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
 /*
  * Read or write one chunk. When the driver maps it with .map_direct, the
  * data moves without the image lock, so requests on allocated data overlap
@@ -91,6 +149,12 @@ static int transfer(struct img *img, void *buf, uint64_t off, uint64_t len,
 			      img->drv->read(img, buf, off, len);
 		unlock(img);
 		return ret;
+	}
+	if (ret > 0 && !write) {
+		int r = img_data_check_vecs(img, io, buf, off, vecs, n);
+
+		if (r < 0)
+			ret = r;
 	}
 	if (ret > 0)
 		atomic_fetch_add(&img->direct_inflight, 1);

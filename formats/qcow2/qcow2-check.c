@@ -68,6 +68,7 @@ struct check {
 	struct img_check *res;
 	uint64_t cs; /* cluster size */
 	uint64_t file_size; /* of the image file */
+	uint64_t data_size; /* of the file holding the data clusters */
 	bool has_data_file;
 	uint32_t rc_max; /* largest expected refcount we store */
 
@@ -384,6 +385,38 @@ static int fix_l2_entry_by_zero(struct check *c, uint64_t l2_off, uint64_t i)
 	return 0;
 }
 
+/*
+ * Data the L2 entry says is stored at host offset off must be in the file:
+ * reads of it fail (img_data_check). A cluster a whole cluster or more past
+ * the end is already reported by inc_refs with QEMU's message; this adds the
+ * cluster the file ends inside (QEMU reads its tail as zeroes and calls it
+ * clean) and data files. With subclusters only the allocated ones count.
+ */
+static void check_data_end(struct check *c, uint64_t off, uint64_t bitmap)
+{
+	uint64_t end = off + c->cs;
+
+	if (c->s->extended_l2) {
+		uint32_t alloc = (uint32_t)(bitmap & L2_BITMAP_ALL_ALLOC);
+		unsigned last;
+
+		if (!alloc)
+			return;
+		last = 31u - (unsigned)__builtin_clz(alloc);
+		end = off + (((uint64_t)last + 1) << c->s->subcluster_bits);
+	}
+	if (end <= c->data_size)
+		return;
+	if (!c->has_data_file && off + c->cs - c->file_size >= c->cs)
+		return;
+	report(c,
+	       "ERROR offset=%" PRIx64
+	       ": data cluster ends past the end of the %sfile (size %" PRIu64
+	       "); its data is lost",
+	       off, c->has_data_file ? "data " : "", c->data_size);
+	c->res->corruptions++;
+}
+
 static int check_l2(struct check *c, uint64_t l2_off, bool active, unsigned fix)
 {
 	struct qcow2 *s = c->s;
@@ -490,6 +523,8 @@ static int check_l2(struct check *c, uint64_t l2_off, bool active, unsigned fix)
 						continue;
 				}
 			}
+			if (type == QCOW2_CLUSTER_NORMAL)
+				check_data_end(c, off, bitmap);
 			if (active) {
 				res->allocated_clusters++;
 				if (next_contiguous && off != next_contiguous)
@@ -841,6 +876,12 @@ static int calculate_refcounts(struct check *c, unsigned fix, bool *rebuild)
 	if (ret < 0)
 		return ret;
 	c->file_size = file_size;
+	c->data_size = file_size;
+	if (c->has_data_file) {
+		ret = img_io_size(s->data_file, &c->data_size);
+		if (ret < 0)
+			return ret;
+	}
 	c->nb = 0;
 	if (c->rc)
 		memset(c->rc, 0, c->cap * sizeof(*c->rc));

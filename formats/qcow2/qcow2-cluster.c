@@ -412,7 +412,10 @@ int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 	}
 	if (!s->n_vecs)
 		return 0;
-	ret = img_io_submit(s->data_file, s->vecs, s->n_vecs);
+	ret = img_data_check_vecs(img, s->data_file, buf, off0, s->vecs,
+				  s->n_vecs);
+	if (ret == 0)
+		ret = img_io_submit(s->data_file, s->vecs, s->n_vecs);
 	if (ret == 0 && s->crypt)
 		ret = qcow2_crypt_read_vecs(s, buf, off0);
 	return ret;
@@ -432,9 +435,10 @@ static int fill_old(struct qcow2 *s, uint64_t l2e, uint64_t bm, uint64_t cstart,
 
 		switch (qcow2_subcluster_type(s, l2e, bm, sc)) {
 		case QCOW2_CLUSTER_NORMAL:
-			ret = img_io_pread(s->data_file, dst + from, n,
-					   (l2e & QCOW2_L2E_OFFSET_MASK) +
-						   from);
+			ret = img_data_read(s->img, s->data_file, dst + from, n,
+					    (l2e & QCOW2_L2E_OFFSET_MASK) +
+						    from,
+					    cstart + from);
 			if (ret == 0 && s->crypt)
 				ret = qcow2_crypt_decrypt(
 					s, dst + from, n,
@@ -1189,6 +1193,13 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 				goto out;
 		}
 		if (!s->metadata_prealloc)
+			break;
+		/* Past the end of the file is no hole but lost data: left
+		 * as data, so that reading it fails (img_data_check). */
+		ret = img_io_holds(s->data_file, host0 + ext->len, &host_len);
+		if (ret < 0)
+			goto out;
+		if (!ret)
 			break;
 		/* A preallocated cluster over a hole in the host file reads
 		 * as zeroes and is reported so (as QEMU does). */

@@ -118,7 +118,14 @@ int qcow2_compressed_read(struct qcow2 *s, uint64_t l2e, uint64_t guest_off,
 						 "qcow2: out of memory");
 		}
 		s->cout_l2e = 0;
-		ret = img_io_pread(s->file, s->cin, len, off);
+		/* The descriptor counts whole sectors: the last one may end
+		 * past the file when the cluster was the last thing written.
+		 * Its first byte must be there (and so all before it). */
+		ret = img_data_check(s->img, s->file, 1,
+				     off + (len > 512 ? len - 512 : 0),
+				     guest_off & ~(cs - 1));
+		if (ret == 0)
+			ret = img_io_pread(s->file, s->cin, len, off);
 		if (ret < 0)
 			return ret;
 		ret = img_decompress(codec(s), s->cin, len, s->cout, cs);

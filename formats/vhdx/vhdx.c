@@ -755,6 +755,18 @@ static int vhdx_read_bat(struct vhdx *s, uint64_t file_size)
 					 "vhdx: BAT entry %" PRIu64
 					 " points into the headers",
 					 i);
+		/* As QEMU: a block that starts past the end was lost (the
+		 * last one may end past it: files used to grow by less than
+		 * a block). check (IMG_OPEN_NO_REPAIR) reports it. */
+		if ((s->bat[i] & 7) >= PAYLOAD_FULLY_PRESENT &&
+		    off >= file_size &&
+		    !(img_open_flags(s->img) & IMG_OPEN_NO_REPAIR))
+			return img_error(
+				-IMG_ECORRUPT,
+				"vhdx: BAT entry %" PRIu64 " starts at %" PRIu64
+				", past the end of the file (size %" PRIu64
+				"): the image has been truncated",
+				i, off, file_size);
 		if (off + s->block_size > s->next_free &&
 		    (s->bat[i] & 7) >= PAYLOAD_FULLY_PRESENT)
 			s->next_free = img_align_up(off + s->block_size, MIB);
@@ -859,6 +871,23 @@ out:
 	return 0;
 }
 
+/*
+ * Read guest [off, off + len) from the block at host block_off. Only the
+ * block's start must be in the file: the last block of a file may end past
+ * it (QEMU accepts such files, and our writer grows a file by what it
+ * writes), and reads there are zeroes.
+ */
+static int vhdx_data_read(struct vhdx *s, uint8_t *buf, uint64_t len,
+			  uint64_t block_off, uint64_t off)
+{
+	int ret = img_data_check(s->img, img_file(s->img), 1, block_off,
+				 off - off % s->block_size);
+
+	if (ret < 0)
+		return ret;
+	return vhdx_pread(s, buf, len, block_off + off % s->block_size);
+}
+
 /* Read within one block whose payload is partially present. */
 static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
 			     uint64_t len, uint64_t block_off)
@@ -869,8 +898,7 @@ static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
 		int ret = vhdx_sb_run(s, off, len, &present, &run);
 
 		if (ret >= 0 && present)
-			ret = vhdx_pread(s, buf, run,
-					 block_off + off % s->block_size);
+			ret = vhdx_data_read(s, buf, run, block_off, off);
 		else if (ret >= 0)
 			ret = img_read_backing(s->img, buf, off, run);
 		if (ret < 0)
@@ -896,13 +924,13 @@ static int vhdx_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 
 		switch (e & 7) {
 		case PAYLOAD_FULLY_PRESENT:
-			ret = vhdx_pread(s, p, n, block_off + in);
+			ret = vhdx_data_read(s, p, n, block_off, off);
 			break;
 		case PAYLOAD_PARTIALLY_PRESENT:
 			ret = s->has_parent ?
 				      vhdx_read_partial(s, p, off, n,
 							block_off) :
-				      vhdx_pread(s, p, n, block_off + in);
+				      vhdx_data_read(s, p, n, block_off, off);
 			break;
 		case PAYLOAD_ZERO:
 			memset(p, 0, n);
@@ -1173,16 +1201,18 @@ static int vhdx_check(struct img *img, unsigned flags, struct img_check *res)
 		if ((e & 7) < PAYLOAD_FULLY_PRESENT)
 			continue;
 		res->allocated_clusters++;
-		if ((e >> 20) * MIB + s->block_size >
-		    img_align_up(file_size, MIB)) {
+		if ((e >> 20) * MIB >= file_size) {
 			res->corruptions++;
 			if (res->report) {
-				char line[128];
+				char line[160];
 
-				snprintf(line, sizeof(line),
-					 "ERROR block %" PRIu64
-					 " is past the end of the file",
-					 b);
+				snprintf(
+					line, sizeof(line),
+					"ERROR block %" PRIu64 " at %#" PRIx64
+					" starts past the end of the file (size %" PRIu64
+					"): the image has been truncated",
+					b, (uint64_t)((e >> 20) * MIB),
+					file_size);
 				res->report(res->opaque, line);
 			}
 		}

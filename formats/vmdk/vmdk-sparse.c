@@ -447,7 +447,8 @@ static int vmdk_read_grain(struct img *img, struct vmdk_extent *e, uint8_t *buf,
 			memcpy(buf, e->gbuf + in, len);
 		return ret;
 	}
-	return img_io_pread(e->io, buf, len, (uint64_t)gte * VMDK_SECTOR + in);
+	return img_data_read(img, e->io, buf, len,
+			     (uint64_t)gte * VMDK_SECTOR + in, e->start + off);
 }
 
 int vmdk_sparse_read(struct img *img, struct vmdk_extent *e, uint8_t *buf,
@@ -474,9 +475,11 @@ int vmdk_sparse_read(struct img *img, struct vmdk_extent *e, uint8_t *buf,
 				n = img_min(len, n + e->grain_size);
 			}
 			if (gte > 1) {
-				ret = img_io_pread(e->io, buf, n,
-						   (uint64_t)gte * VMDK_SECTOR +
-							   off % e->grain_size);
+				ret = img_data_read(
+					img, e->io, buf, n,
+					(uint64_t)gte * VMDK_SECTOR +
+						off % e->grain_size,
+					e->start + off);
 				if (ret < 0)
 					return ret;
 				buf += n;

@@ -305,7 +305,8 @@ static int vmdk_extent_io(struct img *img, struct vmdk_extent *e,
 		return 0;
 	case VMDK_EXT_FLAT:
 		if (op == VMDK_READ)
-			return img_io_pread(e->io, buf, n, e->flat_off + off);
+			return img_data_read(img, e->io, buf, n,
+					     e->flat_off + off, e->start + off);
 		if (op == VMDK_ZERO)
 			return img_io_zero(e->io, e->flat_off + off, n, 0);
 		return img_io_pwrite(e->io, buf, n, e->flat_off + off);

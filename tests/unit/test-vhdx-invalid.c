@@ -204,7 +204,7 @@ static const struct vcase cases[] = {
 	{ "item offset", m_item_off, true, ECOR, "metadata item" },
 	{ "item unknown", m_item_unknown, true, ENOTSUP, "required metadata" },
 	{ "BAT into headers", m_bat_zero, true, ECOR, "into the headers" },
-	{ "BAT past EOF", m_bat_past, false, ECOR, "corruptions" },
+	{ "BAT past EOF", m_bat_past, true, ECOR, "has been truncated" },
 	{ "log offset", m_log_off, true, ECOR, "log of" },
 	{ "parent flag", m_parent, true, ECOR, "names no parent" },
 	{ "file too small", m_tiny, true, ECOR, "no valid header" },
