@@ -134,7 +134,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    0)
 			continue;
 		views[i] = look(img, buf);
-		fuzz_map(img, IMG_BS_NO_CHAIN, READ_CAP, size, buf);
+		fuzz_map(img, IMG_BS_NO_CHAIN, READ_CAP, size, 0, buf);
 		img_close(img);
 	}
 	if (open_bytes(data, size, IMG_OPEN_NO_REPAIR, NULL, &img) >= 0) {

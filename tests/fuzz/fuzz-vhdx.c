@@ -7,5 +7,5 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	return fuzz_format(data, size, "vhdx");
+	return fuzz_format_opts(data, size, "vhdx", FUZZ_SHORT_TAIL);
 }
