@@ -429,31 +429,19 @@ static int vdi_check(struct img *img, unsigned flags, struct img_check *res)
 		if (!vdi_allocated(e))
 			continue;
 		if (seen[e / 8] & (1u << (e % 8))) {
-			res->corruptions++;
-			if (res->report) {
-				char line[128];
-
-				snprintf(line, sizeof(line),
-					 "ERROR block %" PRIu32
-					 " also uses data block %" PRIu32,
-					 i, e);
-				res->report(res->opaque, line);
-			}
+			img_check_corrupt(res,
+					  "ERROR block %" PRIu32
+					  " also uses data block %" PRIu32,
+					  i, e);
 		}
 		seen[e / 8] |= (uint8_t)(1u << (e % 8));
 		if (vdi_block_off(s, e + 1) > file_size) {
-			res->corruptions++;
-			if (res->report) {
-				char line[160];
-
-				snprintf(
-					line, sizeof(line),
-					"ERROR block %" PRIu32 " at %#" PRIx64
-					" ends past the end of the file (size %" PRIu64
-					"): the image has been truncated",
-					i, vdi_block_off(s, e), file_size);
-				res->report(res->opaque, line);
-			}
+			img_check_corrupt(
+				res,
+				"ERROR block %" PRIu32 " at %#" PRIx64
+				" ends past the end of the file (size %" PRIu64
+				"): the image has been truncated",
+				i, vdi_block_off(s, e), file_size);
 		}
 		n++;
 	}

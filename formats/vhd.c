@@ -819,30 +819,18 @@ static int vhd_check(struct img *img, unsigned flags, struct img_check *res)
 			continue;
 		if (off < s->bat_off + (uint64_t)s->n_entries * 4 &&
 		    off + per_block > s->bat_off) {
-			res->corruptions++;
-			if (res->report) {
-				char line[128];
-
-				snprintf(line, sizeof(line),
-					 "ERROR block %" PRIu32
-					 " overlaps the BAT",
-					 i);
-				res->report(res->opaque, line);
-			}
+			img_check_corrupt(res,
+					  "ERROR block %" PRIu32
+					  " overlaps the BAT",
+					  i);
 		}
 		if (off + per_block > file_size) {
-			res->corruptions++;
-			if (res->report) {
-				char line[160];
-
-				snprintf(
-					line, sizeof(line),
-					"ERROR block %" PRIu32 " at %#" PRIx64
-					" ends past the end of the file (size %" PRIu64
-					"): the image has been truncated",
-					i, off, file_size);
-				res->report(res->opaque, line);
-			}
+			img_check_corrupt(
+				res,
+				"ERROR block %" PRIu32 " at %#" PRIx64
+				" ends past the end of the file (size %" PRIu64
+				"): the image has been truncated",
+				i, off, file_size);
 		}
 		order[n++] = s->bat[i];
 	}
@@ -850,16 +838,10 @@ static int vhd_check(struct img *img, unsigned flags, struct img_check *res)
 	for (uint32_t i = 1; i < n; i++)
 		if ((uint64_t)(order[i] - order[i - 1]) * VHD_SECTOR <
 		    per_block) {
-			res->corruptions++;
-			if (res->report) {
-				char line[128];
-
-				snprintf(line, sizeof(line),
-					 "ERROR blocks at sectors %" PRIu32
-					 " and %" PRIu32 " overlap",
-					 order[i - 1], order[i]);
-				res->report(res->opaque, line);
-			}
+			img_check_corrupt(res,
+					  "ERROR blocks at sectors %" PRIu32
+					  " and %" PRIu32 " overlap",
+					  order[i - 1], order[i]);
 		}
 	free(order);
 	res->has_stats = true;

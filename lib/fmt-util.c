@@ -6,6 +6,8 @@
  * and the write-back of a range of a 32-bit block table (VHD BAT, VDI block
  * map, VMDK grain tables).
  */
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -177,4 +179,18 @@ int img_table32_write(struct img_io *io, const uint32_t *table, uint32_t lo,
 			    table_off + (uint64_t)lo * 4);
 	free(raw);
 	return ret;
+}
+
+void img_check_corrupt(struct img_check *res, const char *fmt, ...)
+{
+	char line[256];
+	va_list ap;
+
+	res->corruptions++;
+	if (!res->report)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	res->report(res->opaque, line);
 }

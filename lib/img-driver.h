@@ -477,6 +477,11 @@ static inline uint64_t img_min(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
+/* A corruption check found: count it in res->corruptions and report the
+ * printf-style line through res->report when set (lib/fmt-util.c). */
+void img_check_corrupt(struct img_check *res, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
 /* True if len bytes at buf are all zero. */
 bool img_is_zero(const void *buf, size_t len);
 

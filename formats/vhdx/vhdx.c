@@ -1202,19 +1202,12 @@ static int vhdx_check(struct img *img, unsigned flags, struct img_check *res)
 			continue;
 		res->allocated_clusters++;
 		if ((e >> 20) * MIB >= file_size) {
-			res->corruptions++;
-			if (res->report) {
-				char line[160];
-
-				snprintf(
-					line, sizeof(line),
-					"ERROR block %" PRIu64 " at %#" PRIx64
-					" starts past the end of the file (size %" PRIu64
-					"): the image has been truncated",
-					b, (uint64_t)((e >> 20) * MIB),
-					file_size);
-				res->report(res->opaque, line);
-			}
+			img_check_corrupt(
+				res,
+				"ERROR block %" PRIu64 " at %#" PRIx64
+				" starts past the end of the file (size %" PRIu64
+				"): the image has been truncated",
+				b, (uint64_t)((e >> 20) * MIB), file_size);
 		}
 	}
 	res->total_clusters = s->n_blocks;

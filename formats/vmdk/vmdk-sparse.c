@@ -942,7 +942,6 @@ int vmdk_sparse_check(struct vmdk_extent *e, struct img_check *res)
 {
 	uint64_t file_size = img_align_up(vmdk_file_size(e), VMDK_SECTOR);
 	uint64_t total = (e->len + e->grain_size - 1) / e->grain_size;
-	char line[256];
 
 	res->total_clusters += total;
 	for (uint32_t i = 0; i < e->n_gts; i++) {
@@ -951,12 +950,7 @@ int vmdk_sparse_check(struct vmdk_extent *e, struct img_check *res)
 
 		ret = vmdk_gt(e, i, false, &gt);
 		if (ret < 0) {
-			res->corruptions++;
-			if (res->report) {
-				snprintf(line, sizeof(line), "ERROR %s",
-					 img_last_error());
-				res->report(res->opaque, line);
-			}
+			img_check_corrupt(res, "ERROR %s", img_last_error());
 			continue;
 		}
 		for (uint32_t k = 0; gt && k < e->h.gtes_per_gt; k++) {
@@ -966,20 +960,14 @@ int vmdk_sparse_check(struct vmdk_extent *e, struct img_check *res)
 				continue;
 			res->allocated_clusters++;
 			if (s * VMDK_SECTOR < e->h.overhead * VMDK_SECTOR ||
-			    s * VMDK_SECTOR >= file_size) {
-				res->corruptions++;
-				if (res->report) {
-					snprintf(
-						line, sizeof(line),
-						"ERROR grain %" PRIu64
-						" of '%s' at sector %" PRIu64
-						" is outside the data area",
-						(uint64_t)i * e->h.gtes_per_gt +
-							k,
-						e->file, s);
-					res->report(res->opaque, line);
-				}
-			}
+			    s * VMDK_SECTOR >= file_size)
+				img_check_corrupt(
+					res,
+					"ERROR grain %" PRIu64
+					" of '%s' at sector %" PRIu64
+					" is outside the data area",
+					(uint64_t)i * e->h.gtes_per_gt + k,
+					e->file, s);
 			if (e->compressed)
 				res->compressed_clusters++;
 		}
