@@ -14,7 +14,10 @@
  *   -IMG_ECORRUPT corrupt image (a field or table that breaks the format)
  *   -ENOTSUP      unsupported feature bit or operation
  *   -EROFS        write to an image opened read-only
- *   -ENOSPC, -EIO host I/O errors, passed through
+ *   -ENOSPC, -EIO host I/O errors, passed through; -EIO also for guest data
+ *                 the image maps past the end of its file (lost data)
+ *   -ESPIPE       a file whose size cannot be known (pipe, socket, char
+ *                 device) named as an image
  *   -ELOOP        backing chain too deep or looping
  *   -ENOENT       missing file or backing file
  *   -EACCES       wrong passphrase

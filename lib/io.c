@@ -2,13 +2,13 @@
 /*
  * The front of struct img_io: img_io_open() picks a backend (io_uring when a
  * ring can be set up, else psync), img_io_open_beneath() does the same for a
- * name confined to a directory (lib/confine.c resolves it), and the img_io_* wrappers check arguments,
- * supply the documented behaviour for ops a backend leaves NULL, bounce
- * unaligned transfers through aligned buffers for O_DIRECT files (so psync
- * and io_uring only ever see aligned requests) and turn a backend's -errno
- * into a message that names the file. It refuses files whose size cannot
- * be known (pipes, sockets, character devices) and keeps a cached file size
- * for img_io_holds().
+ * name confined to a directory (lib/confine.c resolves it), and the img_io_*
+ * wrappers check arguments, supply the documented behaviour for ops a backend
+ * leaves NULL, bounce unaligned transfers through aligned buffers for
+ * O_DIRECT files (so psync and io_uring only ever see aligned requests) and
+ * turn a backend's -errno into a message that names the file. It refuses
+ * files whose size cannot be known (pipes, sockets, character devices) and
+ * keeps a cached file size for img_io_holds().
  */
 #include <inttypes.h>
 #include <stdio.h>
