@@ -4,13 +4,13 @@
  * (off + len within the virtual size, no overflow), read-only images, formats
  * without write support, splitting into chunks of at most IMG_MAX_REQUEST,
  * the image lock for drivers that are not thread-safe (reads and writes the
- * driver maps with .map_direct do their data transfer outside it), and the
+ * driver maps with .map_direct do their data transfer outside it), the
  * defaults for optional driver ops that are NULL, and the rule that guest
  * data mapped to a host range past the end of its file is an error, not
- * zeroes (img_data_check, which drivers and the .map_direct path share). Block status walks the
- * backing chain the way qemu-img map does: each layer is asked in turn until
- * one allocates the range, holds zeroes past its backing's end, or has no
- * backing.
+ * zeroes (img_data_check, which drivers and the .map_direct path share).
+ * Block status walks the backing chain the way qemu-img map does: each layer
+ * is asked in turn until one allocates the range, holds zeroes past its
+ * backing's end, or has no backing.
  */
 #include <inttypes.h>
 #include <stdlib.h>
