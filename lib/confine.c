@@ -29,25 +29,33 @@ static int escape_error(const char *dir, const char *name)
 			 name, dir);
 }
 
+/* The path the kernel holds for the open descriptor fd, into buf. */
+static int fd_path(int fd, char buf[PATH_MAX], const char *name)
+{
+	char link[64];
+	ssize_t len;
+
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+	len = readlink(link, buf, PATH_MAX - 1);
+	if (len <= 0)
+		return img_error(-EXDEV, "io: cannot check where '%s' is: %s",
+				 name, len < 0 ? strerror(errno) : "no path");
+	buf[len] = '\0';
+	return 0;
+}
+
 /* Is the open descriptor fd a file under the directory dir_fd? */
 static int fd_beneath(int dir_fd, int fd, const char *dir, const char *name)
 {
-	char link[64], dir_real[PATH_MAX], file_real[PATH_MAX];
+	char dir_real[PATH_MAX], file_real[PATH_MAX];
 	size_t n;
-	ssize_t len;
+	int ret;
 
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", dir_fd);
-	len = readlink(link, dir_real, sizeof(dir_real) - 1);
-	if (len <= 0)
-		return img_error(-EXDEV, "io: cannot check where '%s' is: %s",
-				 name, len < 0 ? strerror(errno) : "no path");
-	dir_real[len] = '\0';
-	snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
-	len = readlink(link, file_real, sizeof(file_real) - 1);
-	if (len <= 0)
-		return img_error(-EXDEV, "io: cannot check where '%s' is: %s",
-				 name, len < 0 ? strerror(errno) : "no path");
-	file_real[len] = '\0';
+	ret = fd_path(dir_fd, dir_real, name);
+	if (ret == 0)
+		ret = fd_path(fd, file_real, name);
+	if (ret < 0)
+		return ret;
 	n = strlen(dir_real);
 	/* "/" holds everything; else the file must be below "dir/". */
 	if (n == 1 || (!strncmp(file_real, dir_real, n) && file_real[n] == '/'))
