@@ -80,39 +80,29 @@ reads_same() {
 		fail "[$ctx] $1 reads wrong"
 }
 
-vpc_cases() {
-	local sz
-	must qemu-img convert -f raw -O vpc "$T/d.raw" "$T/d.vhd"
-	sz=$(stat -c %s "$T/d.vhd")
-	ctx="vpc cut in the middle"
-	cut_to "$T/d.vhd" "$T/t1.vhd" $((sz / 2))
-	echo "$ctx:"; qemu_says "$T/t1.vhd"
-	refused_at_open "$T/t1.vhd"
-	# The last block ends 1024 bytes before the footer copy's end: cut
-	# its last sector (the file then also lacks its final footer).
-	ctx="vpc cut in its last block"
-	cut_to "$T/d.vhd" "$T/t2.vhd" $((sz - 1024))
-	echo "$ctx:"; qemu_says "$T/t2.vhd"
-	refused_at_open "$T/t2.vhd"
-	ctx="vpc whole"
-	reads_same "$T/d.vhd" "$T/d.raw"
+# A dynamic image of qemu-img format $1 (file suffix $2), cut in the middle
+# and $3 bytes before its end ($4 says where that is): both refused at open;
+# the whole file reads the same as the raw source.
+dynamic_cases() {
+	local fmt=$1 ext=$2 tail=$3 where=$4 sz
+	must qemu-img convert -f raw -O "$fmt" "$T/d.raw" "$T/d.$ext"
+	sz=$(stat -c %s "$T/d.$ext")
+	ctx="$fmt cut in the middle"
+	cut_to "$T/d.$ext" "$T/t1.$ext" $((sz / 2))
+	echo "$ctx:"; qemu_says "$T/t1.$ext"
+	refused_at_open "$T/t1.$ext"
+	ctx="$fmt cut $where"
+	cut_to "$T/d.$ext" "$T/t2.$ext" $((sz - tail))
+	echo "$ctx:"; qemu_says "$T/t2.$ext"
+	refused_at_open "$T/t2.$ext"
+	ctx="$fmt whole"
+	reads_same "$T/d.$ext" "$T/d.raw"
 }
 
-vdi_cases() {
-	local sz
-	must qemu-img convert -f raw -O vdi "$T/d.raw" "$T/d.vdi"
-	sz=$(stat -c %s "$T/d.vdi")
-	ctx="vdi cut in the middle"
-	cut_to "$T/d.vdi" "$T/t1.vdi" $((sz / 2))
-	echo "$ctx:"; qemu_says "$T/t1.vdi"
-	refused_at_open "$T/t1.vdi"
-	ctx="vdi cut before its last byte"
-	cut_to "$T/d.vdi" "$T/t2.vdi" $((sz - 1))
-	echo "$ctx:"; qemu_says "$T/t2.vdi"
-	refused_at_open "$T/t2.vdi"
-	ctx="vdi whole"
-	reads_same "$T/d.vdi" "$T/d.raw"
-}
+# The last VHD block ends 1024 bytes before the footer copy's end: cutting
+# that much cuts its last sector (the file then also lacks its final footer).
+vpc_cases() { dynamic_cases vpc vhd 1024 "in its last block"; }
+vdi_cases() { dynamic_cases vdi vdi 1 "before its last byte"; }
 
 vhdx_cases() {
 	local sz
