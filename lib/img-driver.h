@@ -162,6 +162,48 @@ int img_opt_prealloc(const struct img_create_opts *opts,
 /* ---- the driver interface ---- */
 
 /*
+ * What a driver's .map says about a guest range of its own layer (issue 14:
+ * drivers translate, the core moves the data). One extent starts at the
+ * guest offset asked for and covers len bytes (1..the length asked for) of
+ * uniform kind:
+ * - flags: the IMG_EXT_* bits block status reports for this layer, exactly
+ *   as .block_status would (ALLOCATED, DATA, ZERO, OFFSET_VALID,
+ *   COMPRESSED, ENCRYPTED). Without IMG_EXT_ALLOCATED the range is not
+ *   this layer's: the core reads it from the backing file, or as zeroes
+ *   when there is none. With IMG_EXT_ZERO it reads as zeroes (an io and
+ *   host offset may still be reported, as for a preallocated zero
+ *   cluster).
+ * - io, file_off: with IMG_EXT_DATA and IMG_EXT_OFFSET_VALID, the guest
+ *   bytes are the len bytes at file_off in io (NULL io: img_file(img)),
+ *   unless a transform below applies. The core checks that they lie inside
+ *   the file (img_data_check) before reading.
+ * - IMG_EXT_COMPRESSED: the extent lies within one compressed cluster of
+ *   cluster_size bytes whose stream is the clen bytes at file_off in io
+ *   (codec: img_decompress); the guest bytes are the decompressed cluster's
+ *   bytes [in_cluster, in_cluster + len). The stream's last sector may run
+ *   past the end of the file (qcow2 descriptors count whole sectors); its
+ *   first byte may not.
+ * - IMG_EXT_ENCRYPTED: the bytes at file_off are ciphertext for cipher
+ *   (lib/crypto-luks.c: img_cipher_run); reads decrypt after the read,
+ *   writes encrypt into a bounce buffer.
+ */
+struct img_cipher;
+
+struct img_map {
+	uint64_t len;
+	unsigned flags; /* IMG_EXT_* */
+	struct img_io *io;
+	uint64_t file_off;
+	/* IMG_EXT_COMPRESSED */
+	enum img_compress_type codec;
+	uint64_t clen;
+	uint64_t cluster_size;
+	uint64_t in_cluster;
+	/* IMG_EXT_ENCRYPTED */
+	struct img_cipher *cipher;
+};
+
+/*
  * A format driver. The core (lib/request.c) guarantees every I/O op that
  * off + len <= size, len > 0, and no write/zero/discard on a read-only image.
  * Ops are called under the image's lock unless .thread_safe is set.
@@ -202,6 +244,14 @@ struct img_driver {
 	 * NULL: everything allocated data. */
 	int (*block_status)(struct img *img, uint64_t off, uint64_t len,
 			    struct img_extent *ext);
+	/* Translate [off, off + len) of this layer: fill *m with the first
+	 * extent (struct img_map). Called under the image's lock unless
+	 * .thread_safe; the result stays valid until the lock is dropped
+	 * (the core drains transfers with img_direct_drain semantics before
+	 * a driver frees or moves a host range). Replaces .read and
+	 * .block_status where set. */
+	int (*map)(struct img *img, uint64_t off, uint64_t len,
+		   struct img_map *m);
 	/* Optional fast path, called under the image's lock: when all of
 	 * [off, off + len) can be transferred straight to or from the host
 	 * file *io with no metadata change and no data transform, fill
