@@ -984,6 +984,31 @@ int img_luks_crypt_copy(struct img_luks *l, bool encrypt, uint64_t sector,
 				      len);
 }
 
+int img_cipher_run(const struct img_cipher *c, bool encrypt, const void *src,
+		   void *dst, uint64_t len, uint64_t host_off,
+		   uint64_t guest_off)
+{
+	if ((host_off | guest_off | len) % IMG_CRYPT_SECTOR)
+		return img_error(
+			-EINVAL,
+			"crypt: encrypted I/O at guest offset %#" PRIx64
+			" is not sector aligned",
+			guest_off);
+	if (c->luks)
+		return img_luks_crypt_copy(c->luks, encrypt,
+					   host_off / IMG_CRYPT_SECTOR, src,
+					   dst, (size_t)len);
+	if (!c->legacy)
+		return img_error(-EACCES, "crypt: the image is locked");
+	if (encrypt)
+		return img_error(-ENOTSUP,
+				 "crypt: writing with legacy AES encryption "
+				 "is not supported");
+	return img_sector_cipher_copy(c->legacy, false,
+				      guest_off / IMG_CRYPT_SECTOR, src, dst,
+				      (size_t)len);
+}
+
 /* ---- create ---- */
 
 static const char *opt_or(const struct img_create_opts *o, const char *prefix,

@@ -117,6 +117,24 @@ int img_luks_crypt(struct img_luks *l, bool encrypt, uint64_t sector,
 int img_luks_crypt_copy(struct img_luks *l, bool encrypt, uint64_t sector,
 			const uint8_t *src, uint8_t *dst, size_t len);
 
+/*
+ * The data cipher of an encrypted image, as a driver hands it to the core in
+ * struct img_map (IMG_EXT_ENCRYPTED). LUKS takes its IV from the host sector
+ * (qcow2's LUKS payload); a legacy sector cipher (qcow2 "aes") from the guest
+ * sector, and is never used to encrypt (QEMU refuses to write it too).
+ */
+struct img_cipher {
+	struct img_luks *luks;
+	struct img_sector_cipher *legacy;
+};
+
+/* En- or decrypt len bytes (whole sectors, host_off and guest_off sector
+ * aligned) from src into dst (equal, or not overlapping). -EINVAL when
+ * unaligned, -EACCES when locked, -ENOTSUP for legacy encryption. */
+int img_cipher_run(const struct img_cipher *c, bool encrypt, const void *src,
+		   void *dst, uint64_t len, uint64_t host_off,
+		   uint64_t guest_off);
+
 /* Parameters for a new header, named as QEMU's encrypt.* options. */
 struct img_luks_params {
 	const char *cipher_alg; /* "aes-256" */
