@@ -208,11 +208,13 @@ int img_open(const char *path, const struct img_open_opts *opts,
 	ret = img_io_open(path, io_flags_for(opts ? opts->flags : 0),
 			  opts ? opts->io : IMG_IO_AUTO, &io);
 	/* The rbd backend's message (cluster, pool, timeout), a lock
-	 * conflict's and a refused pipe's say more. */
+	 * conflict's and a refused pipe's say more; so does a refused io_uring
+	 * (ENOSYS alone would not say what is missing). */
 	if (ret < 0 && ret != -EBUSY && ret != -ESPIPE &&
 	    strncmp(path, "rbd:", 4))
 		return img_error(ret, "could not open '%s': %s", path,
-				 strerror(-ret));
+				 ret == -ENOSYS ? img_last_error() :
+						  strerror(-ret));
 	if (ret < 0)
 		return ret;
 	return img_open_io(io, path, opts, out);

@@ -6,7 +6,8 @@
 # $BUILD/test-logs/<name>.log and each runs with TMPDIR set to a fresh
 # directory of its own (removed afterwards). Exit 0 = pass, 77 = skip (its
 # reason is printed), anything else = fail; the PASS/FAIL lines print as tests
-# finish. When any rbd test is selected, one throwaway Ceph cluster is started
+# finish. Unit tests run twice: as they are, and under tests/no-uring (named
+# unit/test-x:no-uring). When any rbd test is selected, one throwaway Ceph cluster is started
 # for all of them (tests/interop/rbd-lib.sh gives each test its own pool) and
 # stopped at the end, even on failure or a signal. Ends with the 10 slowest
 # tests, then the summary line "N passed, N failed, N skipped" (always the
@@ -55,6 +56,12 @@ add() {
 for t in "$BUILD"/tests/test-*; do
 	[ -x "$t" ] || continue
 	add "unit/${t##*/}" "$t"
+done
+# Every unit test again where io_uring is refused (tests/no-uring.c, as in
+# a container), so the psync fallback behind IMG_IO_AUTO runs them all too.
+for t in "$BUILD"/tests/test-*; do
+	[ -x "$t" ] || continue
+	add "unit/${t##*/}:no-uring" "$BUILD/tests/no-uring" "$t"
 done
 for t in "$BUILD"/tests/fuzz-*; do
 	[ -x "$t" ] || continue
