@@ -7,9 +7,9 @@
 # directory of its own (removed afterwards). Exit 0 = pass, 77 = skip (its
 # reason is printed), anything else = fail; the PASS/FAIL lines print as tests
 # finish. Unit tests run twice: as they are, and under tests/no-uring (named
-# unit/test-x:no-uring). When any rbd test is selected, one throwaway Ceph cluster is started
-# for all of them (tests/interop/rbd-lib.sh gives each test its own pool) and
-# stopped at the end, even on failure or a signal. Ends with the 10 slowest
+# unit/test-x:no-uring). When any rbd test is selected, one throwaway Ceph
+# cluster is started for all of them (tests/interop/rbd-lib.sh gives each
+# test its own pool) and stopped at the end, even on failure or a signal. Ends with the 10 slowest
 # tests, then the summary line "N passed, N failed, N skipped" (always the
 # last line: .ci/run relies on it); exits non-zero on any failure.
 # Tests start longest first, by the times of the previous run
