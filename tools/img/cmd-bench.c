@@ -430,9 +430,14 @@ int cmd_bench(int argc, char **argv)
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	pthread_mutex_lock(&b->lock);
 	bench_issue(b);
-	while (b->in_flight || b->flushes_running || (b->n && !b->err) ||
-	       (b->err && b->in_flight))
-		pthread_cond_wait(&b->cond, &b->lock);
+	/* Completions are delivered here, on this thread. */
+	while ((b->in_flight || b->flushes_running || (b->n && !b->err) ||
+		(b->err && b->in_flight)) &&
+	       img_aio_inflight(b->aio)) {
+		pthread_mutex_unlock(&b->lock);
+		img_aio_wait(b->aio);
+		pthread_mutex_lock(&b->lock);
+	}
 	pthread_mutex_unlock(&b->lock);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	img_aio_drain(b->aio);

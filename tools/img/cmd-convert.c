@@ -568,9 +568,13 @@ static int cv_run(struct cv *cv)
 				break;
 		}
 
+		/* Completions are delivered here, on this thread. */
 		pthread_mutex_lock(&cv->lock);
-		while (!cv->done_head)
-			pthread_cond_wait(&cv->cond, &cv->lock);
+		while (!cv->done_head && img_aio_inflight(cv->aio)) {
+			pthread_mutex_unlock(&cv->lock);
+			img_aio_wait(cv->aio);
+			pthread_mutex_lock(&cv->lock);
+		}
 		done = cv->done_head;
 		cv->done_head = NULL;
 		if (cv->err)

@@ -95,7 +95,6 @@ struct nbd_server {
 	struct nbd_server_opts opts;
 	struct nbd_export *exports;
 	size_t n_exports;
-	struct img_aio *aio;
 	int stop_pipe[2];
 	pthread_mutex_t lock;
 	pthread_cond_t gone; /* a connection ended */
@@ -128,6 +127,12 @@ struct conn {
 	pthread_cond_t cond;
 	unsigned inflight;
 	uint64_t inflight_bytes;
+
+	/* The connection's async engine (NULL: everything runs on the
+	 * reader thread), and the thread that delivers its completions. */
+	struct img_aio *aio;
+	pthread_t reaper;
+	atomic_bool reaper_stop;
 
 	/* Negotiated state. */
 	bool no_zeroes, structured, extended, tls_done;
@@ -534,8 +539,8 @@ static void conn_abandon(struct conn *c)
 	if (atomic_exchange(&c->gone, true))
 		return;
 	shutdown(c->fd, SHUT_RDWR);
-	if (c->srv->aio)
-		img_aio_cancel(c->srv->aio, c);
+	if (c->aio)
+		img_aio_cancel(c->aio, c);
 }
 
 /* The client has closed or reset the connection: checked before a large
@@ -561,10 +566,11 @@ static int job_start(struct img_aio_req *req)
 	return 0;
 }
 
-/* Requests go to the aio pool; otherwise they run on the reader thread. */
+/* Requests go to the connection's engine; otherwise they run on the
+ * reader thread. */
 static bool use_pool(const struct conn *c)
 {
-	return c->srv->aio && !c->tls;
+	return c->aio;
 }
 
 /*
@@ -588,7 +594,7 @@ static void submit(struct conn *c, const struct nbd_request *r,
 		conn_release(c, buf ? r->len : 0);
 		return;
 	}
-	if (!use_pool(c) || r->len >= INLINE_MIN) {
+	if (!use_pool(c)) {
 		struct img_aio_req q = {
 			.op = op,
 			.buf = buf,
@@ -629,7 +635,7 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	j->req.start = job_start;
 	/* Only reads are cancelled (see above). */
 	j->req.opaque = op == IMG_AIO_READ ? c : NULL;
-	ret = img_aio_submit(c->srv->aio, c->exp->img, &j->req);
+	ret = img_aio_submit(c->aio, c->exp->img, &j->req);
 	if (ret < 0) {
 		j->req.error = img_last_error();
 		job_done(&j->req, ret);
@@ -1364,6 +1370,59 @@ static void set_timeout(int fd, int opt, unsigned secs)
 	setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv));
 }
 
+/* Deliver the engine's completions (job_done sends the replies) until
+ * told to stop. */
+static void *reaper_thread(void *arg)
+{
+	struct conn *c = arg;
+
+	while (!atomic_load(&c->reaper_stop)) {
+		struct pollfd p = { .fd = img_aio_fd(c->aio),
+				    .events = POLLIN };
+
+		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			break;
+		img_aio_poll(c->aio);
+	}
+	img_aio_poll(c->aio);
+	return NULL;
+}
+
+/* Give the connection an engine and its reaper; without them (TLS,
+ * --threads=0, or a failure here) requests run on the reader thread. */
+static void engine_start(struct conn *c)
+{
+	if (c->tls || !c->srv->opts.threads)
+		return;
+	if (img_aio_new(c->srv->opts.threads, &c->aio) < 0) {
+		log_msg("no async engine (%s): requests run one at a time",
+			img_last_error());
+		return;
+	}
+	if (pthread_create(&c->reaper, NULL, reaper_thread, c)) {
+		log_msg("cannot start a reaper thread: requests run one at a "
+			"time");
+		img_aio_free(c->aio);
+		c->aio = NULL;
+	}
+}
+
+/* Called once no request is in flight. */
+static void engine_stop(struct conn *c)
+{
+	uint64_t one = 1;
+
+	if (!c->aio)
+		return;
+	atomic_store(&c->reaper_stop, true);
+	if (write(img_aio_fd(c->aio), &one, sizeof(one)) < 0) {
+		/* The counter is not zero: the reaper wakes anyway. */
+	}
+	pthread_join(c->reaper, NULL);
+	img_aio_free(c->aio);
+	c->aio = NULL;
+}
+
 static void *conn_thread(void *arg)
 {
 	struct conn *c = arg;
@@ -1386,6 +1445,7 @@ static void *conn_thread(void *arg)
 		pthread_mutex_lock(&s->lock);
 		s->served = true;
 		pthread_mutex_unlock(&s->lock);
+		engine_start(c);
 		transmission(c);
 	}
 	/* Nothing more is read: the slot is free for a new client now, while
@@ -1400,6 +1460,7 @@ static void *conn_thread(void *arg)
 	while (c->inflight)
 		pthread_cond_wait(&c->cond, &c->lock);
 	pthread_mutex_unlock(&c->lock);
+	engine_stop(c);
 	if (c->tls)
 		nbd_tls_close(c->tls);
 
@@ -1509,11 +1570,6 @@ int nbd_server_new(const struct nbd_server_opts *opts,
 		ret = img_error(-errno, "nbd: pipe: %s", strerror(errno));
 		goto fail;
 	}
-	if (opts->threads) {
-		ret = img_aio_new(opts->threads, &s->aio);
-		if (ret < 0)
-			goto fail;
-	}
 	*out = s;
 	return 0;
 fail:
@@ -1577,7 +1633,6 @@ int nbd_server_free(struct nbd_server *s)
 
 	if (!s)
 		return 0;
-	img_aio_free(s->aio);
 	for (size_t i = 0; i < s->n_exports; i++) {
 		int r = img_close(s->exports[i].img);
 
