@@ -6,27 +6,23 @@
  * deadline and by the option size cap), then reads requests, validates them
  * with nbd_check_request() and runs them. READ, CACHE (a read whose data is
  * dropped), WRITE, WRITE_ZEROES, TRIM (FUA: flushed before the reply) and
- * FLUSH under INLINE_MIN bytes go to a shared img_aio pool (--threads,
- * default 2 per CPU); its done() callback sends the reply under the
- * connection's send lock, so replies go out in completion order, and a
+ * FLUSH go to the connection's own async engine (lib/aio.c): the reader
+ * thread submits them, the data of reads and writes the image maps straight
+ * to its file goes on the engine's io_uring ring from that thread, and the
+ * rest runs on the engine's small pool (--threads workers per connection).
+ * A reaper thread per connection waits on the engine's eventfd and delivers
+ * the completions, whose done() callback sends the reply under the
+ * connection's send lock, so replies go out in completion order. A
  * connection holds at most CONN_MAX_INFLIGHT requests and CONN_MAX_BYTES of
  * buffers (plus one request of any size), all connections together at most
  * SERVER_MAX_BYTES (a reader waits for its share, reading nothing meanwhile:
- * TCP pushes back on the client). Larger requests, and all of them
- * with --threads=0, run on the reader thread itself. Measured on a cached
- * 1 GiB qcow2 on this loaded 2-core host: running on the reader thread costs
- * less server CPU (11 against 18 us per 4 KiB read, qemu-nbd 44; 320
- * against 600-750 us per MiB of nbdcopy, qemu-nbd 750-1000), but for small
- * random requests the pool gave more IOPS (9.5k against 8.1k random reads,
- * 9.9k against 6.4k random writes, best of 3): more threads get more of a
- * contended CPU, and the data transfers of requests on allocated qcow2
- * clusters overlap (the library's fast path runs them outside the image
- * lock).
+ * TCP pushes back on the client). With --threads=0 requests run on the
+ * reader thread itself, one at a time.
  * A client that is gone (EOF or reset on read without NBD_CMD_DISC, a
- * failed send) gets nothing more read or sent: its reads not yet started
- * are dropped (taken off the pool's queue; one about to run on the reader
- * thread is checked with poll() first), writes it sent and requests already
- * running finish, and its slot is free for a new client before they do.
+ * failed send) gets nothing more read or sent: its reads still queued for
+ * the pool are dropped (img_aio_cancel), a large read not yet submitted is
+ * checked with poll() first, writes it sent and requests already running
+ * finish, and its slot is free for a new client before they do.
  * BLOCK_STATUS and zero-range reads are always answered on the reader
  * thread, and so is every request of a TLS connection, because an OpenSSL
  * session cannot be read and written from two threads at once.
@@ -76,7 +72,7 @@
 #define MAX_DISCARD_OPT (16u << 20) /* option payload we skip over */
 #define PREFERRED_BLOCK 4096
 #define SEND_TIMEOUT 10 /* seconds a reply may wait for the client */
-#define INLINE_MIN (128u << 10) /* requests this large skip the pool */
+#define HANGUP_CHECK_MIN (128u << 10) /* reads this large poll for a hang-up */
 #define BUF_CACHE_SLOTS 16 /* data buffers a connection keeps for reuse */
 #define BUF_CACHE_BYTES (4u << 20) /* and their total size at most */
 #define BUF_CACHE_MAX (1u << 20) /* the largest one kept */
@@ -587,8 +583,9 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	/* A read (or CACHE) for a client that is gone is dropped, and a large
 	 * one is worth a poll() to find out; what a client sent to be written
 	 * is written even if it left. */
-	if (op == IMG_AIO_READ && (atomic_load(&c->gone) ||
-				   (r->len >= INLINE_MIN && peer_hung_up(c)))) {
+	if (op == IMG_AIO_READ &&
+	    (atomic_load(&c->gone) ||
+	     (r->len >= HANGUP_CHECK_MIN && peer_hung_up(c)))) {
 		conn_abandon(c);
 		buf_put(c, buf, r->len);
 		conn_release(c, buf ? r->len : 0);
@@ -1437,10 +1434,11 @@ static void *conn_thread(void *arg)
 	if (handshake(c) == 0) {
 		c->deadline.tv_sec = 0;
 		set_timeout(c->fd, SO_RCVTIMEO, 0);
-		/* A pool worker blocks in send while a client does not read its
+		/* The reaper blocks in send while a client does not read its
 		 * replies: a client that takes nothing for SEND_TIMEOUT (twice
 		 * that when the stall begins inside one send call) is dropped,
-		 * so it cannot hold the shared workers for longer. */
+		 * so it cannot hold its share of the server's buffer budget
+		 * for longer. */
 		set_timeout(c->fd, SO_SNDTIMEO, SEND_TIMEOUT);
 		pthread_mutex_lock(&s->lock);
 		s->served = true;
