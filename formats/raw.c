@@ -39,6 +39,19 @@ static int raw_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 	return img_io_pread(img_file(img), buf, len, off);
 }
 
+/* The guest bytes are the file's bytes at the same offsets. */
+static int raw_map_direct(struct img *img, void *buf, uint64_t off,
+			  uint64_t len, bool write, struct img_io **io,
+			  struct img_io_vec *vecs, unsigned *n)
+{
+	*io = img_file(img);
+	vecs[0] = (struct img_io_vec){
+		.buf = buf, .len = len, .file_off = off, .write = write
+	};
+	*n = 1;
+	return 1;
+}
+
 static int raw_write(struct img *img, const void *buf, uint64_t off,
 		     uint64_t len, unsigned flags)
 {
@@ -226,6 +239,7 @@ const struct img_driver raw_driver = {
 	.open = raw_open,
 	.close = raw_close,
 	.read = raw_read,
+	.map_direct = raw_map_direct,
 	.write = raw_write,
 	.zero = raw_zero,
 	.discard = raw_discard,

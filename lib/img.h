@@ -584,10 +584,12 @@ struct img_aio_req {
 	uint64_t off;
 	uint64_t len;
 	unsigned flags; /* IMG_FUA (WRITE, ZERO, DISCARD), IMG_ZERO_* */
-	/* Called once from a worker thread with the result (0 or -errno). */
+	/* Called once with the result (0 or -errno), on the thread that
+	 * polls the engine (img_aio_poll, img_aio_wait, img_aio_drain). */
 	void (*done)(struct img_aio_req *req, int ret);
-	/* Optional: called by the worker just before the request runs; a
-	 * negative return skips it, and done() gets that result. */
+	/* Optional: called just before the request's I/O starts (on the
+	 * submitting thread or a pool worker); a negative return skips it,
+	 * and done() gets that result. */
 	int (*start)(struct img_aio_req *req);
 	void *opaque;
 	/* Error message when ret < 0 (valid during done()). */
@@ -595,25 +597,45 @@ struct img_aio_req {
 };
 
 /*
- * A pool of nthreads workers (0 = one per CPU) running requests against
- * images. Requests run concurrently and complete in any order.
+ * An async engine: an io_uring ring that the data of reads and writes the
+ * driver maps straight to the host file goes on from the submitting thread
+ * (many requests in flight), and a pool of at most nthreads workers (0 = one
+ * per CPU, at least 2; started on first use) for requests that need the
+ * driver's metadata work, flushes, zeroes and discards, or when io_uring is
+ * not available. One thread at a time submits; completions are delivered
+ * by polling, from any thread. Requests complete in any order.
  */
 int img_aio_new(unsigned nthreads, struct img_aio **out);
-/* Queue req on img; req must stay valid until done() is called. */
+/* Start req on img; req must stay valid until done() is called. A request
+ * that fails to start completes with the error like any other. */
 int img_aio_submit(struct img_aio *aio, struct img *img,
 		   struct img_aio_req *req);
+/* Readable (POLLIN) when completions are waiting for img_aio_poll. */
+int img_aio_fd(const struct img_aio *aio);
+/* Deliver the completions ready now (done() on this thread), without
+ * blocking: how many, or -errno. */
+int img_aio_poll(struct img_aio *aio);
+/* Deliver at least one completion, blocking until one is ready; 0 when
+ * nothing is in flight. */
+int img_aio_wait(struct img_aio *aio);
+/* Requests submitted whose done() has not been called yet. */
+unsigned img_aio_inflight(const struct img_aio *aio);
+/* Whether the engine has an io_uring ring (else everything runs on the
+ * pool). */
+bool img_aio_uses_ring(const struct img_aio *aio);
 /* Run req on img on the calling thread, as a worker would, and return its
  * result (0 or -errno, message in img_last_error()); done() is not called. */
 int img_aio_run(struct img *img, struct img_aio_req *req);
 /*
- * Take the queued requests whose opaque is opaque off the queue before any
- * worker starts them, and call their done() with -ECANCELED on the calling
- * thread. Running requests are not touched. Returns how many were cancelled.
+ * Take the requests whose opaque is opaque off the pool's queue before a
+ * worker starts them; they complete with -ECANCELED (delivered by the next
+ * poll). Requests on the ring or running are not touched. Returns how many
+ * were cancelled.
  */
 int img_aio_cancel(struct img_aio *aio, const void *opaque);
-/* Wait until every submitted request has completed. */
+/* Deliver completions until every submitted request has completed. */
 void img_aio_drain(struct img_aio *aio);
-/* Drain and free the pool. NULL is a no-op. */
+/* Drain and free the engine. NULL is a no-op. */
 void img_aio_free(struct img_aio *aio);
 
 /* ---- persistent dirty bitmaps (qcow2; lib/bitmap.c) ---- */

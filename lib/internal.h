@@ -16,6 +16,8 @@
 #define IMG_MAX_CHAIN_DEPTH 64
 /* The largest request passed to a driver in one call; the core splits. */
 #define IMG_MAX_REQUEST (32ull << 20)
+/* Host transfers one .map_direct mapping may use (more: the normal path). */
+#define IMG_DIRECT_MAX_VECS 64
 
 struct img {
 	const struct img_driver *drv;
@@ -89,6 +91,33 @@ void img_io_faulty_log(struct img_io *io,
 int img_io_log_apply(struct img_io *mem, const struct img_io_log_entry *entries,
 		     size_t n);
 
+/* ---- the transfer fast path (request.c) and the async engine (aio.c) ---- */
+
+/*
+ * Map a read or write of [off, off + len) (len <= IMG_MAX_REQUEST, checked
+ * by the caller) straight to host transfers on *io with the driver's
+ * .map_direct: 1 with vecs[0, *n) filled (*n holds the capacity, at most
+ * IMG_DIRECT_MAX_VECS, on entry) and a transfer counted in flight, which the
+ * caller ends with img_direct_release() once the vecs are done; 0 when the
+ * request needs the driver's normal path; -errno.
+ */
+int img_direct_map(struct img *img, void *buf, uint64_t off, uint64_t len,
+		   bool write, struct img_io **io, struct img_io_vec *vecs,
+		   unsigned *n);
+void img_direct_release(struct img *img);
+/* Reap the completed ring transfers of every engine whose completion side
+ * is free (img_direct_drain, while it waits). */
+void img_aio_reap_all(void);
+/* The descriptor of a local-file backend (psync, io_uring), else -1. */
+int img_io_fd(struct img_io *io);
+/* Whether a transfer may go to the descriptor as it is (O_DIRECT files need
+ * aligned buffers, lengths and offsets; lib/io.c bounces the others). */
+bool img_io_transfer_ok(const struct img_io *io, const void *buf, uint64_t len,
+			uint64_t file_off);
+/* A write up to end succeeded behind lib/io.c (the engine's ring): the file
+ * is at least that long now. */
+void img_io_wrote(struct img_io *io, uint64_t end);
+
 /* ---- layers and chains (image.c, chain.c) ---- */
 
 /*
@@ -142,6 +171,8 @@ int img_open_confined(struct img *img, const char *name, unsigned io_flags,
 int img_io_lock(int fd, const char *path, unsigned io_flags);
 /* The file descriptor of a psync backend, -1 for any other backend. */
 int img_io_psync_fd(struct img_io *io);
+/* The same for an io_uring backend. */
+int img_io_uring_fd(struct img_io *io);
 /* -ENOSYS (or the setup error) when no io_uring ring can be set up here. */
 int img_io_uring_open(const char *path, unsigned flags, struct img_io **out);
 /* Names starting with "rbd:" (lib/io-rbd.c). */

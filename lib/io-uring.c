@@ -368,6 +368,13 @@ static const struct img_io_ops uring_ops = {
 	.close = uring_close,
 };
 
+int img_io_uring_fd(struct img_io *io)
+{
+	if (!io || io->ops != &uring_ops)
+		return -1;
+	return to_uring(io)->fd;
+}
+
 int img_io_uring_open(const char *path, unsigned flags, struct img_io **out)
 {
 	return img_io_uring_open_beneath(NULL, path, flags, out);

@@ -63,6 +63,18 @@ static void io_size_raise(struct img_io *io, uint64_t end)
 		;
 }
 
+void img_io_wrote(struct img_io *io, uint64_t end)
+{
+	io_size_raise(io, end);
+}
+
+int img_io_fd(struct img_io *io)
+{
+	int fd = img_io_psync_fd(io);
+
+	return fd >= 0 ? fd : img_io_uring_fd(io);
+}
+
 static void io_size_set(struct img_io *io, uint64_t size)
 {
 	__atomic_store_n(&io->size_seen, size, __ATOMIC_RELAXED);
@@ -180,6 +192,12 @@ static int io_bounce_write(struct img_io *io, const void *buf, uint64_t len,
 	    io->ops->truncate)
 		ret = io->ops->truncate(io, old_size > end ? old_size : end);
 	return ret;
+}
+
+bool img_io_transfer_ok(const struct img_io *io, const void *buf, uint64_t len,
+			uint64_t file_off)
+{
+	return !io_direct(io) || io_aligned(buf, len, file_off);
 }
 
 int img_io_pread(struct img_io *io, void *buf, uint64_t len, uint64_t file_off)

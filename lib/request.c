@@ -15,11 +15,9 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
-
-/* Host extents one fast-path transfer may use (more: the normal path). */
-#define DIRECT_MAX_VECS 64
 
 enum req_op { REQ_READ, REQ_WRITE, REQ_ZERO, REQ_DISCARD, REQ_STATUS };
 
@@ -65,8 +63,26 @@ void img_direct_drain(struct img *img)
 	if (!atomic_load(&img->direct_inflight))
 		return;
 	pthread_mutex_lock(&img->direct_lock);
-	while (atomic_load(&img->direct_inflight))
-		pthread_cond_wait(&img->direct_idle, &img->direct_lock);
+	while (atomic_load(&img->direct_inflight)) {
+		struct timespec ts;
+
+		/* The transfers may sit completed on an engine's ring whose
+		 * owner is blocked on this image's lock, which our caller
+		 * holds: reap them from here. */
+		pthread_mutex_unlock(&img->direct_lock);
+		img_aio_reap_all();
+		pthread_mutex_lock(&img->direct_lock);
+		if (!atomic_load(&img->direct_inflight))
+			break;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_nsec += 1000000;
+		if (ts.tv_nsec >= 1000000000) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000;
+		}
+		pthread_cond_timedwait(&img->direct_idle, &img->direct_lock,
+				       &ts);
+	}
 	pthread_mutex_unlock(&img->direct_lock);
 }
 
@@ -126,6 +142,42 @@ int img_data_check_vecs(struct img *img, struct img_io *io, const void *buf,
 	return 0;
 }
 
+int img_direct_map(struct img *img, void *buf, uint64_t off, uint64_t len,
+		   bool write, struct img_io **io, struct img_io_vec *vecs,
+		   unsigned *n)
+{
+	int ret;
+
+	if (!img->drv->map_direct)
+		return 0;
+	lock(img);
+	ret = img->drv->map_direct(img, buf, off, len, write, io, vecs, n);
+	if (ret > 0 && *n > IMG_DIRECT_MAX_VECS)
+		ret = img_error(-EIO,
+				"%s: mapping at offset %" PRIu64
+				" returned %u transfers (at most %u)",
+				img->drv->name, off, *n, IMG_DIRECT_MAX_VECS);
+	if (ret > 0 && !write) {
+		int r = img_data_check_vecs(img, *io, buf, off, vecs, *n);
+
+		if (r < 0)
+			ret = r;
+	}
+	if (ret > 0)
+		atomic_fetch_add(&img->direct_inflight, 1);
+	unlock(img);
+	return ret < 0 ? ret : ret > 0;
+}
+
+void img_direct_release(struct img *img)
+{
+	if (atomic_fetch_sub(&img->direct_inflight, 1) == 1) {
+		pthread_mutex_lock(&img->direct_lock);
+		pthread_cond_broadcast(&img->direct_idle);
+		pthread_mutex_unlock(&img->direct_lock);
+	}
+}
+
 /*
  * Read or write one chunk. When the driver maps it with .map_direct, the
  * data moves without the image lock, so requests on allocated data overlap
@@ -135,38 +187,23 @@ int img_data_check_vecs(struct img *img, struct img_io *io, const void *buf,
 static int transfer(struct img *img, void *buf, uint64_t off, uint64_t len,
 		    bool write, unsigned flags)
 {
-	struct img_io_vec vecs[DIRECT_MAX_VECS];
-	unsigned n = DIRECT_MAX_VECS;
+	struct img_io_vec vecs[IMG_DIRECT_MAX_VECS];
+	unsigned n = IMG_DIRECT_MAX_VECS;
 	struct img_io *io;
-	int ret = 0;
+	int ret;
 
-	lock(img);
-	if (img->drv->map_direct && !img->drv->thread_safe)
-		ret = img->drv->map_direct(img, buf, off, len, write, &io, vecs,
-					   &n);
+	ret = img_direct_map(img, buf, off, len, write, &io, vecs, &n);
+	if (ret < 0)
+		return ret;
 	if (ret == 0) {
+		lock(img);
 		ret = write ? img->drv->write(img, buf, off, len, flags) :
 			      img->drv->read(img, buf, off, len);
 		unlock(img);
 		return ret;
 	}
-	if (ret > 0 && !write) {
-		int r = img_data_check_vecs(img, io, buf, off, vecs, n);
-
-		if (r < 0)
-			ret = r;
-	}
-	if (ret > 0)
-		atomic_fetch_add(&img->direct_inflight, 1);
-	unlock(img);
-	if (ret < 0)
-		return ret;
 	ret = n ? img_io_submit(io, vecs, n) : 0;
-	if (atomic_fetch_sub(&img->direct_inflight, 1) == 1) {
-		pthread_mutex_lock(&img->direct_lock);
-		pthread_cond_broadcast(&img->direct_idle);
-		pthread_mutex_unlock(&img->direct_lock);
-	}
+	img_direct_release(img);
 	return ret;
 }
 

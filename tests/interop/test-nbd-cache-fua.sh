@@ -2,8 +2,10 @@
 # SPDX-License-Identifier: MIT
 # NBD_CMD_CACHE and FUA on TRIM and WRITE_ZEROES. nbdinfo must see CACHE
 # and FUA advertised. A raw client (nbd-hostile.py's Conn) sends CACHE,
-# which must read the range through the image (the server's read counter
-# in /proc/PID/io grows by at least its length) and leave the data intact;
+# which must read the range through the image (with the file dropped from
+# the page cache first, at least its length is resident afterwards: the
+# server's reads go through io_uring, which /proc/PID/io does not count)
+# and leave the data intact;
 # CACHE past the end fails EINVAL. TRIM with FUA, and qemu-io's WRITE_ZEROES
 # with FUA (write -z -f), must write back the image's metadata before the
 # reply: qemu-img map -U on the served file shows the range as zeroes at
@@ -41,25 +43,47 @@ for e in json.load(open(sys.argv[1])):
 EOF
 }
 
-python3 - "$(dirname "$0")/nbd-hostile.py" "$T/s.sock" "$pid" <<'EOF' ||
-import importlib.util, sys
+python3 - "$(dirname "$0")/nbd-hostile.py" "$T/s.sock" "$T/a.qcow2" <<'EOF' ||
+import ctypes, importlib.util, mmap, os, sys
 spec = importlib.util.spec_from_file_location("h", sys.argv[1])
 h = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(h)
 M = 1 << 20
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
 
-def rchar():
-    for line in open("/proc/%s/io" % sys.argv[3]):
-        if line.startswith("rchar:"):
-            return int(line.split()[1])
+def resident(path):
+    """Bytes of path in the page cache (mincore over a mapping of it)."""
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+    mm = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE,
+                   prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    os.close(fd)
+    page = mmap.PAGESIZE
+    vec = (ctypes.c_ubyte * ((size + page - 1) // page))()
+    first = ctypes.c_char.from_buffer(mm)
+    ret = libc.mincore(ctypes.addressof(first), size, vec)
+    del first
+    mm.close()
+    assert ret == 0, os.strerror(ctypes.get_errno())
+    return sum(1 for v in vec if v & 1) * page
+
+def evict(path):
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
 
 c = h.Conn(sys.argv[2])
 c.greet()
 c.go()
-r0 = rchar()
+evict(sys.argv[3])
+r0 = resident(sys.argv[3])
+assert r0 < 4 * M, "the file stayed in the page cache (%d bytes)" % r0
 e, _ = c.command(h.CMD_CACHE, 0, 8 * M)
 assert e == 0, "CACHE failed: %d" % e
-assert rchar() - r0 >= 8 * M, "CACHE read only %d bytes" % (rchar() - r0)
+r1 = resident(sys.argv[3])
+assert r1 - r0 >= 8 * M, "CACHE read only %d bytes" % (r1 - r0)
 e, _ = c.command(h.CMD_CACHE, 32 * M, 8 * M)  # never written: a hole
 assert e == 0, "CACHE of a hole failed: %d" % e
 e, _ = c.command(h.CMD_CACHE, 64 * M - 4096, 8192)

@@ -125,7 +125,6 @@ static uint8_t sector_busy[SECTORS];
 static atomic_int bad;
 
 static pthread_mutex_t done_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t done_cond = PTHREAD_COND_INITIALIZER;
 static int done_q[MAX_INFLIGHT];
 static int done_n;
 
@@ -146,7 +145,6 @@ static void on_done(struct img_aio_req *req, int ret)
 	}
 	pthread_mutex_lock(&done_lock);
 	done_q[done_n++] = (int)(t - reqs);
-	pthread_cond_signal(&done_cond);
 	pthread_mutex_unlock(&done_lock);
 }
 
@@ -208,13 +206,20 @@ static void settle_pair(struct img *img, struct treq *w)
 }
 
 /* Take completions (waiting for one if wait) and release their ranges. */
+static struct img_aio *engine;
+
 static void reap(struct img *img, bool wait)
 {
 	int q[MAX_INFLIGHT], n;
 
+	/* Completions are delivered on this thread, by polling. */
+	img_aio_poll(engine);
 	pthread_mutex_lock(&done_lock);
-	while (wait && !done_n)
-		pthread_cond_wait(&done_cond, &done_lock);
+	while (wait && !done_n) {
+		pthread_mutex_unlock(&done_lock);
+		img_aio_wait(engine);
+		pthread_mutex_lock(&done_lock);
+	}
 	n = done_n;
 	memcpy(q, done_q, sizeof(int) * (size_t)n);
 	done_n = 0;
@@ -245,6 +250,7 @@ static unsigned run_ops(struct img_aio *aio, struct img *img, struct qt_rng *r)
 {
 	unsigned done = 0, pairs = 0;
 
+	engine = aio;
 	for (int i = 0; i < MAX_INFLIGHT; i++)
 		reqs[i].partner = -1;
 	while (done < N_OPS) {

@@ -42,7 +42,6 @@ struct bench {
 	unsigned long flush_interval;
 
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
 	unsigned long n; /* requests still to complete */
 	unsigned in_flight;
 	bool in_flush; /* a draining flush is running */
@@ -101,15 +100,6 @@ static void bench_record_error(struct bench *b, int ret, const char *msg)
 
 static void bench_done(struct img_aio_req *req, int ret);
 
-/* Called with b->lock held: wake the main thread when the run is over. */
-static void bench_maybe_wake(struct bench *b)
-{
-	if (b->flushes_running)
-		return;
-	if (!b->n || (b->err && !b->in_flight))
-		pthread_cond_signal(&b->cond);
-}
-
 /* Called with b->lock held: queue requests until depth are in flight. */
 static void bench_issue(struct bench *b)
 {
@@ -152,7 +142,6 @@ static void bench_issue(struct bench *b)
 			bench_record_error(b, ret, img_last_error());
 		}
 	}
-	bench_maybe_wake(b);
 }
 
 /* Called with b->lock held. Flush requests are allocated per flush: with
@@ -213,7 +202,6 @@ static void bench_done(struct img_aio_req *req, int ret)
 		if (!b->in_flight || !b->drain_on_flush)
 			bench_flush(b);
 		if (b->drain_on_flush) {
-			bench_maybe_wake(b);
 			pthread_mutex_unlock(&b->lock);
 			return;
 		}
@@ -365,7 +353,6 @@ int cmd_bench(int argc, char **argv)
 	if (!b)
 		return cli_fail(1, "bench: out of memory");
 	pthread_mutex_init(&b->lock, NULL);
-	pthread_cond_init(&b->cond, NULL);
 	if (cli_open(argv[optind], fmt, flags, io_kind, &b->img) < 0)
 		goto out;
 
@@ -430,9 +417,14 @@ int cmd_bench(int argc, char **argv)
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	pthread_mutex_lock(&b->lock);
 	bench_issue(b);
-	while (b->in_flight || b->flushes_running || (b->n && !b->err) ||
-	       (b->err && b->in_flight))
-		pthread_cond_wait(&b->cond, &b->lock);
+	/* Completions are delivered here, on this thread. */
+	while ((b->in_flight || b->flushes_running || (b->n && !b->err) ||
+		(b->err && b->in_flight)) &&
+	       img_aio_inflight(b->aio)) {
+		pthread_mutex_unlock(&b->lock);
+		img_aio_wait(b->aio);
+		pthread_mutex_lock(&b->lock);
+	}
 	pthread_mutex_unlock(&b->lock);
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	img_aio_drain(b->aio);
@@ -455,7 +447,6 @@ out:
 	free(reqs);
 	free(bufs);
 	pthread_mutex_destroy(&b->lock);
-	pthread_cond_destroy(&b->cond);
 	free(b);
 	return rc;
 }

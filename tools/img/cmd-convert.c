@@ -115,7 +115,6 @@ struct cv {
 	uint64_t next_write_seq;
 
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
 	struct cv_slot *done_head; /* completions, under lock */
 
 	int err; /* first error, under lock */
@@ -328,7 +327,6 @@ static void cv_done(struct img_aio_req *req, int ret)
 	}
 	slot->next_done = cv->done_head;
 	cv->done_head = slot;
-	pthread_cond_signal(&cv->cond);
 	pthread_mutex_unlock(&cv->lock);
 }
 
@@ -568,9 +566,13 @@ static int cv_run(struct cv *cv)
 				break;
 		}
 
+		/* Completions are delivered here, on this thread. */
 		pthread_mutex_lock(&cv->lock);
-		while (!cv->done_head)
-			pthread_cond_wait(&cv->cond, &cv->lock);
+		while (!cv->done_head && img_aio_inflight(cv->aio)) {
+			pthread_mutex_unlock(&cv->lock);
+			img_aio_wait(cv->aio);
+			pthread_mutex_lock(&cv->lock);
+		}
 		done = cv->done_head;
 		cv->done_head = NULL;
 		if (cv->err)
@@ -954,7 +956,6 @@ int cmd_convert(int argc, char **argv)
 	if (!cv)
 		return cli_fail(1, "convert: out of memory");
 	pthread_mutex_init(&cv->lock, NULL);
-	pthread_cond_init(&cv->cond, NULL);
 	cv->srcs = calloc((size_t)n_srcs, sizeof(*cv->srcs));
 	if (!cv->srcs) {
 		cli_fail(1, "convert: out of memory");
@@ -1112,7 +1113,6 @@ out:
 		free(cv->slots[i].buf);
 	free(cv->srcs);
 	pthread_mutex_destroy(&cv->lock);
-	pthread_cond_destroy(&cv->cond);
 	free(cv);
 	return rc;
 }

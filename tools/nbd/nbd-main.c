@@ -120,10 +120,12 @@ static void usage(FILE *f)
 		"references to\n"
 		"                           other files, cap metadata memory\n"
 		"      --handshake-timeout=SECONDS (default 10)\n"
-		"      --threads=N          I/O pool threads (default 2 per "
+		"      --threads=N          pool threads per connection for "
+		"requests that\n"
+		"                           need metadata work (default 2 per "
 		"CPU; 0: run\n"
 		"                           requests on each connection's "
-		"thread)\n"
+		"thread, one at a time)\n"
 		"  -h, --help  -V, --version\n");
 }
 

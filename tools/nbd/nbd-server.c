@@ -6,27 +6,23 @@
  * deadline and by the option size cap), then reads requests, validates them
  * with nbd_check_request() and runs them. READ, CACHE (a read whose data is
  * dropped), WRITE, WRITE_ZEROES, TRIM (FUA: flushed before the reply) and
- * FLUSH under INLINE_MIN bytes go to a shared img_aio pool (--threads,
- * default 2 per CPU); its done() callback sends the reply under the
- * connection's send lock, so replies go out in completion order, and a
+ * FLUSH go to the connection's own async engine (lib/aio.c): the reader
+ * thread submits them, the data of reads and writes the image maps straight
+ * to its file goes on the engine's io_uring ring from that thread, and the
+ * rest runs on the engine's small pool (--threads workers per connection).
+ * A reaper thread per connection waits on the engine's eventfd and delivers
+ * the completions, whose done() callback sends the reply under the
+ * connection's send lock, so replies go out in completion order. A
  * connection holds at most CONN_MAX_INFLIGHT requests and CONN_MAX_BYTES of
  * buffers (plus one request of any size), all connections together at most
  * SERVER_MAX_BYTES (a reader waits for its share, reading nothing meanwhile:
- * TCP pushes back on the client). Larger requests, and all of them
- * with --threads=0, run on the reader thread itself. Measured on a cached
- * 1 GiB qcow2 on this loaded 2-core host: running on the reader thread costs
- * less server CPU (11 against 18 us per 4 KiB read, qemu-nbd 44; 320
- * against 600-750 us per MiB of nbdcopy, qemu-nbd 750-1000), but for small
- * random requests the pool gave more IOPS (9.5k against 8.1k random reads,
- * 9.9k against 6.4k random writes, best of 3): more threads get more of a
- * contended CPU, and the data transfers of requests on allocated qcow2
- * clusters overlap (the library's fast path runs them outside the image
- * lock).
+ * TCP pushes back on the client). With --threads=0 requests run on the
+ * reader thread itself, one at a time.
  * A client that is gone (EOF or reset on read without NBD_CMD_DISC, a
- * failed send) gets nothing more read or sent: its reads not yet started
- * are dropped (taken off the pool's queue; one about to run on the reader
- * thread is checked with poll() first), writes it sent and requests already
- * running finish, and its slot is free for a new client before they do.
+ * failed send) gets nothing more read or sent: its reads still queued for
+ * the pool are dropped (img_aio_cancel), a large read not yet submitted is
+ * checked with poll() first, writes it sent and requests already running
+ * finish, and its slot is free for a new client before they do.
  * BLOCK_STATUS and zero-range reads are always answered on the reader
  * thread, and so is every request of a TLS connection, because an OpenSSL
  * session cannot be read and written from two threads at once.
@@ -76,7 +72,7 @@
 #define MAX_DISCARD_OPT (16u << 20) /* option payload we skip over */
 #define PREFERRED_BLOCK 4096
 #define SEND_TIMEOUT 10 /* seconds a reply may wait for the client */
-#define INLINE_MIN (128u << 10) /* requests this large skip the pool */
+#define HANGUP_CHECK_MIN (128u << 10) /* reads this large poll for a hang-up */
 #define BUF_CACHE_SLOTS 16 /* data buffers a connection keeps for reuse */
 #define BUF_CACHE_BYTES (4u << 20) /* and their total size at most */
 #define BUF_CACHE_MAX (1u << 20) /* the largest one kept */
@@ -95,7 +91,6 @@ struct nbd_server {
 	struct nbd_server_opts opts;
 	struct nbd_export *exports;
 	size_t n_exports;
-	struct img_aio *aio;
 	int stop_pipe[2];
 	pthread_mutex_t lock;
 	pthread_cond_t gone; /* a connection ended */
@@ -128,6 +123,12 @@ struct conn {
 	pthread_cond_t cond;
 	unsigned inflight;
 	uint64_t inflight_bytes;
+
+	/* The connection's async engine (NULL: everything runs on the
+	 * reader thread), and the thread that delivers its completions. */
+	struct img_aio *aio;
+	pthread_t reaper;
+	atomic_bool reaper_stop;
 
 	/* Negotiated state. */
 	bool no_zeroes, structured, extended, tls_done;
@@ -534,8 +535,8 @@ static void conn_abandon(struct conn *c)
 	if (atomic_exchange(&c->gone, true))
 		return;
 	shutdown(c->fd, SHUT_RDWR);
-	if (c->srv->aio)
-		img_aio_cancel(c->srv->aio, c);
+	if (c->aio)
+		img_aio_cancel(c->aio, c);
 }
 
 /* The client has closed or reset the connection: checked before a large
@@ -561,10 +562,11 @@ static int job_start(struct img_aio_req *req)
 	return 0;
 }
 
-/* Requests go to the aio pool; otherwise they run on the reader thread. */
+/* Requests go to the connection's engine; otherwise they run on the
+ * reader thread. */
 static bool use_pool(const struct conn *c)
 {
-	return c->srv->aio && !c->tls;
+	return c->aio;
 }
 
 /*
@@ -581,14 +583,15 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	/* A read (or CACHE) for a client that is gone is dropped, and a large
 	 * one is worth a poll() to find out; what a client sent to be written
 	 * is written even if it left. */
-	if (op == IMG_AIO_READ && (atomic_load(&c->gone) ||
-				   (r->len >= INLINE_MIN && peer_hung_up(c)))) {
+	if (op == IMG_AIO_READ &&
+	    (atomic_load(&c->gone) ||
+	     (r->len >= HANGUP_CHECK_MIN && peer_hung_up(c)))) {
 		conn_abandon(c);
 		buf_put(c, buf, r->len);
 		conn_release(c, buf ? r->len : 0);
 		return;
 	}
-	if (!use_pool(c) || r->len >= INLINE_MIN) {
+	if (!use_pool(c)) {
 		struct img_aio_req q = {
 			.op = op,
 			.buf = buf,
@@ -629,7 +632,7 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	j->req.start = job_start;
 	/* Only reads are cancelled (see above). */
 	j->req.opaque = op == IMG_AIO_READ ? c : NULL;
-	ret = img_aio_submit(c->srv->aio, c->exp->img, &j->req);
+	ret = img_aio_submit(c->aio, c->exp->img, &j->req);
 	if (ret < 0) {
 		j->req.error = img_last_error();
 		job_done(&j->req, ret);
@@ -1364,6 +1367,59 @@ static void set_timeout(int fd, int opt, unsigned secs)
 	setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv));
 }
 
+/* Deliver the engine's completions (job_done sends the replies) until
+ * told to stop. */
+static void *reaper_thread(void *arg)
+{
+	struct conn *c = arg;
+
+	while (!atomic_load(&c->reaper_stop)) {
+		struct pollfd p = { .fd = img_aio_fd(c->aio),
+				    .events = POLLIN };
+
+		if (poll(&p, 1, -1) < 0 && errno != EINTR)
+			break;
+		img_aio_poll(c->aio);
+	}
+	img_aio_poll(c->aio);
+	return NULL;
+}
+
+/* Give the connection an engine and its reaper; without them (TLS,
+ * --threads=0, or a failure here) requests run on the reader thread. */
+static void engine_start(struct conn *c)
+{
+	if (c->tls || !c->srv->opts.threads)
+		return;
+	if (img_aio_new(c->srv->opts.threads, &c->aio) < 0) {
+		log_msg("no async engine (%s): requests run one at a time",
+			img_last_error());
+		return;
+	}
+	if (pthread_create(&c->reaper, NULL, reaper_thread, c)) {
+		log_msg("cannot start a reaper thread: requests run one at a "
+			"time");
+		img_aio_free(c->aio);
+		c->aio = NULL;
+	}
+}
+
+/* Called once no request is in flight. */
+static void engine_stop(struct conn *c)
+{
+	uint64_t one = 1;
+
+	if (!c->aio)
+		return;
+	atomic_store(&c->reaper_stop, true);
+	if (write(img_aio_fd(c->aio), &one, sizeof(one)) < 0) {
+		/* The counter is not zero: the reaper wakes anyway. */
+	}
+	pthread_join(c->reaper, NULL);
+	img_aio_free(c->aio);
+	c->aio = NULL;
+}
+
 static void *conn_thread(void *arg)
 {
 	struct conn *c = arg;
@@ -1378,14 +1434,16 @@ static void *conn_thread(void *arg)
 	if (handshake(c) == 0) {
 		c->deadline.tv_sec = 0;
 		set_timeout(c->fd, SO_RCVTIMEO, 0);
-		/* A pool worker blocks in send while a client does not read its
+		/* The reaper blocks in send while a client does not read its
 		 * replies: a client that takes nothing for SEND_TIMEOUT (twice
 		 * that when the stall begins inside one send call) is dropped,
-		 * so it cannot hold the shared workers for longer. */
+		 * so it cannot hold its share of the server's buffer budget
+		 * for longer. */
 		set_timeout(c->fd, SO_SNDTIMEO, SEND_TIMEOUT);
 		pthread_mutex_lock(&s->lock);
 		s->served = true;
 		pthread_mutex_unlock(&s->lock);
+		engine_start(c);
 		transmission(c);
 	}
 	/* Nothing more is read: the slot is free for a new client now, while
@@ -1400,6 +1458,7 @@ static void *conn_thread(void *arg)
 	while (c->inflight)
 		pthread_cond_wait(&c->cond, &c->lock);
 	pthread_mutex_unlock(&c->lock);
+	engine_stop(c);
 	if (c->tls)
 		nbd_tls_close(c->tls);
 
@@ -1509,11 +1568,6 @@ int nbd_server_new(const struct nbd_server_opts *opts,
 		ret = img_error(-errno, "nbd: pipe: %s", strerror(errno));
 		goto fail;
 	}
-	if (opts->threads) {
-		ret = img_aio_new(opts->threads, &s->aio);
-		if (ret < 0)
-			goto fail;
-	}
 	*out = s;
 	return 0;
 fail:
@@ -1577,7 +1631,6 @@ int nbd_server_free(struct nbd_server *s)
 
 	if (!s)
 		return 0;
-	img_aio_free(s->aio);
 	for (size_t i = 0; i < s->n_exports; i++) {
 		int r = img_close(s->exports[i].img);
 
