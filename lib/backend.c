@@ -24,8 +24,8 @@
  * MAX_ERRNO). */
 #define MAX_ERRNO 4095
 
-#define EXT_KNOWN_FLAGS                                                  \
-	(IMG_EXT_DATA | IMG_EXT_ZERO | IMG_EXT_ALLOCATED |               \
+#define EXT_KNOWN_FLAGS                                    \
+	(IMG_EXT_DATA | IMG_EXT_ZERO | IMG_EXT_ALLOCATED | \
 	 IMG_EXT_OFFSET_VALID | IMG_EXT_COMPRESSED | IMG_EXT_ENCRYPTED)
 
 /* -EIO with "<driver>: <op> <what>", what printf-style. */
@@ -100,8 +100,8 @@ int backend_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 	return status(img->drv, "read", img->drv->read(img, buf, off, len));
 }
 
-int backend_write(struct img *img, const void *buf, uint64_t off,
-		  uint64_t len, unsigned flags)
+int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
+		  unsigned flags)
 {
 	if (!img->drv->write)
 		return missing(img->drv, "writing");
@@ -213,8 +213,7 @@ static int check_map(struct img *img, uint64_t off, uint64_t len,
 	return 0;
 }
 
-int backend_map(struct img *img, uint64_t off, uint64_t len,
-		struct img_map *m)
+int backend_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m)
 {
 	int ret;
 
@@ -361,8 +360,8 @@ int backend_check(struct img *img, unsigned flags, struct img_check *res)
 	    res->compressed_clusters > res->allocated_clusters)
 		return bug(drv, "check",
 			   "returned %" PRIu64 " allocated (%" PRIu64
-			   " fragmented, %" PRIu64
-			   " compressed) of %" PRIu64 " clusters",
+			   " fragmented, %" PRIu64 " compressed) of %" PRIu64
+			   " clusters",
 			   res->allocated_clusters, res->fragmented_clusters,
 			   res->compressed_clusters, res->total_clusters);
 	return 0;
@@ -396,8 +395,8 @@ int backend_snapshot_list(struct img *img, struct img_snapshot_info **out,
 
 	if (!snap_ops(img)->list)
 		return missing(drv, "internal snapshots");
-	ret = status(drv, "snapshot list", snap_ops(img)->list(img, &list,
-							       &count));
+	ret = status(drv, "snapshot list",
+		     snap_ops(img)->list(img, &list, &count));
 	if (ret < 0)
 		return ret;
 	if (count && !list)
@@ -436,7 +435,7 @@ int backend_snapshot_delete(struct img *img, const char *name_or_id)
 	if (!snap_ops(img)->delete)
 		return missing(img->drv, "internal snapshots");
 	return status(img->drv, "snapshot delete",
-		      snap_ops(img)->delete(img, name_or_id));
+		      snap_ops(img)->delete (img, name_or_id));
 }
 
 int backend_snapshot_load(struct img *img, const char *name_or_id)
@@ -478,8 +477,7 @@ int backend_make_empty(struct img *img)
 {
 	if (!img->drv->amend || !img->drv->amend->make_empty)
 		return 0;
-	return status(img->drv, "make_empty",
-		      img->drv->amend->make_empty(img));
+	return status(img->drv, "make_empty", img->drv->amend->make_empty(img));
 }
 
 /* ---- compressed clusters, encryption ---- */
@@ -577,8 +575,8 @@ int backend_bitmap_list(struct img *img, struct img_bitmap_info **out,
 	return 0;
 }
 
-int backend_bitmap_add(struct img *img, const char *name,
-		       uint64_t granularity, bool disabled)
+int backend_bitmap_add(struct img *img, const char *name, uint64_t granularity,
+		       bool disabled)
 {
 	if (!bm_ops(img)->add)
 		return missing(img->drv, "persistent bitmaps");

@@ -649,8 +649,7 @@ int img_set_backing(struct img *img, const char *backing, const char *fmt)
 		ret = img_chain_open(img);
 	if (ret >= 0) {
 		pthread_mutex_lock(&img->lock);
-		ret = backend_set_backing(img, backing,
-					  backing ? fmt : NULL);
+		ret = backend_set_backing(img, backing, backing ? fmt : NULL);
 		pthread_mutex_unlock(&img->lock);
 	}
 	if (ret < 0) {

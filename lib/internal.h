@@ -76,13 +76,12 @@ int img_open_driver(struct img_io *io, const struct img_driver *drv,
  * make_empty, close), 0 (probe, map_direct: no fast path), img_io_flush
  * (flush), -ENOTSUP without a message (crypt_info), else -ENOTSUP with one.
  */
-int backend_probe(const struct img_driver *drv, const uint8_t *buf,
-		  size_t len);
+int backend_probe(const struct img_driver *drv, const uint8_t *buf, size_t len);
 int backend_open(struct img *img, unsigned flags);
 void backend_close(struct img *img);
 int backend_read(struct img *img, void *buf, uint64_t off, uint64_t len);
-int backend_write(struct img *img, const void *buf, uint64_t off,
-		  uint64_t len, unsigned flags);
+int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
+		  unsigned flags);
 int backend_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
 int backend_discard(struct img *img, uint64_t off, uint64_t len);
 int backend_flush(struct img *img);
@@ -94,8 +93,7 @@ int backend_block_status(struct img *img, uint64_t off, uint64_t len,
  * compressed extent's range within its cluster (of 512 bytes to
  * IMG_MAX_DECOMPRESS_OUT), stream length 1..2 * IMG_MAX_DECOMPRESS_OUT and
  * a known codec; an encrypted one has a cipher. */
-int backend_map(struct img *img, uint64_t off, uint64_t len,
-		struct img_map *m);
+int backend_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m);
 /* 0, 1 or -errno; with 1, *n within the capacity it held, *io set and every
  * vector inside buf[0..len) in the request's direction. */
 int backend_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
@@ -139,8 +137,8 @@ int backend_crypt_info(struct img *img, struct img_crypt_info *out);
 /* A list of n > 0 entries exists, each named, power-of-two granularity. */
 int backend_bitmap_list(struct img *img, struct img_bitmap_info **out,
 			size_t *n);
-int backend_bitmap_add(struct img *img, const char *name,
-		       uint64_t granularity, bool disabled);
+int backend_bitmap_add(struct img *img, const char *name, uint64_t granularity,
+		       bool disabled);
 int backend_bitmap_remove(struct img *img, const char *name);
 int backend_bitmap_clear(struct img *img, const char *name);
 int backend_bitmap_enable(struct img *img, const char *name, bool enable);
