@@ -404,10 +404,11 @@ int backend_snapshot_list(struct img *img, struct img_snapshot_info **out,
 			   "returned %zu snapshots and no list", count);
 	for (size_t i = 0; i < count; i++)
 		if (!list[i].id || !list[i].name) {
+			const char *what = list[i].id ? "a name" : "an id";
+
 			img_snapshot_list_free(list, count);
 			return bug(drv, "snapshot list",
-				   "returned snapshot %zu without %s", i,
-				   list[i].id ? "a name" : "an id");
+				   "returned snapshot %zu without %s", i, what);
 		}
 	*out = list;
 	*n = count;
