@@ -231,6 +231,12 @@ static const struct img_opt_desc raw_create_opts[] = {
 	{ NULL, 0, NULL },
 };
 
+static const struct img_create_ops raw_create_ops = {
+	.create = raw_create,
+	.opts = raw_create_opts,
+	.measure = raw_measure,
+};
+
 const struct img_driver raw_driver = {
 	.name = "raw",
 	.priv_size = 0,
@@ -244,8 +250,6 @@ const struct img_driver raw_driver = {
 	.zero = raw_zero,
 	.discard = raw_discard,
 	.block_status = raw_block_status,
-	.create = raw_create,
-	.create_opts = raw_create_opts,
+	.create = &raw_create_ops,
 	.resize = raw_resize,
-	.measure = raw_measure,
 };

@@ -527,6 +527,11 @@ static const struct img_opt_desc vdi_create_opts[] = {
 	{ NULL, 0, NULL },
 };
 
+static const struct img_create_ops vdi_create_ops = {
+	.create = vdi_create,
+	.opts = vdi_create_opts,
+};
+
 const struct img_driver vdi_driver = {
 	.name = "vdi",
 	.priv_size = sizeof(struct vdi),
@@ -537,8 +542,7 @@ const struct img_driver vdi_driver = {
 	.write = vdi_write,
 	.flush = vdi_flush,
 	.block_status = vdi_block_status,
-	.create = vdi_create,
-	.create_opts = vdi_create_opts,
+	.create = &vdi_create_ops,
 	.info = vdi_info,
 	.check = vdi_check,
 };

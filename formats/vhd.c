@@ -1105,6 +1105,11 @@ static const struct img_opt_desc vhd_create_opts[] = {
 	{ NULL, 0, NULL },
 };
 
+static const struct img_create_ops vhd_create_ops = {
+	.create = vhd_create,
+	.opts = vhd_create_opts,
+};
+
 const struct img_driver vpc_driver = {
 	.name = "vpc",
 	.priv_size = sizeof(struct vhd),
@@ -1115,8 +1120,7 @@ const struct img_driver vpc_driver = {
 	.write = vhd_write,
 	.flush = vhd_flush,
 	.block_status = vhd_block_status,
-	.create = vhd_create,
-	.create_opts = vhd_create_opts,
+	.create = &vhd_create_ops,
 	.info = vhd_info,
 	.check = vhd_check,
 };

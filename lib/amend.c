@@ -59,7 +59,7 @@ int img_amend(struct img *img, const struct img_kv *opts, size_t n_opts,
 		}
 	}
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->amend(img, rest, n, progress);
+	ret = backend_amend(img, rest, n, progress);
 	pthread_mutex_unlock(&img->lock);
 	if (ret < 0)
 		goto out;

@@ -61,7 +61,7 @@ int img_bitmap_list(struct img *img, struct img_bitmap_info **out, size_t *n)
 	if (!img->drv->bitmap)
 		return not_supported(img);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->bitmap->list(img, out, n);
+	ret = backend_bitmap_list(img, out, n);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -90,7 +90,7 @@ int img_bitmap_add(struct img *img, const char *name, uint64_t granularity,
 				 " must be a power of 2 from 512 to 2G",
 				 granularity);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->bitmap->add(img, name, granularity, disabled);
+	ret = backend_bitmap_add(img, name, granularity, disabled);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -102,7 +102,7 @@ int img_bitmap_remove(struct img *img, const char *name)
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->bitmap->remove(img, name);
+	ret = backend_bitmap_remove(img, name);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -114,7 +114,7 @@ int img_bitmap_clear(struct img *img, const char *name)
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->bitmap->clear(img, name);
+	ret = backend_bitmap_clear(img, name);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -126,7 +126,7 @@ int img_bitmap_enable(struct img *img, const char *name, bool enable)
 	if (ret < 0)
 		return ret;
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->bitmap->enable(img, name, enable);
+	ret = backend_bitmap_enable(img, name, enable);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -144,7 +144,7 @@ int img_bitmap_dirty(struct img *img, const char *name, uint64_t off,
 				 " is outside the image (size %" PRIu64 ")",
 				 off, len, img->size);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->bitmap->dirty(img, name, off, len, dirty, run_len);
+	ret = backend_bitmap_dirty(img, name, off, len, dirty, run_len);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -174,7 +174,7 @@ int img_bitmap_merge(struct img *img, const char *name, struct img *src,
 	if (size == 0)
 		return 0;
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->bitmap->set_dirty(img, name, 0, 0);
+	ret = backend_bitmap_set_dirty(img, name, 0, 0);
 	pthread_mutex_unlock(&img->lock);
 	while (ret == 0 && off < size) {
 		ret = img_bitmap_dirty(src, src_name, off, size - off, &dirty,
@@ -184,7 +184,7 @@ int img_bitmap_merge(struct img *img, const char *name, struct img *src,
 			continue;
 		}
 		pthread_mutex_lock(&img->lock);
-		ret = img->drv->bitmap->set_dirty(img, name, off, run);
+		ret = backend_bitmap_set_dirty(img, name, off, run);
 		pthread_mutex_unlock(&img->lock);
 		off += run;
 	}

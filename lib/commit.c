@@ -197,10 +197,11 @@ int img_commit(struct img *top, struct img *base, unsigned flags,
 	free(buf);
 	if (ret >= 0)
 		ret = img_flush(base);
-	if (ret < 0 || (flags & IMG_COMMIT_KEEP) || !top->drv->make_empty)
+	if (ret < 0 || (flags & IMG_COMMIT_KEEP) || !top->drv->amend ||
+	    !top->drv->amend->make_empty)
 		return ret < 0 ? ret : 0;
 	pthread_mutex_lock(&top->lock);
-	ret = top->drv->make_empty(top);
+	ret = backend_make_empty(top);
 	pthread_mutex_unlock(&top->lock);
 	if (ret < 0)
 		return img_error(ret, "Could not empty %s: %s",

@@ -296,13 +296,13 @@ int img_compress_params(struct img *img, enum img_compress_type *type,
 {
 	int ret;
 
-	if (!img->drv->compress_params || !img->drv->write_compressed)
+	if (!img->drv->compress || !img->drv->compress->write)
 		return img_error(-ENOTSUP,
 				 "Compression not supported for this file "
 				 "format");
 	if (!img->drv->thread_safe)
 		pthread_mutex_lock(&img->lock);
-	ret = img->drv->compress_params(img, type, cluster_size);
+	ret = backend_compress_params(img, type, cluster_size);
 	if (!img->drv->thread_safe)
 		pthread_mutex_unlock(&img->lock);
 	return ret;
@@ -313,7 +313,7 @@ int img_write_compressed(struct img *img, const struct img_compressed *v,
 {
 	int ret;
 
-	if (!img->drv->write_compressed)
+	if (!img->drv->compress)
 		return img_error(-ENOTSUP,
 				 "Compression not supported for this file "
 				 "format");
@@ -333,7 +333,7 @@ int img_write_compressed(struct img *img, const struct img_compressed *v,
 		return 0;
 	if (!img->drv->thread_safe)
 		pthread_mutex_lock(&img->lock);
-	ret = img->drv->write_compressed(img, v, n);
+	ret = backend_write_compressed(img, v, n);
 	if (!img->drv->thread_safe)
 		pthread_mutex_unlock(&img->lock);
 	return ret;

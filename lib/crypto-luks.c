@@ -1470,11 +1470,11 @@ int img_crypt_info(struct img *img, struct img_crypt_info *out)
 {
 	int ret;
 
-	if (!img->drv->crypt_info)
+	if (!img->drv->crypt)
 		return -ENOTSUP;
 	if (!img->drv->thread_safe)
 		pthread_mutex_lock(&img->lock);
-	ret = img->drv->crypt_info(img, out);
+	ret = backend_crypt_info(img, out);
 	if (!img->drv->thread_safe)
 		pthread_mutex_unlock(&img->lock);
 	return ret;

@@ -54,8 +54,10 @@ static int probe(struct img_io *io, const char *filename,
 	}
 	for (size_t i = 0; img_format_table[i]; i++) {
 		const struct img_driver *drv = img_format_table[i];
-		int score = drv->probe ? drv->probe(buf, len) : 0;
+		int score = backend_probe(drv, buf, len);
 
+		if (score < 0)
+			return score;
 		if (score > best_score) {
 			best_score = score;
 			best = drv;
@@ -84,12 +86,13 @@ static void img_free(struct img *img)
 	free(img);
 }
 
-int img_open_layer(struct img_io *io, const char *filename,
-		   const struct img_open_opts *opts, unsigned depth,
-		   struct img **out)
+/* img_open_layer with the driver drv, or when NULL the one opts->format
+ * names, else the one probing finds. */
+static int open_layer(struct img_io *io, const char *filename,
+		      const struct img_open_opts *opts, unsigned depth,
+		      const struct img_driver *drv, struct img **out)
 {
 	static const struct img_open_opts defaults;
-	const struct img_driver *drv;
 	struct img *img;
 	int ret;
 
@@ -120,7 +123,8 @@ int img_open_layer(struct img_io *io, const char *filename,
 		}
 	}
 
-	if (opts->format) {
+	if (drv) {
+	} else if (opts->format) {
 		drv = get_driver(opts->format);
 		if (!drv) {
 			ret = -EINVAL;
@@ -137,7 +141,7 @@ int img_open_layer(struct img_io *io, const char *filename,
 		ret = img_error(-ENOMEM, "out of memory");
 		goto fail;
 	}
-	ret = drv->open(img, opts->flags);
+	ret = backend_open(img, opts->flags);
 	if (ret < 0)
 		goto fail;
 	*out = img;
@@ -145,6 +149,19 @@ int img_open_layer(struct img_io *io, const char *filename,
 fail:
 	img_free(img);
 	return ret;
+}
+
+int img_open_layer(struct img_io *io, const char *filename,
+		   const struct img_open_opts *opts, unsigned depth,
+		   struct img **out)
+{
+	return open_layer(io, filename, opts, depth, NULL, out);
+}
+
+int img_open_driver(struct img_io *io, const struct img_driver *drv,
+		    const struct img_open_opts *opts, struct img **out)
+{
+	return open_layer(io, NULL, opts, 0, drv, out);
 }
 
 int img_open_io(struct img_io *io, const char *filename,
@@ -228,11 +245,10 @@ int img_close(struct img *img)
 		return 0;
 	if (!img_read_only(img)) {
 		pthread_mutex_lock(&img->lock);
-		ret = img->drv->flush ? img->drv->flush(img) :
-					img_io_flush(img->file);
+		ret = backend_flush(img);
 		pthread_mutex_unlock(&img->lock);
 	}
-	img->drv->close(img);
+	backend_close(img);
 	img_close(img->backing);
 	img_free(img);
 	return ret;
@@ -242,9 +258,9 @@ int img_close(struct img *img)
 
 static bool opt_listed(const struct img_driver *drv, const char *key)
 {
-	if (!drv->create_opts)
-		return false;
-	for (const struct img_opt_desc *d = drv->create_opts; d->name; d++)
+	const struct img_opt_desc *d = backend_create_opts(drv);
+
+	for (; d && d->name; d++)
 		if (!strcmp(d->name, key))
 			return true;
 	return false;
@@ -366,7 +382,7 @@ int img_create_io(struct img_io *io, const char *filename,
 
 	if (ret < 0)
 		return ret;
-	return drv->create(filename, io, &o);
+	return backend_create(drv, filename, io, &o);
 }
 
 int img_create(const char *path, const struct img_create_opts *opts)
@@ -392,7 +408,7 @@ int img_create(const char *path, const struct img_create_opts *opts)
 				 strerror(-ret));
 	if (ret < 0)
 		return ret;
-	ret = drv->create(path, io, &o);
+	ret = backend_create(drv, path, io, &o);
 	if (ret >= 0)
 		ret = img_io_flush(io);
 	img_io_close(io);
@@ -452,7 +468,8 @@ int img_create_help(const char *format, char *buf, size_t buf_size)
 {
 	const struct img_driver *drv = get_driver(format);
 
-	return drv ? opts_help(drv->create_opts, buf, buf_size) : -EINVAL;
+	return drv ? opts_help(backend_create_opts(drv), buf, buf_size) :
+		     -EINVAL;
 }
 
 int img_amend_help(const char *format, char *buf, size_t buf_size)
@@ -466,7 +483,7 @@ int img_amend_help(const char *format, char *buf, size_t buf_size)
 			-ENOTSUP,
 			"Format driver '%s' does not support option amendment",
 			drv->name);
-	return opts_help(drv->amend_opts, buf, buf_size);
+	return opts_help(backend_amend_opts(drv), buf, buf_size);
 }
 
 static const char *format_names[32];
@@ -507,7 +524,7 @@ int img_info(struct img *img, struct img_info *info)
 	info->full_backing_file = img->backing_path;
 	if (img->drv->info) {
 		pthread_mutex_lock(&img->lock);
-		ret = img->drv->info(img, info);
+		ret = backend_info(img, info);
 		pthread_mutex_unlock(&img->lock);
 	}
 	return ret < 0 ? ret : 0;
@@ -574,7 +591,7 @@ int img_check(struct img *img, unsigned flags, struct img_check *res)
 				 "%s: cannot repair '%s': opened read-only",
 				 img->drv->name, img_filename(img));
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->check(img, flags, res);
+	ret = backend_check(img, flags, res);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -591,14 +608,14 @@ int img_measure(const struct img_create_opts *opts, struct img *src,
 	drv = get_driver(opts->format);
 	if (!drv)
 		return -EINVAL;
-	if (!drv->measure)
+	if (!drv->create || !drv->create->measure)
 		return img_error(-ENOTSUP,
 				 "%s: format does not support measure",
 				 drv->name);
 	ret = create_merge_opts(drv, opts, &o);
 	if (ret < 0)
 		return ret;
-	return drv->measure(&o, src, out);
+	return backend_measure(drv, &o, src, out);
 }
 
 int img_set_backing(struct img *img, const char *backing, const char *fmt)
@@ -607,7 +624,7 @@ int img_set_backing(struct img *img, const char *backing, const char *fmt)
 	struct img *old_backing;
 	int ret;
 
-	if (!img->drv->set_backing)
+	if (!img->drv->amend || !img->drv->amend->set_backing)
 		return img_error(-ENOTSUP,
 				 "%s: format does not support backing files",
 				 img->drv->name);
@@ -634,7 +651,7 @@ int img_set_backing(struct img *img, const char *backing, const char *fmt)
 		ret = img_chain_open(img);
 	if (ret >= 0) {
 		pthread_mutex_lock(&img->lock);
-		ret = img->drv->set_backing(img, backing, backing ? fmt : NULL);
+		ret = backend_set_backing(img, backing, backing ? fmt : NULL);
 		pthread_mutex_unlock(&img->lock);
 	}
 	if (ret < 0) {

@@ -208,6 +208,9 @@ struct img_map {
  * off + len <= size, len > 0, and no write/zero/discard on a read-only image.
  * Ops are called under the image's lock unless .thread_safe is set.
  * A NULL optional op means "not supported" and the core supplies a default.
+ * Only lib/backend.c calls the ops, and it checks what they return: 0 or
+ * -errno (a positive value is a driver bug, reported as -EIO naming the
+ * driver and the op), lengths and counts within what was asked.
  */
 struct img_driver {
 	const char *name;
@@ -266,11 +269,7 @@ struct img_driver {
 			  uint64_t len, bool write, struct img_io **io,
 			  struct img_io_vec *vecs, unsigned *n);
 
-	/* Create the image in file (already created and empty); path is its
-	 * name, for resolving relative names. opts->size is set. */
-	int (*create)(const char *path, struct img_io *file,
-		      const struct img_create_opts *opts);
-	const struct img_opt_desc *create_opts; /* NULL-name terminated */
+	const struct img_create_ops *create; /* NULL: cannot create images */
 
 	/* Add cluster_size, dirty and format-specific fields to *info (the
 	 * core fills the generic ones first). */
@@ -278,45 +277,72 @@ struct img_driver {
 	int (*check)(struct img *img, unsigned flags, struct img_check *res);
 	int (*resize)(struct img *img, uint64_t size, unsigned flags,
 		      enum img_prealloc prealloc);
-	/* Rewrite the backing name/format in the image (NULL name: none). */
-	int (*set_backing)(struct img *img, const char *name, const char *fmt);
+
+	/* Optional op tables: a NULL table (or member) means the format does
+	 * not support it, and the core answers -ENOTSUP as documented in
+	 * img.h (make_empty: nothing to do; crypt: -ENOTSUP, no message). */
+	const struct img_snapshot_ops *snapshot;
+	const struct img_amend_ops *amend;
+	const struct img_compress_ops *compress;
+	const struct img_bitmap_ops *bitmap;
+	const struct img_crypt_ops *crypt;
+};
+
+/* Creating and measuring new images (lib/image.c checks the options). */
+struct img_create_ops {
+	/* Create the image in file (already created and empty); path is its
+	 * name, for resolving relative names. opts->size is set. */
+	int (*create)(const char *path, struct img_io *file,
+		      const struct img_create_opts *opts);
+	const struct img_opt_desc *opts; /* NULL-name terminated */
 	int (*measure)(const struct img_create_opts *opts, struct img *src,
 		       struct img_measure *out);
+};
 
-	/* Internal snapshots (see img.h; lib/snapshot.c checks read-only
-	 * and takes the image lock). NULL: -ENOTSUP. apply sets the size
-	 * with img_set_size(). */
-	int (*snapshot_list)(struct img *img, struct img_snapshot_info **out,
-			     size_t *n);
-	int (*snapshot_create)(struct img *img, const char *name);
-	int (*snapshot_apply)(struct img *img, const char *name_or_id);
-	int (*snapshot_delete)(struct img *img, const char *name_or_id);
+/*
+ * Internal snapshots (see img.h; lib/snapshot.c checks names and read-only
+ * and takes the image lock). apply sets the size with img_set_size(). list
+ * returns a malloc'd array of n entries (NULL when n is 0), each with a
+ * malloc'd id and name.
+ */
+struct img_snapshot_ops {
+	int (*list)(struct img *img, struct img_snapshot_info **out, size_t *n);
+	int (*create)(struct img *img, const char *name);
+	int (*apply)(struct img *img, const char *name_or_id);
+	int (*delete)(struct img *img, const char *name_or_id);
 	/* Turn a just-opened read-only image into a view of the snapshot
 	 * (img_open_opts.snapshot): reads see its disk, size its disk size. */
-	int (*snapshot_load)(struct img *img, const char *name_or_id);
+	int (*load)(struct img *img, const char *name_or_id);
+};
 
-	/* Compressed clusters (img_compress_params, img_write_compressed in
-	 * img.h; the core checks bounds and read-only). NULL: -ENOTSUP. */
-	int (*compress_params)(struct img *img, enum img_compress_type *type,
-			       uint64_t *cluster_size);
-	int (*write_compressed)(struct img *img, const struct img_compressed *v,
-				size_t n);
-
-	/* img_amend (lib/amend.c takes the lock and handles "size"): change
-	 * the options in opts; unknown keys fail -EINVAL naming the key.
-	 * progress may be NULL. NULL op: -ENOTSUP. */
+/* Changing an existing image's header (lib/amend.c, image.c, commit.c take
+ * the lock; amend.c handles "size"). */
+struct img_amend_ops {
+	/* img_amend: change the options in opts; unknown keys fail -EINVAL
+	 * naming the key. progress may be NULL. */
 	int (*amend)(struct img *img, const struct img_kv *opts, size_t n,
 		     const struct img_progress *progress);
-	const struct img_opt_desc *amend_opts; /* NULL-name terminated */
+	const struct img_opt_desc *opts; /* NULL-name terminated */
+	/* Rewrite the backing name/format in the image (NULL name: none). */
+	int (*set_backing)(struct img *img, const char *name, const char *fmt);
 	/* Make every range unallocated so the backing shows through (after a
 	 * commit). NULL: the image is left as it is, as qemu-img does. */
 	int (*make_empty)(struct img *img);
+};
 
-	/* Persistent dirty bitmaps (lib/bitmap.c). NULL: -ENOTSUP. */
-	const struct img_bitmap_ops *bitmap;
-	/* img_crypt_info (lib/crypto-luks.c takes the lock). NULL or
-	 * -ENOTSUP: not encrypted. */
-	int (*crypt_info)(struct img *img, struct img_crypt_info *out);
+/* Compressed clusters (img_compress_params, img_write_compressed in img.h;
+ * the core checks bounds and read-only). */
+struct img_compress_ops {
+	/* 0, or 1 when the image stores only compressed data. */
+	int (*params)(struct img *img, enum img_compress_type *type,
+		      uint64_t *cluster_size);
+	int (*write)(struct img *img, const struct img_compressed *v, size_t n);
+};
+
+/* Encryption (lib/crypto-luks.c takes the lock). */
+struct img_crypt_ops {
+	/* img_crypt_info; -ENOTSUP: not encrypted. */
+	int (*info)(struct img *img, struct img_crypt_info *out);
 };
 
 /*

@@ -35,7 +35,7 @@ struct img {
 	unsigned depth; /* 0 for the top image */
 	const struct img_secret *secret; /* passphrase, or NULL (secret.c) */
 	pthread_mutex_t lock; /* serialises driver calls unless thread_safe */
-	/* Transfers mapped by drv->map_direct running without lock (request.c):
+	/* Transfers mapped by .map_direct running without lock (request.c):
 	 * img_direct_drain() waits on direct_idle until none is left. */
 	atomic_uint direct_inflight;
 	pthread_mutex_t direct_lock;
@@ -60,6 +60,95 @@ int img_create_io(struct img_io *io, const char *filename,
 int img_secret_resolve(const struct img_kv *kv, size_t n,
 		       const struct img_secret *explicit_secret,
 		       const struct img_secret **out);
+
+/*
+ * Open an image on io with the driver drv (taking ownership of io, also on
+ * failure), as img_open_io does for a format name: for unit tests of drivers
+ * the format table does not list.
+ */
+int img_open_driver(struct img_io *io, const struct img_driver *drv,
+		    const struct img_open_opts *opts, struct img **out);
+
+/*
+ * lib/backend.c: the only callers of a driver's ops. Each calls one op and
+ * checks what it returns (see struct img_driver): a result the contract
+ * rules out is -EIO with "<driver>: <op> ..." as the message. No locking and
+ * no argument checks: the callers keep those. A NULL op (or op table) gives
+ * the default struct img_driver documents: nothing (discard, info,
+ * make_empty, close), 0 (probe, map_direct: no fast path), img_io_flush
+ * (flush), -ENOTSUP without a message (crypt_info), else -ENOTSUP with one.
+ */
+int backend_probe(const struct img_driver *drv, const uint8_t *buf, size_t len);
+int backend_open(struct img *img, unsigned flags);
+void backend_close(struct img *img);
+int backend_read(struct img *img, void *buf, uint64_t off, uint64_t len);
+int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
+		  unsigned flags);
+int backend_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
+int backend_discard(struct img *img, uint64_t off, uint64_t len);
+int backend_flush(struct img *img);
+/* ext->len within 1..len, known flags only. */
+int backend_block_status(struct img *img, uint64_t off, uint64_t len,
+			 struct img_extent *ext);
+/* m->len within 1..len, known flags only; m->io set (img_file(img) when the
+ * driver left it NULL) for OFFSET_VALID and COMPRESSED extents; a
+ * compressed extent's range within its cluster (of 512 bytes to
+ * IMG_MAX_DECOMPRESS_OUT), stream length 1..2 * IMG_MAX_DECOMPRESS_OUT and
+ * a known codec; an encrypted one has a cipher. */
+int backend_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m);
+/* 0, 1 or -errno; with 1, *n within the capacity it held, *io set and every
+ * vector inside buf[0..len) in the request's direction. */
+int backend_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
+		       bool write, struct img_io **io, struct img_io_vec *vecs,
+		       unsigned *n);
+/* The option tables of a driver (NULL: none). */
+const struct img_opt_desc *backend_create_opts(const struct img_driver *drv);
+const struct img_opt_desc *backend_amend_opts(const struct img_driver *drv);
+int backend_create(const struct img_driver *drv, const char *path,
+		   struct img_io *file, const struct img_create_opts *opts);
+/* required <= fully_allocated. */
+int backend_measure(const struct img_driver *drv,
+		    const struct img_create_opts *opts, struct img *src,
+		    struct img_measure *out);
+/* format and virtual_size untouched, cluster_size 0 or a power of two,
+ * fields named and string fields set. */
+int backend_info(struct img *img, struct img_info *info);
+/* With has_stats: allocated <= total, fragmented and compressed <=
+ * allocated. */
+int backend_check(struct img *img, unsigned flags, struct img_check *res);
+int backend_resize(struct img *img, uint64_t size, unsigned flags,
+		   enum img_prealloc prealloc);
+/* A list of n > 0 entries exists, each with an id and a name. */
+int backend_snapshot_list(struct img *img, struct img_snapshot_info **out,
+			  size_t *n);
+int backend_snapshot_create(struct img *img, const char *name);
+int backend_snapshot_apply(struct img *img, const char *name_or_id);
+int backend_snapshot_delete(struct img *img, const char *name_or_id);
+int backend_snapshot_load(struct img *img, const char *name_or_id);
+int backend_amend(struct img *img, const struct img_kv *opts, size_t n,
+		  const struct img_progress *progress);
+int backend_set_backing(struct img *img, const char *name, const char *fmt);
+int backend_make_empty(struct img *img);
+/* 0 or 1; a known codec, a power-of-two cluster size of at least 512. */
+int backend_compress_params(struct img *img, enum img_compress_type *type,
+			    uint64_t *cluster_size);
+int backend_write_compressed(struct img *img, const struct img_compressed *v,
+			     size_t n);
+/* A format named, at most IMG_CRYPT_MAX_SLOTS slots. */
+int backend_crypt_info(struct img *img, struct img_crypt_info *out);
+/* A list of n > 0 entries exists, each named, power-of-two granularity. */
+int backend_bitmap_list(struct img *img, struct img_bitmap_info **out,
+			size_t *n);
+int backend_bitmap_add(struct img *img, const char *name, uint64_t granularity,
+		       bool disabled);
+int backend_bitmap_remove(struct img *img, const char *name);
+int backend_bitmap_clear(struct img *img, const char *name);
+int backend_bitmap_enable(struct img *img, const char *name, bool enable);
+int backend_bitmap_set_dirty(struct img *img, const char *name, uint64_t off,
+			     uint64_t len);
+/* *run_len within 1..len. */
+int backend_bitmap_dirty(struct img *img, const char *name, uint64_t off,
+			 uint64_t len, bool *dirty, uint64_t *run_len);
 
 /* ---- the faulty backend: fault injection and write recording ---- */
 

@@ -148,15 +148,8 @@ int img_direct_map(struct img *img, void *buf, uint64_t off, uint64_t len,
 {
 	int ret;
 
-	if (!img->drv->map_direct)
-		return 0;
 	lock(img);
-	ret = img->drv->map_direct(img, buf, off, len, write, io, vecs, n);
-	if (ret > 0 && *n > IMG_DIRECT_MAX_VECS)
-		ret = img_error(-EIO,
-				"%s: mapping at offset %" PRIu64
-				" returned %u transfers (at most %u)",
-				img->drv->name, off, *n, IMG_DIRECT_MAX_VECS);
+	ret = backend_map_direct(img, buf, off, len, write, io, vecs, n);
 	if (ret > 0 && !write) {
 		int r = img_data_check_vecs(img, *io, buf, off, vecs, *n);
 
@@ -197,8 +190,8 @@ static int transfer(struct img *img, void *buf, uint64_t off, uint64_t len,
 		return ret;
 	if (ret == 0) {
 		lock(img);
-		ret = write ? img->drv->write(img, buf, off, len, flags) :
-			      img->drv->read(img, buf, off, len);
+		ret = write ? backend_write(img, buf, off, len, flags) :
+			      backend_read(img, buf, off, len);
 		unlock(img);
 		return ret;
 	}
@@ -231,7 +224,7 @@ int img_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 
 static int flush_locked(struct img *img)
 {
-	return img->drv->flush ? img->drv->flush(img) : img_io_flush(img->file);
+	return backend_flush(img);
 }
 
 int img_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
@@ -275,7 +268,7 @@ static int zero_by_writing(struct img *img, uint64_t off, uint64_t len)
 	while (len) {
 		uint64_t n = img_min(len, buf_len);
 
-		ret = img->drv->write(img, zeroes, off, n, 0);
+		ret = backend_write(img, zeroes, off, n, 0);
 		if (ret < 0)
 			break;
 		off += n;
@@ -302,7 +295,7 @@ int img_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 
 		lock(img);
 		if (img->drv->zero)
-			ret = img->drv->zero(img, off, n, flags & ~IMG_FUA);
+			ret = backend_zero(img, off, n, flags & ~IMG_FUA);
 		else
 			ret = zero_by_writing(img, off, n);
 		unlock(img);
@@ -334,7 +327,7 @@ int img_discard(struct img *img, uint64_t off, uint64_t len)
 		uint64_t n = img_min(len, IMG_MAX_REQUEST);
 
 		lock(img);
-		ret = img->drv->discard(img, off, n);
+		ret = backend_discard(img, off, n);
 		unlock(img);
 		if (ret < 0)
 			return ret;
@@ -372,16 +365,10 @@ static int layer_status(struct img *img, uint64_t off, uint64_t len,
 		return 0;
 	}
 	lock(img);
-	ret = img->drv->block_status(img, off, len, ext);
+	ret = backend_block_status(img, off, len, ext);
 	unlock(img);
 	if (ret < 0)
 		return ret;
-	if (!ext->len || ext->len > len)
-		return img_error(-EIO,
-				 "%s: block status at offset %" PRIu64
-				 " returned length %" PRIu64
-				 " for a request of %" PRIu64,
-				 img->drv->name, off, ext->len, len);
 	ext->off = off;
 	ext->depth = img->depth;
 	if ((ext->flags & IMG_EXT_OFFSET_VALID) && !ext->file)
@@ -455,7 +442,7 @@ int img_resize(struct img *img, uint64_t size, unsigned flags,
 	if (size == img->size)
 		return 0;
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->resize(img, size, flags, prealloc);
+	ret = backend_resize(img, size, flags, prealloc);
 	if (ret >= 0)
 		img->size = size;
 	pthread_mutex_unlock(&img->lock);

@@ -62,12 +62,11 @@ int img_snapshot_list(struct img *img, struct img_snapshot_info **out,
 {
 	int ret;
 
-	if (!img->drv->snapshot_list && !io_snapshots(img))
+	if (!img->drv->snapshot && !io_snapshots(img))
 		return not_supported(img);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->snapshot_list ?
-		      img->drv->snapshot_list(img, out, n) :
-		      img_io_rbd_snapshot_list(img->file, out, n);
+	ret = img->drv->snapshot ? backend_snapshot_list(img, out, n) :
+				   img_io_rbd_snapshot_list(img->file, out, n);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -87,15 +86,15 @@ int img_snapshot_create(struct img *img, const char *name)
 {
 	int ret;
 
-	if (!img->drv->snapshot_create && !io_snapshots(img))
+	if (!img->drv->snapshot && !io_snapshots(img))
 		return not_supported(img);
 	if ((ret = check_name("name", name)) < 0 ||
 	    (ret = check_writable(img)) < 0)
 		return ret;
-	if (!img->drv->snapshot_create)
+	if (!img->drv->snapshot)
 		return io_snapshot(img, IMG_IO_SNAP_CREATE, name);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->snapshot_create(img, name);
+	ret = backend_snapshot_create(img, name);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -104,15 +103,15 @@ int img_snapshot_apply(struct img *img, const char *name_or_id)
 {
 	int ret;
 
-	if (!img->drv->snapshot_apply && !io_snapshots(img))
+	if (!img->drv->snapshot && !io_snapshots(img))
 		return not_supported(img);
 	if ((ret = check_name("name or id", name_or_id)) < 0 ||
 	    (ret = check_writable(img)) < 0)
 		return ret;
-	if (!img->drv->snapshot_apply)
+	if (!img->drv->snapshot)
 		return io_snapshot(img, IMG_IO_SNAP_APPLY, name_or_id);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->snapshot_apply(img, name_or_id);
+	ret = backend_snapshot_apply(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -121,15 +120,15 @@ int img_snapshot_delete(struct img *img, const char *name_or_id)
 {
 	int ret;
 
-	if (!img->drv->snapshot_delete && !io_snapshots(img))
+	if (!img->drv->snapshot && !io_snapshots(img))
 		return not_supported(img);
 	if ((ret = check_name("name or id", name_or_id)) < 0 ||
 	    (ret = check_writable(img)) < 0)
 		return ret;
-	if (!img->drv->snapshot_delete)
+	if (!img->drv->snapshot)
 		return io_snapshot(img, IMG_IO_SNAP_DELETE, name_or_id);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->snapshot_delete(img, name_or_id);
+	ret = backend_snapshot_delete(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -138,7 +137,7 @@ int img_snapshot_load(struct img *img, const char *name_or_id)
 {
 	int ret;
 
-	if (!img->drv->snapshot_load && !io_snapshots(img))
+	if (!img->drv->snapshot && !io_snapshots(img))
 		return not_supported(img);
 	if ((ret = check_name("name or id", name_or_id)) < 0)
 		return ret;
@@ -146,10 +145,10 @@ int img_snapshot_load(struct img *img, const char *name_or_id)
 		return img_error(-EINVAL,
 				 "snapshot: '%s' can only be opened read-only",
 				 name_or_id);
-	if (!img->drv->snapshot_load)
+	if (!img->drv->snapshot)
 		return io_snapshot(img, IMG_IO_SNAP_LOAD, name_or_id);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->snapshot_load(img, name_or_id);
+	ret = backend_snapshot_load(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }

@@ -764,7 +764,7 @@ static int amend_backing(struct img *img, struct qcow2 *s,
 			-EINVAL,
 			"Could not change the backing file to '%s': backing format must be specified",
 			name);
-	ret = qcow2_driver.set_backing(img, name, fmt);
+	ret = qcow2_set_backing(img, name, fmt);
 	if (ret < 0)
 		return ret;
 	return img_set_backing_name(img, name, fmt);

@@ -760,7 +760,7 @@ static int qcow2_resize(struct img *img, uint64_t size, unsigned flags,
 	return 0;
 }
 
-static int qcow2_set_backing(struct img *img, const char *name, const char *fmt)
+int qcow2_set_backing(struct img *img, const char *name, const char *fmt)
 {
 	struct qcow2 *s = img_priv(img);
 	char *new_name = NULL, *new_fmt = NULL;
@@ -801,6 +801,36 @@ static int qcow2_set_backing(struct img *img, const char *name, const char *fmt)
 	return 0;
 }
 
+static const struct img_create_ops qcow2_create_ops = {
+	.create = qcow2_create,
+	.opts = qcow2_create_opts,
+	.measure = qcow2_measure,
+};
+
+static const struct img_snapshot_ops qcow2_snapshot_ops = {
+	.list = qcow2_snapshot_list,
+	.create = qcow2_snapshot_create,
+	.apply = qcow2_snapshot_apply,
+	.delete = qcow2_snapshot_delete,
+	.load = qcow2_snapshot_load,
+};
+
+static const struct img_amend_ops qcow2_amend_ops = {
+	.amend = qcow2_amend,
+	.opts = qcow2_amend_opts,
+	.set_backing = qcow2_set_backing,
+	.make_empty = qcow2_make_empty,
+};
+
+static const struct img_compress_ops qcow2_compress_ops = {
+	.params = qcow2_compress_params,
+	.write = qcow2_write_compressed,
+};
+
+static const struct img_crypt_ops qcow2_crypt_ops = {
+	.info = qcow2_crypt_info,
+};
+
 const struct img_driver qcow2_driver = {
 	.name = "qcow2",
 	.priv_size = sizeof(struct qcow2),
@@ -815,23 +845,13 @@ const struct img_driver qcow2_driver = {
 	.discard = qcow2_discard,
 	.flush = qcow2_flush,
 	.block_status = qcow2_block_status,
-	.create = qcow2_create,
-	.create_opts = qcow2_create_opts,
+	.create = &qcow2_create_ops,
 	.info = qcow2_info,
 	.check = qcow2_check,
 	.resize = qcow2_resize,
-	.set_backing = qcow2_set_backing,
-	.measure = qcow2_measure,
-	.snapshot_list = qcow2_snapshot_list,
-	.snapshot_create = qcow2_snapshot_create,
-	.snapshot_apply = qcow2_snapshot_apply,
-	.snapshot_delete = qcow2_snapshot_delete,
-	.snapshot_load = qcow2_snapshot_load,
-	.amend = qcow2_amend,
-	.amend_opts = qcow2_amend_opts,
-	.make_empty = qcow2_make_empty,
-	.compress_params = qcow2_compress_params,
-	.write_compressed = qcow2_write_compressed,
+	.snapshot = &qcow2_snapshot_ops,
+	.amend = &qcow2_amend_ops,
+	.compress = &qcow2_compress_ops,
 	.bitmap = &qcow2_bitmap_ops,
-	.crypt_info = qcow2_crypt_info,
+	.crypt = &qcow2_crypt_ops,
 };

@@ -344,6 +344,8 @@ int qcow2_amend(struct img *img, const struct img_kv *opts, size_t n,
 extern const struct img_opt_desc qcow2_amend_opts[];
 /* Make every guest range unallocated and trim the file (commit). */
 int qcow2_make_empty(struct img *img);
+/* Rewrite the backing name and format in the header (qcow2.c). */
+int qcow2_set_backing(struct img *img, const char *name, const char *fmt);
 /* The driver (qcow2.c), for the ops amend reuses. */
 extern const struct img_driver qcow2_driver;
 
@@ -385,7 +387,7 @@ int qcow2_crypt_create(struct qcow2 *s, const struct img_create_opts *o);
 /* Host offsets of an encrypted image are not raw data: block status hides
  * them, as QEMU does. */
 bool qcow2_crypt_hides_offsets(const struct qcow2 *s);
-/* The driver's crypt_info op (img_crypt_info). */
+/* The driver's crypt->info op (img_crypt_info). */
 int qcow2_crypt_info(struct img *img, struct img_crypt_info *out);
 /* amend's encrypt.* options (state, keyslot, new-secret, old-secret,
  * iter-time): add or erase LUKS key slots, as qemu-img amend. */

@@ -1400,6 +1400,11 @@ static const struct img_opt_desc vhdx_create_opts[] = {
 	{ NULL, 0, NULL },
 };
 
+static const struct img_create_ops vhdx_create_ops = {
+	.create = vhdx_create,
+	.opts = vhdx_create_opts,
+};
+
 const struct img_driver vhdx_driver = {
 	.name = "vhdx",
 	.priv_size = sizeof(struct vhdx),
@@ -1410,8 +1415,7 @@ const struct img_driver vhdx_driver = {
 	.write = vhdx_write,
 	.flush = vhdx_flush,
 	.block_status = vhdx_block_status,
-	.create = vhdx_create,
-	.create_opts = vhdx_create_opts,
+	.create = &vhdx_create_ops,
 	.info = vhdx_info,
 	.check = vhdx_check,
 };

@@ -786,6 +786,16 @@ static const struct img_opt_desc vmdk_create_opts[] = {
 	{ NULL, 0, NULL },
 };
 
+static const struct img_create_ops vmdk_create_ops = {
+	.create = vmdk_create,
+	.opts = vmdk_create_opts,
+};
+
+static const struct img_compress_ops vmdk_compress_ops = {
+	.params = vmdk_compress_params,
+	.write = vmdk_write_compressed,
+};
+
 const struct img_driver vmdk_driver = {
 	.name = "vmdk",
 	.priv_size = sizeof(struct vmdk),
@@ -797,10 +807,8 @@ const struct img_driver vmdk_driver = {
 	.zero = vmdk_zero,
 	.flush = vmdk_flush,
 	.block_status = vmdk_block_status,
-	.create = vmdk_create,
-	.create_opts = vmdk_create_opts,
+	.create = &vmdk_create_ops,
 	.info = vmdk_info,
 	.check = vmdk_check,
-	.compress_params = vmdk_compress_params,
-	.write_compressed = vmdk_write_compressed,
+	.compress = &vmdk_compress_ops,
 };
