@@ -203,13 +203,14 @@ echo "O_DIRECT, 4 KiB at QD32, ${SECS}s a run: img-nbd --cache=none vs qemu-nbd 
 	head -1 | awk '{ print $2 }') --cache=none --aio=io_uring (fio nbd engine, unix socket)"
 echo "vs fio --ioengine=io_uring --direct=1 on the same file; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "IOPS: median of $RUNS alternated runs (min-max); ratios of the medians"
+echo "qcow2 allocating: writes into an empty qcow2 (fio: into a fresh sparse raw file)"
 echo "targets (issue 14): raw img/fio >= $T_RAW_FIO, allocated qcow2 img/fio >= $T_QCOW2_FIO, img/qemu >= $T_QEMU on every row"
 met() { awk -v r="$1" -v t="$2" 'BEGIN { print (r != "-" && r >= t) ? "met" : "not met" }'; }
-line() { printf '%-32s %21s %21s %21s %8s %7s  %s\n' "$@"; }
+line() { printf '%-34s %21s %21s %21s %8s %7s  %s\n' "$@"; }
 line row img-nbd qemu-nbd fio img/qemu img/fio targets
 for row in "raw:randread:raw" "raw:randwrite:raw" \
 	"qcow2:randread:qcow2 allocated" "qcow2:randwrite:qcow2 allocated" \
-	"alloc:randwrite:qcow2 allocating (fio: sparse raw)"; do
+	"alloc:randwrite:qcow2 allocating"; do
 	IFS=: read -r cs rw name <<<"$row"
 	mi=$(median %.0f "${iops[img,$cs,$rw]}")
 	mq=$(median %.0f "${iops[qemu,$cs,$rw]}")
@@ -231,6 +232,10 @@ for row in raw:randread raw:randwrite qcow2:randread qcow2:randwrite alloc:randw
 	echo "  $cs $rw: img-nbd ${iops[img,$cs,$rw]}| qemu-nbd ${iops[qemu,$cs,$rw]}| fio ${iops[fio,$cs,$rw]}| CPU/request img-nbd $(median %.1f "${cpu[img,$cs,$rw]}"), qemu-nbd $(median %.1f "${cpu[qemu,$cs,$rw]}")"
 done
 # A server that left O_DIRECT off would be measured from the page cache.
+echo "descriptors on the image with O_DIRECT / all, each run:"
+for k in "${!odirect[@]}"; do
+	echo "  ${k%,*} ${k#*,}: ${odirect[$k]}"
+done
 for k in "${!odirect[@]}"; do
 	for v in ${odirect[$k]}; do
 		if [ "${v%/*}" = 0 ] || [ "${v%/*}" != "${v#*/}" ]; then
