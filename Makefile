@@ -168,6 +168,7 @@ bench: deps all
 	$(Q)./bench/run.sh $(B)
 	$(Q)./bench/fuse.sh $(B)
 	$(Q)./bench/nbd.sh $(B)
+	$(Q)./bench/nbd-direct.sh $(B)
 
 CFORMAT_FILES = $(shell git ls-files '*.c' '*.h' 2>/dev/null)
 check-format:

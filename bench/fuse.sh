@@ -5,21 +5,22 @@
 # qemu-img from random data), both mounted at once. fio with psync and
 # O_DIRECT on the mounted file: 4 KiB random read and random write with
 # BENCH_FUSE_JOBS jobs, and 1 MiB sequential read with one job. The tools run
-# alternately within each of BENCH_RUNS rounds; the table shows the best
-# result of each and the ratio img-fuse / nbdfuse (above 1: img-fuse is
-# faster; the target is 2). Afterwards both images must check clean and,
+# alternately within each of BENCH_RUNS rounds (img-fuse first in odd
+# rounds, nbdfuse first in even ones); the table shows the median of each
+# with the spread (min-max) of the runs and the ratio of the medians
+# img-fuse / nbdfuse (above 1: img-fuse is faster; the target is 2). Afterwards both images must check clean and,
 # since fio wrote the same pattern-free random data to different offsets,
 # only their allocation is compared (each must still be fully allocated).
 #
 # usage: bench/fuse.sh [BUILD_DIR]
-# env: BENCH_DIR, BENCH_RUNS (3), BENCH_FUSE_SIZE_MIB (1024),
+# env: BENCH_DIR, BENCH_RUNS (5), BENCH_FUSE_SIZE_MIB (1024),
 #      BENCH_FUSE_SECS (8, per fio run), BENCH_FUSE_JOBS (4)
 set -u
 top=$(cd "$(dirname "$0")/.." && pwd)
 B=${1:-build}
 case "$B" in /*) ;; *) B=$top/$B ;; esac
 W=${BENCH_DIR:-${TMPDIR:-/tmp}/img-bench}/fuse
-RUNS=${BENCH_RUNS:-3}
+RUNS=${BENCH_RUNS:-5}
 SIZE_MIB=${BENCH_FUSE_SIZE_MIB:-1024}
 SECS=${BENCH_FUSE_SECS:-8}
 JOBS=${BENCH_FUSE_JOBS:-4}
@@ -38,6 +39,7 @@ for c in fio nbdfuse qemu-nbd qemu-img fusermount3; do
 	command -v $c >/dev/null || skip "needs $c"
 done
 [ -x "$B/img-fuse" ] || die "$B/img-fuse not built"
+. "$top/bench/median.sh"
 mkdir -p "$W/m-img" "$W/m-nbd" || die "cannot create $W"
 cd "$W" || exit 1
 
@@ -72,20 +74,25 @@ names=("4k randread, psync, $JOBS jobs (IOPS)"
 	"4k randwrite, psync, $JOBS jobs (IOPS)"
 	"1M seq read, psync, 1 job (MiB/s)")
 args=("randread 4k $JOBS 8" "randwrite 4k $JOBS 49" "read 1M 1 7")
-declare -a best_img best_nbd all
+declare -a runs_img runs_nbd all
 for r in $(seq "$RUNS"); do
 	for i in "${!names[@]}"; do
 		read -r rw bs jobs field <<<"${args[$i]}"
-		a=$(fio_run m-img/disk "$rw" "$bs" "$jobs" "$field")
-		n=$(fio_run m-nbd/disk "$rw" "$bs" "$jobs" "$field")
+		if [ $((r % 2)) = 1 ]; then
+			a=$(fio_run m-img/disk "$rw" "$bs" "$jobs" "$field")
+			n=$(fio_run m-nbd/disk "$rw" "$bs" "$jobs" "$field")
+		else
+			n=$(fio_run m-nbd/disk "$rw" "$bs" "$jobs" "$field")
+			a=$(fio_run m-img/disk "$rw" "$bs" "$jobs" "$field")
+		fi
 		[ -n "$a" ] && [ -n "$n" ] || die "fio failed on ${names[$i]}"
 		if [ "$field" = 7 ]; then
 			a=$((a / 1024))
 			n=$((n / 1024))
 		fi
-		all[$i]="${all[$i]:-} $a/$n"
-		[ "$a" -gt "${best_img[$i]:-0}" ] && best_img[$i]=$a
-		[ "$n" -gt "${best_nbd[$i]:-0}" ] && best_nbd[$i]=$n
+		all[i]="${all[i]:-} $a/$n"
+		runs_img[i]="${runs_img[i]:-} $a"
+		runs_nbd[i]="${runs_nbd[i]:-} $n"
 	done
 done
 
@@ -100,15 +107,15 @@ done
 
 echo
 echo "img-fuse ($B) vs nbdfuse + qemu-nbd $(qemu-nbd --version | head -1 |
-	awk '{ print $2 }'); fio psync O_DIRECT, ${SECS}s a run, best of $RUNS"
-printf '%-40s %10s %10s %7s\n' row img-fuse nbdfuse ratio
+	awk '{ print $2 }'); fio psync O_DIRECT, ${SECS}s a run"
+echo "median of $RUNS alternated runs (min-max); ratio of the medians"
+printf '%-40s %21s %21s %6s\n' row img-fuse nbdfuse ratio
 for i in "${!names[@]}"; do
-	ratio=$(awk -v a="${best_img[$i]}" -v n="${best_nbd[$i]}" \
-		'BEGIN { printf "%.2f", (n > 0 ? a / n : 0) }')
-	printf '%-40s %10s %10s %7s\n' "${names[$i]}" "${best_img[$i]}" \
-		"${best_nbd[$i]}" "$ratio"
+	printf '%-40s %21s %21s %6s\n' "${names[$i]}" \
+		"$(median_cell %.0f "${runs_img[$i]}")" "$(median_cell %.0f "${runs_nbd[$i]}")" \
+		"$(ratio "$(median %.0f "${runs_img[$i]}")" "$(median %.0f "${runs_nbd[$i]}")")"
 done
-echo "ratio = img-fuse / nbdfuse: above 1 means img-fuse is faster (target 2)"
+echo "ratio = img-fuse median / nbdfuse median: above 1 means img-fuse is faster (target 2)"
 echo "every run (img-fuse/nbdfuse):"
 for i in "${!names[@]}"; do
 	printf '  %-40s%s\n' "${names[$i]}" "${all[$i]}"

@@ -1,4 +1,5 @@
 # SPDX-License-Identifier: MIT
+# shellcheck shell=bash disable=SC2034
 # Sourced by bench/run.sh: the Ceph RBD rows. rbd_rows starts a throwaway
 # cluster (scripts/ceph-cluster.sh, one memstore OSD: the cluster's data sit
 # in RAM, so the rows time the client side and the local messenger) and

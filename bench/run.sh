@@ -3,18 +3,21 @@
 # make bench: img against qemu-img on a generated disk-like sample (2 GiB by
 # default: ~40% holes, ~30% compressible, ~30% random; see gen-sample.c).
 # Rows: convert raw->qcow2, qcow2->raw, a two-image qcow2 chain (base +
-# overlay with ~10% rewritten) flattened to qcow2, compressed convert (-c,
-# zstd and zlib) against qemu-img's default and -m 8 -W, and 4 KiB reads and writes
-# spread over the image through each library (img bench / qemu-img bench,
-# same count, depth and stride). The two tools run alternately in the same
-# run, RUNS times each; the table shows the best time of each (every time is
-# listed below it). Every convert result is compared with its source
-# (qemu-img compare) and every write run's image with the other tool's, so a
-# fast wrong answer fails the run.
+# overlay with ~10% rewritten) flattened to qcow2, convert with O_DIRECT on
+# both ends (-t none -T none, as a VMM host would run it) raw->qcow2 and
+# qcow2->raw, compressed convert (-c, zstd and zlib) against qemu-img's
+# default and -m 8 -W, and 4 KiB reads and writes spread over the image
+# through each library (img bench / qemu-img bench, same count, depth and
+# stride). The two tools run alternately in the same run (img, qemu-img,
+# then qemu-img, img, ...), RUNS times each; the table shows the median time
+# of each with the spread (min-max) of the runs, and the ratio of the medians
+# (every time is listed below it). Every convert result is compared with its
+# source (qemu-img compare) and every write run's image with the other
+# tool's, so a fast wrong answer fails the run.
 #
 # usage: bench/run.sh [BUILD_DIR]
 # env: BENCH_DIR (work dir, default $TMPDIR/img-bench), BENCH_SIZE_MIB (2048),
-#      BENCH_RUNS (3), BENCH_COUNT (bench requests, 75000 as qemu-img bench),
+#      BENCH_RUNS (5), BENCH_COUNT (bench requests, 75000 as qemu-img bench),
 #      BENCH_STRICT=1 (exit 1 when img is slower on a row),
 #      BENCH_ROWS (only these groups: convert luks rbd formats compress bench)
 set -u
@@ -24,7 +27,7 @@ case "$B" in /*) ;; *) B=$top/$B ;; esac
 IMG=$B/img
 W=${BENCH_DIR:-${TMPDIR:-/tmp}/img-bench}
 SIZE_MIB=${BENCH_SIZE_MIB:-2048}
-RUNS=${BENCH_RUNS:-3}
+RUNS=${BENCH_RUNS:-5}
 COUNT=${BENCH_COUNT:-75000}
 DEPTH=64
 # 65521 blocks (prime, so odd): the offsets, taken modulo the image size as
@@ -75,8 +78,7 @@ echo "sample: $(du -h sample.raw | cut -f1) allocated of ${SIZE_MIB} MiB in $W"
 
 now() { echo "$EPOCHREALTIME"; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-# Best of the runs: other work on a shared host only ever adds time.
-best() { tr ' ' '\n' | grep . | sort -g | head -n 1; }
+. "$top/bench/median.sh"
 
 rows=()
 img_t=()
@@ -84,19 +86,20 @@ qemu_t=()
 all_t=()
 failed=0
 
+# add_row NAME "IMG RUNS" "QEMU RUNS": the seconds of each run, in order.
 add_row() {
 	rows+=("$1")
-	img_t+=("$(echo "$2" | best)")
-	qemu_t+=("$(echo "$3" | best)")
+	img_t+=("$2")
+	qemu_t+=("$3")
 	all_t+=("img:$2 / qemu-img:$3")
 }
 
-# convert_row NAME SRC SRC_FMT OUT_FMT [OPTIONS]: time both tools (wall clock, target
-# cache unsafe for both: qemu-img's default and ours), verify each result.
+# convert_row NAME SRC SRC_FMT OUT_FMT [CONVERT OPTIONS...]: time both tools
+# with the same options (wall clock; without -t the target cache is unsafe
+# for both: qemu-img's default and ours), verify each result.
 convert_row() {
 	local name=$1 src=$2 sfmt=$3 ofmt=$4 r tool t0 t1 a="" q=""
-	local opts=()
-	[ -n "${5:-}" ] && opts=(-o "$5")
+	local opts=("${@:5}")
 	for r in $(seq "$RUNS"); do
 		for tool in img qemu; do
 			# alternate who goes first
@@ -206,6 +209,8 @@ if want convert; then
 convert_row "convert raw -> qcow2" sample.raw raw qcow2
 convert_row "convert qcow2 -> raw" base.qcow2 qcow2 raw
 convert_row "convert chain(2) -> qcow2 (flatten)" overlay.qcow2 qcow2 qcow2
+convert_row "convert -t none -T none raw -> qcow2" sample.raw raw qcow2 -t none -T none
+convert_row "convert -t none -T none qcow2 -> raw" base.qcow2 qcow2 raw -t none -T none
 fi
 . "$top/bench/luks-row.sh"
 want luks && luks_row
@@ -218,7 +223,7 @@ want formats && for f in vmdk vhdx; do
 	[ $f = vmdk ] && o=subformat=streamOptimized
 	[ -f base.$f ] || qemu-img convert -O $f ${o:+-o $o} base.qcow2 base.$f ||
 		die "base.$f"
-	convert_row "convert qcow2 -> $f${o:+ ${o#*=}}" base.qcow2 qcow2 $f "$o"
+	convert_row "convert qcow2 -> $f${o:+ ${o#*=}}" base.qcow2 qcow2 $f ${o:+-o "$o"}
 	convert_row "convert $f${o:+ ${o#*=}} -> qcow2" base.$f $f qcow2
 done
 if want compress; then
@@ -231,17 +236,19 @@ bench_row "bench 4k write, q$DEPTH, stride 65521 blk" 1
 fi
 
 echo
-echo "img $B vs $(qemu-img --version | head -1); best of $RUNS, seconds"
+echo "img $B vs $(qemu-img --version | head -1); $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "seconds: median of $RUNS alternated runs (min-max); ratio of the medians"
 echo "bench rows: $COUNT requests of 4 KiB, $DEPTH in flight, offset += $STEP"
 echo "  modulo the image size (both tools; qemu-img bench has no random mode)"
-printf '%-40s %9s %9s %7s\n' row img qemu-img ratio
+printf '%-40s %23s %23s %6s\n' row img qemu-img ratio
 slower=()
 for i in "${!rows[@]}"; do
-	ratio=$(awk -v a="${img_t[$i]}" -v q="${qemu_t[$i]}" 'BEGIN { printf "%.2f", (a > 0 ? q / a : 0) }')
-	printf '%-40s %9s %9s %7s\n' "${rows[$i]}" "${img_t[$i]}" "${qemu_t[$i]}" "$ratio"
-	awk -v r="$ratio" 'BEGIN { exit !(r < 1) }' && slower+=("${rows[$i]}")
+	r=$(ratio "$(median %.3f "${qemu_t[$i]}")" "$(median %.3f "${img_t[$i]}")")
+	printf '%-40s %23s %23s %6s\n' "${rows[$i]}" "$(median_cell %.3f "${img_t[$i]}")" \
+		"$(median_cell %.3f "${qemu_t[$i]}")" "$r"
+	awk -v r="$r" 'BEGIN { exit !(r != "-" && r < 1) }' && slower+=("${rows[$i]}")
 done
-echo "ratio = qemu-img / img: above 1 means img is faster"
+echo "ratio = qemu-img median / img median: above 1 means img is faster"
 echo "every run (seconds):"
 for i in "${!rows[@]}"; do
 	printf '  %-40s %s\n' "${rows[$i]}" "${all_t[$i]}"
