@@ -996,7 +996,8 @@ static int vhdx_write(struct img *img, const void *buf, uint64_t off,
 		off += n;
 		len -= n;
 	}
-	return (flags & IMG_FUA) ? img_flush(img) : 0;
+	/* IMG_FUA never reaches a driver: the core flushes after the write. */
+	return 0;
 }
 
 /*

@@ -350,11 +350,8 @@ static int vmdk_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 static int vmdk_write(struct img *img, const void *buf, uint64_t off,
 		      uint64_t len, unsigned flags)
 {
-	int ret = vmdk_rw(img, VMDK_WRITE, (uint8_t *)buf, off, len);
-
-	if (ret >= 0 && (flags & IMG_FUA))
-		ret = img_flush(img);
-	return ret;
+	/* IMG_FUA never reaches a driver: the core flushes after the write. */
+	return vmdk_rw(img, VMDK_WRITE, (uint8_t *)buf, off, len);
 }
 
 /*
