@@ -414,7 +414,8 @@ int img_resize(struct img *img, uint64_t size, unsigned flags,
 	if (size < img->size && !(flags & IMG_RESIZE_SHRINK))
 		return img_error(-EINVAL,
 				 "resize: shrinking '%s' from %" PRIu64
-				 " to %" PRIu64 " bytes needs IMG_RESIZE_SHRINK",
+				 " to %" PRIu64
+				 " bytes needs IMG_RESIZE_SHRINK",
 				 img_filename(img), img->size, size);
 	if (size == img->size)
 		return 0;

@@ -33,9 +33,9 @@ static bool reads_back(const char *fmt, const uint8_t *before, size_t len,
 		       const struct img_io_log_entry *e, size_t n,
 		       const uint8_t *want)
 {
-	struct img_open_opts o = { .format = fmt,
-				   .flags = IMG_OPEN_RDONLY |
-					    IMG_OPEN_NO_BACKING };
+	struct img_open_opts o = {
+		.format = fmt, .flags = IMG_OPEN_RDONLY | IMG_OPEN_NO_BACKING
+	};
 	uint8_t *got = malloc(LEN);
 	struct img_io *mem;
 	struct img *img;
@@ -101,8 +101,8 @@ static void one_format(const char *fmt)
 
 int main(void)
 {
-	static const char *const fmts[] = { "raw",  "qcow2", "vmdk",
-					    "vpc",  "vhdx",  "vdi" };
+	static const char *const fmts[] = { "raw", "qcow2", "vmdk",
+					    "vpc", "vhdx",  "vdi" };
 
 	for (size_t i = 0; i < sizeof(fmts) / sizeof(fmts[0]); i++)
 		one_format(fmts[i]);
