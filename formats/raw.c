@@ -27,6 +27,7 @@ static int raw_open(struct img *img, unsigned flags)
 	if (ret < 0)
 		return ret;
 	img_set_size(img, size);
+	img_set_file_is_disk(img);
 	return 0;
 }
 

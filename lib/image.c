@@ -674,6 +674,11 @@ void img_set_size(struct img *img, uint64_t size)
 	img->size = size;
 }
 
+void img_set_file_is_disk(struct img *img)
+{
+	img->file_is_disk = true;
+}
+
 unsigned img_open_flags(const struct img *img)
 {
 	return img->flags;

@@ -424,25 +424,27 @@ int img_snapshot_apply(struct img *img, const char *name_or_id);
 /* Delete a snapshot (id first, then name; -ENOENT if none). */
 int img_snapshot_delete(struct img *img, const char *name_or_id);
 
-/* ---- Ceph RBD images (rbd: names) ---- */
+/* ---- snapshots, clones and changes the storage keeps (Ceph RBD) ---- */
 
-/* img_rbd_changed: data a clone's parent holds does not count. */
-#define IMG_RBD_OWN_LAYER (1u << 0)
+/* img_changed: data a clone's parent holds does not count. */
+#define IMG_CHANGED_OWN_LAYER (1u << 0)
 /*
- * For raw data kept in an RBD image (img opened as raw on an rbd: name, maybe
- * at a snapshot): whether the range at off starts with data that may differ
- * from snapshot from of the same image (NULL: data at all, as against a
- * never-written image), and for how many bytes (*n <= len) that holds.
- * -ENOTSUP for any other image.
+ * For an image whose disk is its storage byte for byte (raw data in an RBD
+ * image, rbd: names, maybe at a snapshot): whether the range at off starts
+ * with data that may differ from snapshot from of the same storage (NULL:
+ * data at all, as against never-written storage), and for how many bytes
+ * (*n <= len) that holds. -ENOTSUP for any other image.
  */
-int img_rbd_changed(struct img *img, const char *from, unsigned flags,
-		    uint64_t off, uint64_t len, bool *changed, uint64_t *n);
+int img_changed(struct img *img, const char *from, unsigned flags, uint64_t off,
+		uint64_t len, bool *changed, uint64_t *n);
 /*
- * Create RBD image child (rbd:POOL/IMAGE; its conf and id are used) as a
- * clone of parent (rbd:POOL/IMAGE@SNAP in the same cluster) of size bytes,
- * protecting the snapshot first if it is not.
+ * Create the storage named child (rbd:POOL/IMAGE) as a copy-on-write clone
+ * of size bytes of parent, a snapshot of storage that makes clones
+ * (rbd:POOL/IMAGE@SNAP, reached with its conf and id; the child in the same
+ * cluster), protecting the snapshot first if it is not. -ENOTSUP for other
+ * storage.
  */
-int img_rbd_clone(const char *parent, const char *child, uint64_t size);
+int img_clone(const char *parent, const char *child, uint64_t size);
 
 /* ---- measure ---- */
 
