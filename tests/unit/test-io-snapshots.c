@@ -107,8 +107,8 @@ static int sio_snapshot(struct img_io *io, enum img_io_snap_op op,
 		s->snap[i] = s->snap[--s->n];
 	} else {
 		struct img_io *copy;
-		int ret = img_io_mem_new(s->snap[i].data, s->snap[i].len,
-					 &copy);
+		int ret =
+			img_io_mem_new(s->snap[i].data, s->snap[i].len, &copy);
 
 		if (ret < 0)
 			return ret;
@@ -167,8 +167,7 @@ static int sio_changed(struct img_io *io, const char *from, unsigned flags,
 	if (from && i < 0)
 		return i;
 	*changed = sio_block_changed(s, i, off);
-	while (run < len &&
-	       sio_block_changed(s, i, off + run) == *changed)
+	while (run < len && sio_block_changed(s, i, off + run) == *changed)
 		run += BLOCK;
 	*n = img_min(run, len);
 	return 0;
@@ -259,8 +258,7 @@ static void raw_has_storage_snapshots(void)
 	CHECK_OK(img_changed(img, "a", 0, 8192, 1 << 20, &changed, &n));
 	CHECK(changed);
 	CHECK_EQ(n, 1024);
-	CHECK_ERR(img_changed(img, "nosuch", 0, 0, 512, &changed, &n),
-		  -ENOENT);
+	CHECK_ERR(img_changed(img, "nosuch", 0, 0, 512, &changed, &n), -ENOENT);
 
 	CHECK_OK(img_snapshot_list(img, &list, &k));
 	CHECK_EQ(k, 1);
