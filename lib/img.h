@@ -297,6 +297,9 @@ struct img_info {
 	uint64_t virtual_size;
 	uint64_t actual_size; /* bytes the host file(s) allocate */
 	uint64_t cluster_size; /* 0 when the format has none */
+	/* Where the format would keep saved VM state (qemu-io's "vm state
+	 * offset"); 0 when it has no such place. */
+	uint64_t vm_state_offset;
 	const char *backing_file; /* as written in the image, or NULL */
 	const char *backing_fmt; /* as written in the image, or NULL */
 	const char *full_backing_file; /* resolved path, or NULL */

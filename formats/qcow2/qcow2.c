@@ -283,6 +283,9 @@ static int qcow2_info(struct img *img, struct img_info *info)
 	bool v3 = s->h.version >= 3;
 
 	info->cluster_size = s->cluster_size;
+	/* Just past the guest range the L1 table covers, as QEMU puts it. */
+	info->vm_state_offset =
+		img_align_up(img_size(img), s->cluster_size << s->l2_bits);
 	info->dirty = s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY;
 	info->encrypted = s->h.crypt_method != 0;
 	add_field(info, "compat", IMG_VAL_STR, v3 ? "1.1" : "0.10", 0, false);
