@@ -213,10 +213,10 @@ static int raw_measure(const struct img_create_opts *opts, struct img *src,
 }
 
 static const struct img_opt_desc raw_create_opts[] = {
+	{ "size", IMG_OPT_SIZE, "Virtual disk size", NULL },
 	{ "preallocation", IMG_OPT_STR,
-	  "Preallocation mode (allowed values: off, falloc, full)" },
-	{ "size", IMG_OPT_SIZE, "Virtual disk size" },
-	{ NULL, 0, NULL },
+	  "Preallocation mode (allowed values: off, falloc, full)", NULL },
+	{ NULL, 0, NULL, NULL },
 };
 
 const struct img_driver raw_driver = {

@@ -453,6 +453,17 @@ int img_create_help(const char *format, char *buf, size_t buf_size)
 	return drv ? opts_help(drv->create_opts, buf, buf_size) : -EINVAL;
 }
 
+int img_create_options(const char *format, const struct img_opt_desc **out)
+{
+	static const struct img_opt_desc none[] = { { NULL, 0, NULL, NULL } };
+	const struct img_driver *drv = get_driver(format);
+
+	if (!drv)
+		return -EINVAL;
+	*out = drv->create_opts ? drv->create_opts : none;
+	return 0;
+}
+
 int img_amend_help(const char *format, char *buf, size_t buf_size)
 {
 	const struct img_driver *drv = get_driver(format);

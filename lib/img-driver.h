@@ -161,18 +161,8 @@ int img_io_holds(struct img_io *io, uint64_t end, uint64_t *size);
 
 /* ---- create-time options (-o key=value) ---- */
 
-enum img_opt_type {
-	IMG_OPT_STR,
-	IMG_OPT_SIZE,
-	IMG_OPT_NUM,
-	IMG_OPT_BOOL,
-};
-
-struct img_opt_desc {
-	const char *name; /* "cluster_size" */
-	enum img_opt_type type;
-	const char *help;
-};
+/* struct img_opt_desc (img.h) lists them; a driver's create_opts table is in
+ * the order qemu's tables give them, with qemu's defaults. */
 
 /*
  * Look up key in opts. Return 1 and set *out when present (the last one wins),

@@ -170,6 +170,29 @@ int img_create(const char *path, const struct img_create_opts *opts);
 /* Describe the -o options a format's create accepts, one per line, to buf. */
 int img_create_help(const char *format, char *buf, size_t buf_size);
 
+enum img_opt_type {
+	IMG_OPT_STR,
+	IMG_OPT_SIZE,
+	IMG_OPT_NUM,
+	IMG_OPT_BOOL,
+};
+
+struct img_opt_desc {
+	const char *name; /* "cluster_size" */
+	enum img_opt_type type;
+	const char *help;
+	/* The default as qemu-img create's "Formatting" line shows it when
+	 * the option is not given; NULL: not shown then. */
+	const char *def;
+};
+
+/*
+ * The -o options a format's create accepts: *out, a static table ending
+ * with a NULL name, in qemu-img's order (the order of its "Formatting"
+ * line). -EINVAL for an unknown format.
+ */
+int img_create_options(const char *format, const struct img_opt_desc **out);
+
 /* Names of the formats this build supports, NULL-terminated. */
 const char *const *img_formats(void);
 
