@@ -514,6 +514,7 @@ int img_info(struct img *img, struct img_info *info)
 	info->backing_file = img->backing_name;
 	info->backing_fmt = img->backing_fmt;
 	info->full_backing_file = img->backing_path;
+	info->serialised = !img->drv->thread_safe;
 	if (img->drv->info) {
 		pthread_mutex_lock(&img->lock);
 		ret = img->drv->info(img, info);
@@ -607,6 +608,7 @@ int img_measure(const struct img_create_opts *opts, struct img *src,
 	ret = create_merge_opts(drv, opts, &o);
 	if (ret < 0)
 		return ret;
+	memset(out, 0, sizeof(*out));
 	return drv->measure(&o, src, out);
 }
 

@@ -328,6 +328,9 @@ struct img_info {
 	const char *full_backing_file; /* resolved path, or NULL */
 	bool dirty;
 	bool encrypted;
+	/* The driver takes one request at a time (under the image's lock):
+	 * more threads issuing requests do not make it faster. */
+	bool serialised;
 	size_t n_fields;
 	struct img_field fields[IMG_INFO_MAX_FIELDS]; /* "format-specific" */
 };
@@ -477,6 +480,10 @@ int img_clone(const char *parent, const char *child, uint64_t size);
 struct img_measure {
 	uint64_t required;
 	uint64_t fully_allocated;
+	/* Both the source and the new image store persistent bitmaps: the
+	 * bytes copying the source's bitmaps takes (qemu's "bitmaps"). */
+	bool has_bitmaps;
+	uint64_t bitmaps;
 };
 
 /*

@@ -210,6 +210,8 @@ static void test_io(enum img_io_kind kind)
 	CHECK(!strcmp(info.filename, path));
 	CHECK_EQ(info.virtual_size, 3000);
 	CHECK_EQ(info.cluster_size, 0);
+	CHECK_EQ(info.vm_state_offset, 0);
+	CHECK(!info.serialised); /* raw takes requests concurrently */
 	CHECK(!info.backing_file && !info.full_backing_file);
 	CHECK_EQ(info.n_fields, 0);
 
