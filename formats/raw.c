@@ -27,6 +27,7 @@ static int raw_open(struct img *img, unsigned flags)
 	if (ret < 0)
 		return ret;
 	img_set_size(img, size);
+	img_set_file_is_disk(img);
 	return 0;
 }
 
@@ -225,10 +226,10 @@ static int raw_measure(const struct img_create_opts *opts, struct img *src,
 }
 
 static const struct img_opt_desc raw_create_opts[] = {
+	{ "size", IMG_OPT_SIZE, "Virtual disk size", NULL },
 	{ "preallocation", IMG_OPT_STR,
-	  "Preallocation mode (allowed values: off, falloc, full)" },
-	{ "size", IMG_OPT_SIZE, "Virtual disk size" },
-	{ NULL, 0, NULL },
+	  "Preallocation mode (allowed values: off, falloc, full)", NULL },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct img_create_ops raw_create_ops = {

@@ -522,9 +522,9 @@ static int vdi_create(const char *path, struct img_io *file,
 }
 
 static const struct img_opt_desc vdi_create_opts[] = {
-	{ "size", IMG_OPT_SIZE, "Virtual disk size" },
-	{ "static", IMG_OPT_BOOL, "VDI static (pre-allocated) image" },
-	{ NULL, 0, NULL },
+	{ "size", IMG_OPT_SIZE, "Virtual disk size", NULL },
+	{ "static", IMG_OPT_BOOL, "VDI static (pre-allocated) image", "off" },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct img_create_ops vdi_create_ops = {

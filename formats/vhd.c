@@ -1094,15 +1094,17 @@ out:
 }
 
 static const struct img_opt_desc vhd_create_opts[] = {
-	{ "backing_file", IMG_OPT_STR,
-	  "Parent of a differencing disk (a vpc image)" },
-	{ "backing_fmt", IMG_OPT_STR, "Format of the parent (vpc)" },
-	{ "force_size", IMG_OPT_BOOL,
-	  "Force disk size calculation to use the actual size specified, rather than using the nearest CHS-based calculation" },
-	{ "size", IMG_OPT_SIZE, "Virtual disk size" },
+	{ "size", IMG_OPT_SIZE, "Virtual disk size", NULL },
 	{ "subformat", IMG_OPT_STR,
-	  "Type of virtual hard disk format. Supported formats are {dynamic (default) | fixed} " },
-	{ NULL, 0, NULL },
+	  "Type of virtual hard disk format. Supported formats are {dynamic (default) | fixed} ",
+	  NULL },
+	{ "force_size", IMG_OPT_BOOL,
+	  "Force disk size calculation to use the actual size specified, rather than using the nearest CHS-based calculation",
+	  NULL },
+	{ "backing_file", IMG_OPT_STR,
+	  "Parent of a differencing disk (a vpc image)", NULL },
+	{ "backing_fmt", IMG_OPT_STR, "Format of the parent (vpc)", NULL },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct img_create_ops vhd_create_ops = {

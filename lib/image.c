@@ -472,6 +472,17 @@ int img_create_help(const char *format, char *buf, size_t buf_size)
 		     -EINVAL;
 }
 
+int img_create_options(const char *format, const struct img_opt_desc **out)
+{
+	static const struct img_opt_desc none[] = { { NULL, 0, NULL, NULL } };
+	const struct img_driver *drv = get_driver(format);
+
+	if (!drv)
+		return -EINVAL;
+	*out = backend_create_opts(drv) ? backend_create_opts(drv) : none;
+	return 0;
+}
+
 int img_amend_help(const char *format, char *buf, size_t buf_size)
 {
 	const struct img_driver *drv = get_driver(format);
@@ -522,6 +533,7 @@ int img_info(struct img *img, struct img_info *info)
 	info->backing_file = img->backing_name;
 	info->backing_fmt = img->backing_fmt;
 	info->full_backing_file = img->backing_path;
+	info->serialised = !img->drv->thread_safe;
 	if (img->drv->info) {
 		pthread_mutex_lock(&img->lock);
 		ret = backend_info(img, info);
@@ -615,6 +627,7 @@ int img_measure(const struct img_create_opts *opts, struct img *src,
 	ret = create_merge_opts(drv, opts, &o);
 	if (ret < 0)
 		return ret;
+	memset(out, 0, sizeof(*out));
 	return backend_measure(drv, &o, src, out);
 }
 
@@ -691,6 +704,11 @@ struct img_io *img_file(struct img *img)
 void img_set_size(struct img *img, uint64_t size)
 {
 	img->size = size;
+}
+
+void img_set_file_is_disk(struct img *img)
+{
+	img->file_is_disk = true;
 }
 
 unsigned img_open_flags(const struct img *img)

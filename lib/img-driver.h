@@ -42,8 +42,16 @@ struct img_io_vec {
 	bool write;
 };
 
+/* The snapshot op of struct img_io_ops. */
+enum img_io_snap_op {
+	IMG_IO_SNAP_CREATE,
+	IMG_IO_SNAP_APPLY,
+	IMG_IO_SNAP_DELETE,
+	IMG_IO_SNAP_LOAD,
+};
+
 struct img_io_ops {
-	const char *name; /* "io_uring", "psync", "mem", "faulty" */
+	const char *name; /* "io_uring", "psync", "mem", "faulty", "rbd" */
 	/* Full transfers or -errno; reads past EOF return zeroes (guest data
 	 * reads go through img_data_check first, so that lost data is an
 	 * error and not zeroes). */
@@ -69,6 +77,30 @@ struct img_io_ops {
 	/* Bytes the host allocates for the file (st_blocks * 512). */
 	int (*allocated)(struct img_io *io, uint64_t *bytes);
 	void (*close)(struct img_io *io);
+
+	/*
+	 * Optional: storage with snapshots, clones and change tracking of its
+	 * own (rbd). lib/snapshot.c offers them as the image's when the
+	 * image's disk is the file byte for byte (img_set_file_is_disk), as
+	 * QEMU's raw format passes snapshots to its file. NULL: none.
+	 *
+	 * snapshot: snapshots are found by id first, then by name; LOAD
+	 * switches the io to a read-only view of one. *size: the file's size
+	 * afterwards. The caller holds the image's lock.
+	 */
+	int (*snapshot)(struct img_io *io, enum img_io_snap_op op,
+			const char *name_or_id, uint64_t *size);
+	int (*snapshot_list)(struct img_io *io, struct img_snapshot_info **out,
+			     size_t *n);
+	/* Whether [file_off, file_off + len) starts with data that may differ
+	 * from snapshot from (NULL: data at all), and for how many bytes *n
+	 * (<= len) that holds; flags: IMG_CHANGED_*. */
+	int (*changed)(struct img_io *io, const char *from, unsigned flags,
+		       uint64_t file_off, uint64_t len, bool *changed,
+		       uint64_t *n);
+	/* Create the storage named child as a copy-on-write clone of the
+	 * snapshot this io was opened at (read-only), of size bytes. */
+	int (*clone)(struct img_io *io, const char *child, uint64_t size);
 };
 
 struct img_io {
@@ -129,18 +161,8 @@ int img_io_holds(struct img_io *io, uint64_t end, uint64_t *size);
 
 /* ---- create-time options (-o key=value) ---- */
 
-enum img_opt_type {
-	IMG_OPT_STR,
-	IMG_OPT_SIZE,
-	IMG_OPT_NUM,
-	IMG_OPT_BOOL,
-};
-
-struct img_opt_desc {
-	const char *name; /* "cluster_size" */
-	enum img_opt_type type;
-	const char *help;
-};
+/* struct img_opt_desc (img.h) lists them; a driver's create_opts table is in
+ * the order qemu's tables give them, with qemu's defaults. */
 
 /*
  * Look up key in opts. Return 1 and set *out when present (the last one wins),
@@ -375,6 +397,10 @@ extern const struct img_driver *const img_format_table[];
 void *img_priv(struct img *img);
 struct img_io *img_file(struct img *img);
 void img_set_size(struct img *img, uint64_t size);
+/* The guest disk is img_file(img) byte for byte (set from .open): what the
+ * storage offers about its bytes (struct img_io_ops snapshot, changed)
+ * then applies to the disk. */
+void img_set_file_is_disk(struct img *img);
 /* Open flags (IMG_OPEN_*) and the metadata cache size asked for (0 = default). */
 unsigned img_open_flags(const struct img *img);
 uint64_t img_cache_size_hint(const struct img *img);

@@ -170,6 +170,29 @@ int img_create(const char *path, const struct img_create_opts *opts);
 /* Describe the -o options a format's create accepts, one per line, to buf. */
 int img_create_help(const char *format, char *buf, size_t buf_size);
 
+enum img_opt_type {
+	IMG_OPT_STR,
+	IMG_OPT_SIZE,
+	IMG_OPT_NUM,
+	IMG_OPT_BOOL,
+};
+
+struct img_opt_desc {
+	const char *name; /* "cluster_size" */
+	enum img_opt_type type;
+	const char *help;
+	/* The default as qemu-img create's "Formatting" line shows it when
+	 * the option is not given; NULL: not shown then. */
+	const char *def;
+};
+
+/*
+ * The -o options a format's create accepts: *out, a static table ending
+ * with a NULL name, in qemu-img's order (the order of its "Formatting"
+ * line). -EINVAL for an unknown format.
+ */
+int img_create_options(const char *format, const struct img_opt_desc **out);
+
 /* Names of the formats this build supports, NULL-terminated. */
 const char *const *img_formats(void);
 
@@ -297,11 +320,17 @@ struct img_info {
 	uint64_t virtual_size;
 	uint64_t actual_size; /* bytes the host file(s) allocate */
 	uint64_t cluster_size; /* 0 when the format has none */
+	/* Where the format would keep saved VM state (qemu-io's "vm state
+	 * offset"); 0 when it has no such place. */
+	uint64_t vm_state_offset;
 	const char *backing_file; /* as written in the image, or NULL */
 	const char *backing_fmt; /* as written in the image, or NULL */
 	const char *full_backing_file; /* resolved path, or NULL */
 	bool dirty;
 	bool encrypted;
+	/* The driver takes one request at a time (under the image's lock):
+	 * more threads issuing requests do not make it faster. */
+	bool serialised;
 	size_t n_fields;
 	struct img_field fields[IMG_INFO_MAX_FIELDS]; /* "format-specific" */
 };
@@ -424,31 +453,37 @@ int img_snapshot_apply(struct img *img, const char *name_or_id);
 /* Delete a snapshot (id first, then name; -ENOENT if none). */
 int img_snapshot_delete(struct img *img, const char *name_or_id);
 
-/* ---- Ceph RBD images (rbd: names) ---- */
+/* ---- snapshots, clones and changes the storage keeps (Ceph RBD) ---- */
 
-/* img_rbd_changed: data a clone's parent holds does not count. */
-#define IMG_RBD_OWN_LAYER (1u << 0)
+/* img_changed: data a clone's parent holds does not count. */
+#define IMG_CHANGED_OWN_LAYER (1u << 0)
 /*
- * For raw data kept in an RBD image (img opened as raw on an rbd: name, maybe
- * at a snapshot): whether the range at off starts with data that may differ
- * from snapshot from of the same image (NULL: data at all, as against a
- * never-written image), and for how many bytes (*n <= len) that holds.
- * -ENOTSUP for any other image.
+ * For an image whose disk is its storage byte for byte (raw data in an RBD
+ * image, rbd: names, maybe at a snapshot): whether the range at off starts
+ * with data that may differ from snapshot from of the same storage (NULL:
+ * data at all, as against never-written storage), and for how many bytes
+ * (*n <= len) that holds. -ENOTSUP for any other image.
  */
-int img_rbd_changed(struct img *img, const char *from, unsigned flags,
-		    uint64_t off, uint64_t len, bool *changed, uint64_t *n);
+int img_changed(struct img *img, const char *from, unsigned flags, uint64_t off,
+		uint64_t len, bool *changed, uint64_t *n);
 /*
- * Create RBD image child (rbd:POOL/IMAGE; its conf and id are used) as a
- * clone of parent (rbd:POOL/IMAGE@SNAP in the same cluster) of size bytes,
- * protecting the snapshot first if it is not.
+ * Create the storage named child (rbd:POOL/IMAGE) as a copy-on-write clone
+ * of size bytes of parent, a snapshot of storage that makes clones
+ * (rbd:POOL/IMAGE@SNAP, reached with its conf and id; the child in the same
+ * cluster), protecting the snapshot first if it is not. -ENOTSUP for other
+ * storage.
  */
-int img_rbd_clone(const char *parent, const char *child, uint64_t size);
+int img_clone(const char *parent, const char *child, uint64_t size);
 
 /* ---- measure ---- */
 
 struct img_measure {
 	uint64_t required;
 	uint64_t fully_allocated;
+	/* Both the source and the new image store persistent bitmaps: the
+	 * bytes copying the source's bitmaps takes (qemu's "bitmaps"). */
+	bool has_bitmaps;
+	uint64_t bitmaps;
 };
 
 /*

@@ -32,6 +32,7 @@ struct img {
 	char *backing_fmt;
 	char *backing_path; /* resolved */
 	struct img *backing;
+	bool file_is_disk; /* img_set_file_is_disk */
 	unsigned depth; /* 0 for the top image */
 	const struct img_secret *secret; /* passphrase, or NULL (secret.c) */
 	pthread_mutex_t lock; /* serialises driver calls unless thread_safe */
@@ -266,22 +267,5 @@ int img_io_uring_fd(struct img_io *io);
 int img_io_uring_open(const char *path, unsigned flags, struct img_io **out);
 /* Names starting with "rbd:" (lib/io-rbd.c). */
 int img_io_rbd_open(const char *path, unsigned flags, struct img_io **out);
-/*
- * Snapshots of an rbd backend, which lib/snapshot.c offers as the snapshots
- * of raw data kept there (QEMU's raw format passes them to its file too).
- * Snapshots are found by id first, then by name; LOAD switches the backend
- * to a read-only view of one. *size: the size afterwards.
- */
-bool img_io_is_rbd(const struct img_io *io);
-enum img_io_snap_op {
-	IMG_IO_SNAP_CREATE,
-	IMG_IO_SNAP_APPLY,
-	IMG_IO_SNAP_DELETE,
-	IMG_IO_SNAP_LOAD,
-};
-int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
-			const char *name_or_id, uint64_t *size);
-int img_io_rbd_snapshot_list(struct img_io *io, struct img_snapshot_info **out,
-			     size_t *n);
 
 #endif

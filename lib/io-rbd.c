@@ -59,6 +59,7 @@ struct rbd_name {
 
 struct rbd {
 	struct img_io io;
+	struct rbd_name name; /* as opened: clones protect name.snap */
 	rados_t cluster;
 	rados_ioctx_t ioctx;
 	rbd_image_t image;
@@ -864,6 +865,7 @@ static void rbd_free(struct rbd *r)
 	pthread_mutex_destroy(&r->lock);
 	free(r->map);
 	free(r->io.path);
+	rbd_name_free(&r->name);
 	free(r);
 }
 
@@ -877,26 +879,7 @@ static void rbd_close_op(struct img_io *io)
 	rbd_free(r);
 }
 
-static const struct img_io_ops rbd_ops = {
-	.name = "rbd",
-	.pread = rbd_pread_op,
-	.pwrite = rbd_pwrite_op,
-	.submit = rbd_submit,
-	.flush = rbd_flush_op,
-	.zero = rbd_zero_op,
-	.get_size = rbd_get_size_op,
-	.truncate = rbd_truncate_op,
-	.extent = rbd_extent_op,
-	.allocated = rbd_allocated_op,
-	.close = rbd_close_op,
-};
-
 /* ---- snapshots, diffs and clones ---- */
-
-bool img_io_is_rbd(const struct img_io *io)
-{
-	return io->ops == &rbd_ops;
-}
 
 static int rbd_snap_cmp(const void *a, const void *b)
 {
@@ -940,8 +923,17 @@ static void rbd_snaps_free(rbd_snap_info_t *s)
 	free(s);
 }
 
-int img_io_rbd_snapshot_list(struct img_io *io, struct img_snapshot_info **out,
-			     size_t *n)
+static void rbd_list_free(struct img_snapshot_info *list, int n)
+{
+	for (int i = 0; i < n; i++) {
+		free(list[i].id);
+		free(list[i].name);
+	}
+	free(list);
+}
+
+static int rbd_snapshot_list_op(struct img_io *io,
+				struct img_snapshot_info **out, size_t *n)
 {
 	struct rbd *r = to_rbd(io);
 	struct img_snapshot_info *list;
@@ -960,7 +952,7 @@ int img_io_rbd_snapshot_list(struct img_io *io, struct img_snapshot_info **out,
 		list[i].id = strdup(id);
 		list[i].name = strdup(s[i].name);
 		if (!list[i].id || !list[i].name) {
-			img_snapshot_list_free(list, (size_t)i + 1);
+			rbd_list_free(list, i + 1);
 			list = NULL;
 			break;
 		}
@@ -1052,8 +1044,8 @@ static int rbd_snap_delete_locked(struct rbd *r, const char *name)
 	return ret < 0 ? ret : rbd_snap_remove(r->image, name);
 }
 
-int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
-			const char *name_or_id, uint64_t *size)
+static int rbd_snapshot_op(struct img_io *io, enum img_io_snap_op op,
+			   const char *name_or_id, uint64_t *size)
 {
 	static const char *const what[] = {
 		[IMG_IO_SNAP_CREATE] = "create",
@@ -1107,28 +1099,15 @@ int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
 	return ret < 0 ? ret : 0;
 }
 
-/* The rbd backend under raw data, or NULL. */
-static struct rbd *rbd_of(struct img *img)
+static int rbd_changed_op(struct img_io *io, const char *from, unsigned flags,
+			  uint64_t off, uint64_t len, bool *changed,
+			  uint64_t *n)
 {
-	struct img_io *io = img_file(img);
-
-	return io && img_io_is_rbd(io) && !strcmp(img->drv->name, "raw") ?
-		       to_rbd(io) :
-		       NULL;
-}
-
-int img_rbd_changed(struct img *img, const char *from, unsigned flags,
-		    uint64_t off, uint64_t len, bool *changed, uint64_t *n)
-{
-	struct rbd *r = rbd_of(img);
+	struct rbd *r = to_rbd(io);
 	struct rbd_diff d = { .any = from != NULL, .off = off };
 	uint64_t size, start, end;
 	int ret;
 
-	if (!r)
-		return img_error(-ENOTSUP,
-				 "'%s' is not raw data in a Ceph RBD image",
-				 img_filename(img));
 	size = rbd_size_now(r);
 	if (!len || off >= size) {
 		*changed = false;
@@ -1140,12 +1119,11 @@ int img_rbd_changed(struct img *img, const char *from, unsigned flags,
 	/* Exact extents (whole_object off) between snapshots, so that data
 	 * an object kept is not copied again. */
 	ret = rbd_diff_iterate2(r->image, from, start, end - start,
-				!(flags & IMG_RBD_OWN_LAYER), from == NULL,
+				!(flags & IMG_CHANGED_OWN_LAYER), from == NULL,
 				rbd_diff_cb, &d);
 	if (ret < 0 && ret != RBD_DIFF_STOP)
 		return img_error(ret, "rbd: diff of '%s'%s%s failed: %s",
-				 img_filename(img),
-				 from ? " from snapshot " : "",
+				 io->path, from ? " from snapshot " : "",
 				 from ? from : "", strerror(-ret));
 	*changed = d.data_end != 0;
 	if (d.data_end)
@@ -1155,64 +1133,59 @@ int img_rbd_changed(struct img *img, const char *from, unsigned flags,
 	return 0;
 }
 
-int img_rbd_clone(const char *parent, const char *child, uint64_t size)
+static int rbd_clone_op(struct img_io *io, const char *child, uint64_t size)
 {
-	struct rbd_name pn = { 0 }, cn = { 0 };
-	rados_t c = NULL;
-	rados_ioctx_t pio = NULL, cio = NULL;
+	struct rbd *r = to_rbd(io);
+	const struct rbd_name *pn = &r->name;
+	struct rbd_name cn = { 0 };
+	rados_ioctx_t cio = NULL;
 	rbd_image_t pimg = NULL, cimg = NULL;
 	rbd_image_options_t o = NULL;
 	uint64_t now;
 	int prot = 0, ret;
 
-	if (strncmp(parent, "rbd:", 4) || strncmp(child, "rbd:", 4))
+	if (strncmp(child, "rbd:", 4))
 		return img_error(
 			-EINVAL,
 			"rbd: a clone needs rbd: names, not '%s' and '%s'",
-			parent, child);
-	ret = rbd_parse(parent, &pn);
-	if (ret < 0)
-		return ret;
+			io->path, child);
 	ret = rbd_parse(child, &cn);
 	if (ret < 0)
-		goto out;
-	if (!pn.snap || cn.snap) {
+		return ret;
+	if (!pn->snap || cn.snap) {
 		ret = img_error(
 			-EINVAL,
 			"rbd: clone '%s' of '%s': the parent must name a snapshot (rbd:POOL/IMAGE@SNAP), the clone none",
-			child, parent);
+			child, io->path);
 		goto out;
 	}
-	ret = rbd_connect(child, &cn, false, &c);
+	ret = rbd_ioctx(child, &cn, r->cluster, &cio);
 	if (ret < 0)
 		goto out;
-	ret = rbd_ioctx(parent, &pn, c, &pio);
-	if (ret < 0)
-		goto out;
-	ret = rbd_ioctx(child, &cn, c, &cio);
-	if (ret < 0)
-		goto out;
-	ret = rbd_open(pio, pn.image, &pimg, NULL);
+	/* A writable handle on the parent's head: this io is at the
+	 * snapshot, read-only, and protecting changes the image. */
+	ret = rbd_open(r->ioctx, pn->image, &pimg, NULL);
 	if (ret < 0) {
 		pimg = NULL;
-		img_error(ret, "rbd: cannot open the parent '%s': %s", parent,
+		img_error(ret, "rbd: cannot open the parent '%s': %s", io->path,
 			  strerror(-ret));
 		goto out;
 	}
 	/* Protected, so that clients of clone format 1 can use it too. */
-	ret = rbd_snap_is_protected(pimg, pn.snap, &prot);
+	ret = rbd_snap_is_protected(pimg, pn->snap, &prot);
 	if (ret >= 0 && !prot)
-		ret = rbd_snap_protect(pimg, pn.snap);
+		ret = rbd_snap_protect(pimg, pn->snap);
 	if (ret < 0) {
-		img_error(ret, "rbd: cannot protect snapshot '%s': %s", parent,
+		img_error(ret, "rbd: cannot protect snapshot '%s': %s",
+			  io->path,
 			  ret == -ENOENT ? "no such snapshot" : strerror(-ret));
 		goto out;
 	}
 	rbd_image_options_create(&o);
-	ret = rbd_clone3(pio, pn.image, pn.snap, cio, cn.image, o);
+	ret = rbd_clone3(r->ioctx, pn->image, pn->snap, cio, cn.image, o);
 	if (ret < 0) {
 		img_error(
-			ret, "rbd: cannot clone '%s' as '%s': %s", parent,
+			ret, "rbd: cannot clone '%s' as '%s': %s", io->path,
 			child,
 			ret == -EEXIST ?
 				"it exists (remove it first, or convert with -n)" :
@@ -1236,14 +1209,27 @@ out:
 		rbd_close(pimg);
 	if (cio)
 		rados_ioctx_destroy(cio);
-	if (pio)
-		rados_ioctx_destroy(pio);
-	if (c)
-		rbd_disconnect(c);
-	rbd_name_free(&pn);
 	rbd_name_free(&cn);
 	return ret < 0 ? ret : 0;
 }
+
+static const struct img_io_ops rbd_ops = {
+	.name = "rbd",
+	.pread = rbd_pread_op,
+	.pwrite = rbd_pwrite_op,
+	.submit = rbd_submit,
+	.flush = rbd_flush_op,
+	.zero = rbd_zero_op,
+	.get_size = rbd_get_size_op,
+	.truncate = rbd_truncate_op,
+	.extent = rbd_extent_op,
+	.allocated = rbd_allocated_op,
+	.close = rbd_close_op,
+	.snapshot = rbd_snapshot_op,
+	.snapshot_list = rbd_snapshot_list_op,
+	.changed = rbd_changed_op,
+	.clone = rbd_clone_op,
+};
 
 static int rbd_open_image(const char *path, const struct rbd_name *n,
 			  unsigned flags, struct rbd *r)
@@ -1328,8 +1314,8 @@ int img_io_rbd_open(const char *path, unsigned flags, struct img_io **out)
 	r->io.ops = &rbd_ops;
 	/* rbd_cache=false replaces O_DIRECT: no alignment to bounce for. */
 	r->io.flags = flags & ~(IMG_IO_DIRECT | IMG_IO_CREATE);
-	ret = rbd_open_image(path, &n, flags, r);
-	rbd_name_free(&n);
+	r->name = n;
+	ret = rbd_open_image(path, &r->name, flags, r);
 	if (ret < 0) {
 		rbd_free(r);
 		return ret;
@@ -1339,38 +1325,6 @@ int img_io_rbd_open(const char *path, unsigned flags, struct img_io **out)
 }
 
 #else
-
-bool img_io_is_rbd(const struct img_io *io)
-{
-	return false;
-}
-
-int img_io_rbd_snapshot_list(struct img_io *io, struct img_snapshot_info **out,
-			     size_t *n)
-{
-	return -ENOTSUP;
-}
-
-int img_io_rbd_snapshot(struct img_io *io, enum img_io_snap_op op,
-			const char *name_or_id, uint64_t *size)
-{
-	return -ENOTSUP;
-}
-
-int img_rbd_changed(struct img *img, const char *from, unsigned flags,
-		    uint64_t off, uint64_t len, bool *changed, uint64_t *n)
-{
-	return img_error(-ENOTSUP, "'%s' is not raw data in a Ceph RBD image",
-			 img_filename(img));
-}
-
-int img_rbd_clone(const char *parent, const char *child, uint64_t size)
-{
-	return img_error(
-		-ENOTSUP,
-		"rbd: '%s': this img was built without RBD support (librbd-dev missing at build time)",
-		child);
-}
 
 int img_io_rbd_open(const char *path, unsigned flags, struct img_io **out)
 {

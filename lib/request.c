@@ -436,9 +436,11 @@ int img_resize(struct img *img, uint64_t size, unsigned flags,
 				 "%s: cannot resize '%s': opened read-only",
 				 img->drv->name, img_filename(img));
 	if (size < img->size && !(flags & IMG_RESIZE_SHRINK))
-		return img_error(
-			-EINVAL,
-			"Use the --shrink option to perform a shrink operation.");
+		return img_error(-EINVAL,
+				 "resize: shrinking '%s' from %" PRIu64
+				 " to %" PRIu64
+				 " bytes needs IMG_RESIZE_SHRINK",
+				 img_filename(img), img->size, size);
 	if (size == img->size)
 		return 0;
 	pthread_mutex_lock(&img->lock);

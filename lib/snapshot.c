@@ -3,8 +3,10 @@
  * Internal snapshots at the library boundary: argument and read-only checks,
  * the image lock around the driver's snapshot ops, the -ENOTSUP default for
  * formats without them, and switching a freshly opened image to the
- * read-only view of a snapshot (img_open_opts.snapshot). Raw data kept in
- * Ceph RBD has the RBD image's snapshots, as in QEMU.
+ * read-only view of a snapshot (img_open_opts.snapshot). An image whose
+ * disk is its storage byte for byte (raw data kept in Ceph RBD) has the
+ * storage's snapshots, as in QEMU, and img_changed and img_clone reach the
+ * storage's change tracking and clones.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,10 +20,11 @@ static int not_supported(struct img *img)
 			 img->drv->name);
 }
 
-/* Raw data on a backend with snapshots of its own (lib/io-rbd.c). */
+/* The disk is the storage, which has snapshots of its own (lib/io-rbd.c). */
 static bool io_snapshots(struct img *img)
 {
-	return !strcmp(img->drv->name, "raw") && img_io_is_rbd(img->file);
+	return img->file_is_disk && img->file->ops->snapshot &&
+	       img->file->ops->snapshot_list;
 }
 
 /* A snapshot op on such a backend, under the image lock. */
@@ -32,7 +35,7 @@ static int io_snapshot(struct img *img, enum img_io_snap_op op,
 	int ret;
 
 	pthread_mutex_lock(&img->lock);
-	ret = img_io_rbd_snapshot(img->file, op, name_or_id, &size);
+	ret = img->file->ops->snapshot(img->file, op, name_or_id, &size);
 	if (ret >= 0 && (op == IMG_IO_SNAP_APPLY || op == IMG_IO_SNAP_LOAD))
 		img_set_size(img, size);
 	pthread_mutex_unlock(&img->lock);
@@ -65,8 +68,9 @@ int img_snapshot_list(struct img *img, struct img_snapshot_info **out,
 	if (!img->drv->snapshot && !io_snapshots(img))
 		return not_supported(img);
 	pthread_mutex_lock(&img->lock);
-	ret = img->drv->snapshot ? backend_snapshot_list(img, out, n) :
-				   img_io_rbd_snapshot_list(img->file, out, n);
+	ret = img->drv->snapshot ?
+		      backend_snapshot_list(img, out, n) :
+		      img->file->ops->snapshot_list(img->file, out, n);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
 }
@@ -150,5 +154,38 @@ int img_snapshot_load(struct img *img, const char *name_or_id)
 	pthread_mutex_lock(&img->lock);
 	ret = backend_snapshot_load(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
+	return ret < 0 ? ret : 0;
+}
+
+int img_changed(struct img *img, const char *from, unsigned flags, uint64_t off,
+		uint64_t len, bool *changed, uint64_t *n)
+{
+	struct img_io *io = img->file;
+
+	if (!img->file_is_disk || !io->ops->changed)
+		return img_error(
+			-ENOTSUP,
+			"snapshot: '%s' is not a disk kept as is in storage that tracks changes",
+			img_filename(img));
+	return io->ops->changed(io, from, flags, off, len, changed, n);
+}
+
+int img_clone(const char *parent, const char *child, uint64_t size)
+{
+	struct img_io *io;
+	int ret;
+
+	if (!parent || !child)
+		return img_error(-EINVAL, "clone: no parent or no child given");
+	ret = img_io_open(parent, IMG_IO_RDONLY, IMG_IO_AUTO, &io);
+	if (ret < 0)
+		return ret;
+	ret = io->ops->clone ?
+		      io->ops->clone(io, child, size) :
+		      img_error(
+			      -ENOTSUP,
+			      "clone: '%s' is not a snapshot of storage that makes clones",
+			      parent);
+	img_io_close(io);
 	return ret < 0 ? ret : 0;
 }

@@ -939,6 +939,10 @@ static int qcow2_bm_list(struct img *img, struct img_bitmap_info **out,
 	struct img_bitmap_info *l;
 	uint32_t cnt = bs ? bs->n : 0;
 
+	/* v2 cannot store bitmaps at all (measure, convert --bitmaps ask). */
+	if (s->h.version < 3)
+		return img_error(-ENOTSUP, "qcow2: cannot store dirty bitmaps "
+					   "in qcow2 v2 files");
 	l = calloc(cnt ? cnt : 1, sizeof(*l));
 	if (!l)
 		return img_error(-ENOMEM, "qcow2: out of memory");

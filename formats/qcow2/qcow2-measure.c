@@ -63,6 +63,7 @@ struct measure_opts {
 	unsigned l2e_size;
 	enum img_prealloc prealloc;
 	bool has_backing;
+	unsigned version;
 };
 
 static int parse_opts(const struct img_create_opts *opts,
@@ -122,6 +123,7 @@ static int parse_opts(const struct img_create_opts *opts,
 				 " requires compat=1.1 or above",
 				 refcount_bits);
 	m->refcount_order = (unsigned)__builtin_ctzll(refcount_bits);
+	m->version = version;
 	ret = img_opt_prealloc(opts, &m->prealloc);
 	if (ret < 0)
 		return ret;
@@ -173,6 +175,50 @@ static int source_required(struct img *src, uint64_t cluster_size,
 	return 0;
 }
 
+/*
+ * What copying src's persistent bitmaps into a new image of cluster_size
+ * clusters takes, as QEMU counts it: each bitmap fully allocated, its
+ * table, and the directory. *has is false when src cannot store bitmaps.
+ */
+static int bitmaps_size(struct img *src, uint64_t cluster_size, bool *has,
+			uint64_t *out)
+{
+	struct img_bitmap_info *list;
+	uint64_t total = 0, dir = 0;
+	size_t n;
+	int ret = img_bitmap_list(src, &list, &n);
+
+	if (ret == -ENOTSUP) {
+		img_clear_error();
+		*has = false;
+		return 0;
+	}
+	if (ret < 0)
+		return ret;
+	for (size_t i = 0; i < n; i++) {
+		uint64_t bytes, clusters;
+
+		if (!list[i].granularity) {
+			img_bitmap_list_free(list, n);
+			return img_error(
+				-IMG_ECORRUPT,
+				"qcow2: bitmap of '%s' has granularity 0",
+				img_filename(src));
+		}
+		bytes = div_round_up(
+			div_round_up(img_size(src), list[i].granularity), 8);
+		clusters = div_round_up(bytes, cluster_size);
+		total += clusters * cluster_size +
+			 img_align_up(clusters * 8, cluster_size);
+		/* A directory entry: 24 bytes, the name, 8-byte aligned. */
+		dir += img_align_up(24 + strlen(list[i].name), 8);
+	}
+	img_bitmap_list_free(list, n);
+	*has = true;
+	*out = total + img_align_up(dir, cluster_size);
+	return 0;
+}
+
 int qcow2_measure(const struct img_create_opts *opts, struct img *src,
 		  struct img_measure *out)
 {
@@ -213,5 +259,8 @@ int qcow2_measure(const struct img_create_opts *opts, struct img *src,
 			     m.l2e_size);
 	out->fully_allocated = full;
 	out->required = full - virtual_size + required;
+	if (src && m.version >= 3)
+		return bitmaps_size(src, m.cluster_size, &out->has_bitmaps,
+				    &out->bitmaps);
 	return 0;
 }

@@ -283,6 +283,9 @@ static int qcow2_info(struct img *img, struct img_info *info)
 	bool v3 = s->h.version >= 3;
 
 	info->cluster_size = s->cluster_size;
+	/* Just past the guest range the L1 table covers, as QEMU puts it. */
+	info->vm_state_offset =
+		img_align_up(img_size(img), s->cluster_size << s->l2_bits);
 	info->dirty = s->h.incompatible_features & QCOW2_INCOMPAT_DIRTY;
 	info->encrypted = s->h.crypt_method != 0;
 	add_field(info, "compat", IMG_VAL_STR, v3 ? "1.1" : "0.10", 0, false);
@@ -311,41 +314,45 @@ static int qcow2_info(struct img *img, struct img_info *info)
 }
 
 static const struct img_opt_desc qcow2_create_opts[] = {
-	{ "size", IMG_OPT_SIZE, "Virtual disk size" },
-	{ "compat", IMG_OPT_STR,
-	  "Compatibility level (v2 [0.10] or v3 [1.1])" },
-	{ "backing_file", IMG_OPT_STR, "File name of a base image" },
-	{ "backing_fmt", IMG_OPT_STR, "Image format of the base image" },
-	{ "cluster_size", IMG_OPT_SIZE, "qcow2 cluster size" },
-	{ "compression_type", IMG_OPT_STR,
-	  "Compression method used for image cluster compression" },
-	{ "data_file", IMG_OPT_STR, "File name of an external data file" },
-	{ "data_file_raw", IMG_OPT_BOOL,
-	  "The external data file must stay valid as a raw image" },
 	{ "encryption", IMG_OPT_BOOL,
-	  "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)" },
+	  "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)",
+	  NULL },
 	{ "encrypt.format", IMG_OPT_STR,
-	  "Encrypt the image, format choices: 'aes', 'luks'" },
+	  "Encrypt the image, format choices: 'aes', 'luks'", NULL },
 	{ "encrypt.key-secret", IMG_OPT_STR,
-	  "ID of secret providing qcow AES key or LUKS passphrase" },
+	  "ID of secret providing qcow AES key or LUKS passphrase", NULL },
 	{ "encrypt.cipher-alg", IMG_OPT_STR,
-	  "Name of encryption cipher algorithm" },
-	{ "encrypt.cipher-mode", IMG_OPT_STR,
-	  "Name of encryption cipher mode" },
-	{ "encrypt.ivgen-alg", IMG_OPT_STR, "Name of IV generator algorithm" },
+	  "Name of encryption cipher algorithm", NULL },
+	{ "encrypt.cipher-mode", IMG_OPT_STR, "Name of encryption cipher mode",
+	  NULL },
+	{ "encrypt.ivgen-alg", IMG_OPT_STR, "Name of IV generator algorithm",
+	  NULL },
 	{ "encrypt.ivgen-hash-alg", IMG_OPT_STR,
-	  "Name of IV generator hash algorithm" },
-	{ "encrypt.hash-alg", IMG_OPT_STR,
-	  "Name of encryption hash algorithm" },
+	  "Name of IV generator hash algorithm", NULL },
+	{ "encrypt.hash-alg", IMG_OPT_STR, "Name of encryption hash algorithm",
+	  NULL },
 	{ "encrypt.iter-time", IMG_OPT_NUM,
-	  "Time to spend in PBKDF in milliseconds" },
-	{ "extended_l2", IMG_OPT_BOOL, "Extended L2 tables" },
-	{ "lazy_refcounts", IMG_OPT_BOOL, "Postpone refcount updates" },
+	  "Time to spend in PBKDF in milliseconds", NULL },
+	{ "cluster_size", IMG_OPT_SIZE, "qcow2 cluster size", "65536" },
+	{ "extended_l2", IMG_OPT_BOOL, "Extended L2 tables", "off" },
 	{ "preallocation", IMG_OPT_STR,
-	  "Preallocation mode (allowed values: off, metadata, falloc, full)" },
+	  "Preallocation mode (allowed values: off, metadata, falloc, full)",
+	  NULL },
+	{ "compression_type", IMG_OPT_STR,
+	  "Compression method used for image cluster compression", "zlib" },
+	{ "size", IMG_OPT_SIZE, "Virtual disk size", NULL },
+	{ "compat", IMG_OPT_STR, "Compatibility level (v2 [0.10] or v3 [1.1])",
+	  NULL },
+	{ "backing_file", IMG_OPT_STR, "File name of a base image", NULL },
+	{ "backing_fmt", IMG_OPT_STR, "Image format of the base image", NULL },
+	{ "data_file", IMG_OPT_STR, "File name of an external data file",
+	  NULL },
+	{ "data_file_raw", IMG_OPT_BOOL,
+	  "The external data file must stay valid as a raw image", NULL },
+	{ "lazy_refcounts", IMG_OPT_BOOL, "Postpone refcount updates", "off" },
 	{ "refcount_bits", IMG_OPT_NUM,
-	  "Width of a reference count entry in bits" },
-	{ NULL, 0, NULL },
+	  "Width of a reference count entry in bits", "16" },
+	{ NULL, 0, NULL, NULL },
 };
 
 struct create_params {

@@ -996,7 +996,8 @@ static int vhdx_write(struct img *img, const void *buf, uint64_t off,
 		off += n;
 		len -= n;
 	}
-	return (flags & IMG_FUA) ? img_flush(img) : 0;
+	/* IMG_FUA never reaches a driver: the core flushes after the write. */
+	return 0;
 }
 
 /*
@@ -1387,17 +1388,20 @@ static int vhdx_create(const char *path, struct img_io *file,
 }
 
 static const struct img_opt_desc vhdx_create_opts[] = {
+	{ "size", IMG_OPT_SIZE, "Virtual disk size; max of 64TB.", NULL },
+	{ "log_size", IMG_OPT_SIZE, "Log size; min 1MB.", "1048576" },
 	{ "block_size", IMG_OPT_SIZE,
-	  "Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size." },
-	{ "block_state_zero", IMG_OPT_BOOL,
-	  "Accepted for qemu-img compatibility; unwritten blocks read as zeroes either way" },
-	{ "log_size", IMG_OPT_SIZE, "Log size; min 1MB." },
-	{ "logical_sector_size", IMG_OPT_NUM,
-	  "Logical sector size, 512 (default) or 4096" },
-	{ "size", IMG_OPT_SIZE, "Virtual disk size; max of 64TB." },
+	  "Block Size; min 1MB, max 256MB. 0 means auto-calculate based on image size.",
+	  "0" },
 	{ "subformat", IMG_OPT_STR,
-	  "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'." },
-	{ NULL, 0, NULL },
+	  "VHDX format type, can be either 'dynamic' or 'fixed'. Default is 'dynamic'.",
+	  NULL },
+	{ "block_state_zero", IMG_OPT_BOOL,
+	  "Accepted for qemu-img compatibility; unwritten blocks read as zeroes either way",
+	  NULL },
+	{ "logical_sector_size", IMG_OPT_NUM,
+	  "Logical sector size, 512 (default) or 4096", NULL },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct img_create_ops vhdx_create_ops = {

@@ -350,11 +350,8 @@ static int vmdk_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 static int vmdk_write(struct img *img, const void *buf, uint64_t off,
 		      uint64_t len, unsigned flags)
 {
-	int ret = vmdk_rw(img, VMDK_WRITE, (uint8_t *)buf, off, len);
-
-	if (ret >= 0 && (flags & IMG_FUA))
-		ret = img_flush(img);
-	return ret;
+	/* IMG_FUA never reaches a driver: the core flushes after the write. */
+	return vmdk_rw(img, VMDK_WRITE, (uint8_t *)buf, off, len);
 }
 
 /*
@@ -769,21 +766,24 @@ out:
 }
 
 static const struct img_opt_desc vmdk_create_opts[] = {
+	{ "size", IMG_OPT_SIZE, "Virtual disk size", NULL },
 	{ "adapter_type", IMG_OPT_STR,
-	  "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX" },
-	{ "backing_file", IMG_OPT_STR, "File name of a base image" },
-	{ "backing_fmt", IMG_OPT_STR, "Must be 'vmdk' if present" },
-	{ "compat6", IMG_OPT_BOOL, "VMDK version 6 image" },
-	{ "hwversion", IMG_OPT_STR, "VMDK hardware version" },
-	{ "preallocation", IMG_OPT_STR,
-	  "Preallocation mode (allowed values: off)" },
-	{ "size", IMG_OPT_SIZE, "Virtual disk size" },
+	  "Virtual adapter type, can be one of ide (default), lsilogic, buslogic or legacyESX",
+	  NULL },
+	{ "backing_file", IMG_OPT_STR, "File name of a base image", NULL },
+	{ "backing_fmt", IMG_OPT_STR, "Must be 'vmdk' if present", NULL },
+	{ "compat6", IMG_OPT_BOOL, "VMDK version 6 image", "off" },
+	{ "hwversion", IMG_OPT_STR, "VMDK hardware version", "undefined" },
+	{ "toolsversion", IMG_OPT_STR, "VMware guest tools version", NULL },
 	{ "subformat", IMG_OPT_STR,
-	  "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} " },
-	{ "toolsversion", IMG_OPT_STR, "VMware guest tools version" },
+	  "VMDK flat extent format, can be one of {monolithicSparse (default) | monolithicFlat | twoGbMaxExtentSparse | twoGbMaxExtentFlat | streamOptimized} ",
+	  NULL },
 	{ "zeroed_grain", IMG_OPT_BOOL,
-	  "Enable efficient zero writes using the zeroed-grain GTE feature" },
-	{ NULL, 0, NULL },
+	  "Enable efficient zero writes using the zeroed-grain GTE feature",
+	  NULL },
+	{ "preallocation", IMG_OPT_STR,
+	  "Preallocation mode (allowed values: off)", NULL },
+	{ NULL, 0, NULL, NULL },
 };
 
 static const struct img_create_ops vmdk_create_ops = {

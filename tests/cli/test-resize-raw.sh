@@ -14,6 +14,7 @@ expect_exit 0 "$IMG" resize -f raw a.raw +1M
 [ "$(stat -c %s a.raw)" = 3145728 ] || fail "grow by 1M"
 expect_exit 1 "$IMG" resize -f raw a.raw 1M
 grep -q '^img: Use the --shrink option to perform a shrink operation.$' "$T/.err" || fail "shrink message"
+grep -q "^img: warning: Shrinking an image will delete all data beyond the shrunken image's end." "$T/.err" || fail "shrink warning"
 [ "$(stat -c %s a.raw)" = 3145728 ] || fail "refused shrink changed the file"
 expect_exit 1 "$IMG" resize -f raw a.raw -1M
 expect_exit 0 "$IMG" resize -f raw --shrink a.raw -1M

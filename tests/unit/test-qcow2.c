@@ -158,8 +158,12 @@ static void workload(const char *name, uint64_t size, const char *o,
 	if (!img)
 		goto out;
 	CHECK_OK(img_info(img, &info));
+	CHECK(info.serialised);
 	cs = info.cluster_size;
 	l2_cover = cs / (o && strstr(o, "extended_l2=on") ? 16 : 8) * cs;
+	/* VM state goes just past what the L1 table covers. */
+	CHECK_EQ(info.vm_state_offset,
+		 (info.virtual_size + l2_cover - 1) / l2_cover * l2_cover);
 	for (unsigned i = 0; i < n_ops; i++) {
 		uint64_t off, len, kind = below(10);
 

@@ -13,48 +13,6 @@
 
 #include "cli.h"
 
-enum opt_kind { K_STR, K_SIZE, K_NUM, K_BOOL };
-
-struct opt_desc {
-	const char *name;
-	enum opt_kind kind;
-	const char *def; /* printed when not given */
-};
-
-/* qemu 7.2's create option tables (format options, then file protocol). */
-static const struct opt_desc qcow2_opts[] = {
-	{ "encryption", K_BOOL, NULL },
-	{ "encrypt.format", K_STR, NULL },
-	{ "encrypt.key-secret", K_STR, NULL },
-	{ "encrypt.cipher-alg", K_STR, NULL },
-	{ "encrypt.cipher-mode", K_STR, NULL },
-	{ "encrypt.ivgen-alg", K_STR, NULL },
-	{ "encrypt.ivgen-hash-alg", K_STR, NULL },
-	{ "encrypt.hash-alg", K_STR, NULL },
-	{ "encrypt.iter-time", K_NUM, NULL },
-	{ "cluster_size", K_SIZE, "65536" },
-	{ "extended_l2", K_BOOL, "off" },
-	{ "preallocation", K_STR, NULL },
-	{ "compression_type", K_STR, "zlib" },
-	{ "size", K_SIZE, NULL },
-	{ "compat", K_STR, NULL },
-	{ "backing_file", K_STR, NULL },
-	{ "backing_fmt", K_STR, NULL },
-	{ "data_file", K_STR, NULL },
-	{ "data_file_raw", K_BOOL, NULL },
-	{ "lazy_refcounts", K_BOOL, "off" },
-	{ "refcount_bits", K_NUM, "16" },
-	{ "nocow", K_BOOL, NULL },
-	{ "extent_size_hint", K_SIZE, NULL },
-	{ NULL, 0, NULL },
-};
-
-static const struct opt_desc raw_opts[] = {
-	{ "size", K_SIZE, NULL },  { "preallocation", K_STR, NULL },
-	{ "nocow", K_BOOL, NULL }, { "extent_size_hint", K_SIZE, NULL },
-	{ NULL, 0, NULL },
-};
-
 static const char *kv_get(const struct img_kv *kv, size_t n, const char *key)
 {
 	const char *v = NULL;
@@ -75,61 +33,55 @@ static void print_escaped(const char *s)
 	}
 }
 
-static void print_value(const char *name, enum opt_kind kind, const char *v)
+static void print_value(const struct img_opt_desc *d, const char *v)
 {
 	uint64_t n;
 
-	printf("%s=", name);
-	if ((kind == K_SIZE && img_parse_size(v, &n) == 0) ||
-	    (kind == K_NUM && v[0] >= '0' && v[0] <= '9' &&
+	printf("%s=", d->name);
+	if ((d->type == IMG_OPT_SIZE && img_parse_size(v, &n) == 0) ||
+	    (d->type == IMG_OPT_NUM && v[0] >= '0' && v[0] <= '9' &&
 	     (n = strtoull(v, NULL, 0), 1)))
 		printf("%" PRIu64, n);
-	else if (kind == K_STR)
+	else if (d->type == IMG_OPT_STR)
 		print_escaped(v);
 	else
 		fputs(v, stdout);
 }
 
-/* qemu's "Formatting 'f', fmt=F k=v ..." line. */
+/* qemu's "Formatting 'f', fmt=F k=v ..." line: the format's options in the
+ * library's (qemu's) order, given or defaulted. */
 static void print_formatting(const char *filename, const char *fmt,
-			     uint64_t size, const struct img_kv *kv, size_t n)
+			     const struct img_opt_desc *table, uint64_t size,
+			     const struct img_kv *kv, size_t n)
 {
-	const struct opt_desc *table = NULL;
 	const char *sep = "";
 	char size_str[32];
-	size_t i;
 
-	if (!strcmp(fmt, "qcow2"))
-		table = qcow2_opts;
-	else if (!strcmp(fmt, "raw"))
-		table = raw_opts;
 	snprintf(size_str, sizeof(size_str), "%" PRIu64, size);
 	printf("Formatting '%s', fmt=%s ", filename, fmt);
-	if (table) {
-		for (; table->name; table++) {
-			const char *v = kv_get(kv, n, table->name);
+	for (; table->name; table++) {
+		const char *v = kv_get(kv, n, table->name);
 
-			if (!strcmp(table->name, "size"))
-				v = size_str;
-			if (!v)
-				v = table->def;
-			if (!v)
-				continue;
-			fputs(sep, stdout);
-			print_value(table->name, table->kind, v);
-			sep = " ";
-		}
-	} else {
-		printf("size=%s", size_str);
-		for (i = 0; i < n; i++) {
-			if (!strcmp(kv[i].key, "size"))
-				continue;
-			printf(" %s=", kv[i].key);
-			print_escaped(kv[i].value);
-		}
+		if (!strcmp(table->name, "size"))
+			v = size_str;
+		if (!v)
+			v = table->def;
+		if (!v)
+			continue;
+		fputs(sep, stdout);
+		print_value(table, v);
+		sep = " ";
 	}
 	putchar('\n');
 	fflush(stdout);
+}
+
+static bool option_known(const struct img_opt_desc *table, const char *key)
+{
+	for (; table->name; table++)
+		if (!strcmp(table->name, key))
+			return true;
+	return false;
 }
 
 static int print_option_help(const char *fmt)
@@ -157,7 +109,7 @@ int cmd_create(int argc, char **argv)
 	bool quiet = false, unsafe = false, have_size = false;
 	struct img_kv *kv = NULL;
 	size_t n_kv = 0;
-	char *help_text = NULL;
+	const struct img_opt_desc *table;
 	uint64_t size = 0;
 	int c, ret = 1;
 
@@ -218,16 +170,15 @@ int cmd_create(int argc, char **argv)
 			       fmt);
 		goto out;
 	}
-	help_text = malloc(8192);
-	if (help_text && img_create_help(fmt, help_text, 8192) == 0) {
-		size_t i;
-
-		for (i = 0; i < n_kv; i++) {
-			if (!cli_option_listed(help_text, kv[i].key)) {
-				ret = cli_fail(1, "%s: Invalid parameter '%s'",
-					       filename, kv[i].key);
-				goto out;
-			}
+	if (img_create_options(fmt, &table) < 0) {
+		ret = cli_fail_img(1, -EINVAL, fmt);
+		goto out;
+	}
+	for (size_t i = 0; i < n_kv; i++) {
+		if (!option_known(table, kv[i].key)) {
+			ret = cli_fail(1, "%s: Invalid parameter '%s'",
+				       filename, kv[i].key);
+			goto out;
 		}
 	}
 	if (!have_size && kv_get(kv, n_kv, "size")) {
@@ -327,7 +278,7 @@ int cmd_create(int argc, char **argv)
 				pn = n_kv + k;
 			}
 		}
-		print_formatting(filename, fmt, size, pkv, pn);
+		print_formatting(filename, fmt, table, size, pkv, pn);
 		free(all);
 	}
 
@@ -352,7 +303,6 @@ int cmd_create(int argc, char **argv)
 	}
 	ret = 0;
 out:
-	free(help_text);
 	img_kv_free(kv, n_kv);
 	return ret;
 }

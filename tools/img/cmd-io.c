@@ -476,7 +476,6 @@ static int info_f(struct io_ctx *ctx, int argc, char **argv)
 {
 	struct img_info in;
 	char s1[64], s2[64];
-	uint64_t vm_state = 0;
 	size_t i;
 	int ret;
 
@@ -491,19 +490,8 @@ static int info_f(struct io_ctx *ctx, int argc, char **argv)
 		return ret;
 	}
 	printf("format name: %s\n", img_format(ctx->img));
-	if (!strcmp(img_format(ctx->img), "qcow2") && in.cluster_size >= 512) {
-		/* qcow2 keeps VM state just past the guest L1 range */
-		uint64_t l2_entries = in.cluster_size / 8, span;
-
-		for (i = 0; i < in.n_fields; i++)
-			if (!strcmp(in.fields[i].key, "extended-l2") &&
-			    in.fields[i].type == IMG_VAL_BOOL && in.fields[i].b)
-				l2_entries = in.cluster_size / 16;
-		span = in.cluster_size * l2_entries;
-		vm_state = (in.virtual_size + span - 1) / span * span;
-	}
 	cli_cvtstr((double)in.cluster_size, s1, sizeof(s1));
-	cli_cvtstr((double)vm_state, s2, sizeof(s2));
+	cli_cvtstr((double)in.vm_state_offset, s2, sizeof(s2));
 	printf("cluster size: %s\n", s1);
 	printf("vm state offset: %s\n", s2);
 	if (in.n_fields) {

@@ -13,17 +13,6 @@
 
 #include "cli.h"
 
-static const char *kv_get(const struct img_kv *kv, size_t n, const char *key)
-{
-	const char *v = NULL;
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		if (!strcmp(kv[i].key, key))
-			v = kv[i].value;
-	return v;
-}
-
 int cmd_measure(int argc, char **argv)
 {
 	enum { OPT_OUTPUT = 256, OPT_SIZE };
@@ -37,7 +26,7 @@ int cmd_measure(int argc, char **argv)
 	const char *fmt = NULL, *out_fmt = "raw", *filename = NULL;
 	int output = CLI_OUTPUT_HUMAN;
 	unsigned flags = IMG_OPEN_RDONLY;
-	bool have_size = false, help = false, bitmaps = false;
+	bool have_size = false, help = false;
 	uint64_t size = 0;
 	struct img_kv *kv = NULL;
 	size_t n_kv = 0;
@@ -145,7 +134,6 @@ int cmd_measure(int argc, char **argv)
 			.opts = kv,
 			.n_opts = n_kv,
 		};
-		const char *compat = kv_get(kv, n_kv, "compat");
 
 		img_clear_error();
 		ret = img_measure(&co, src, &m);
@@ -153,11 +141,6 @@ int cmd_measure(int argc, char **argv)
 			ret = cli_fail_img(1, ret, NULL);
 			goto out;
 		}
-		/* qemu 7.2 reports bitmap space for qcow2 v3 from qcow2 */
-		bitmaps = src && !strcmp(out_fmt, "qcow2") &&
-			  !strcmp(img_format(src), "qcow2") &&
-			  !(compat &&
-			    (!strcmp(compat, "0.10") || !strcmp(compat, "v2")));
 	}
 	if (output == CLI_OUTPUT_JSON) {
 		struct cli_json *o = cli_json_object();
@@ -165,16 +148,16 @@ int cmd_measure(int argc, char **argv)
 		cli_json_add_int(o, "required", (int64_t)m.required);
 		cli_json_add_int(o, "fully-allocated",
 				 (int64_t)m.fully_allocated);
-		if (bitmaps)
-			cli_json_add_int(o, "bitmaps", 0);
+		if (m.has_bitmaps)
+			cli_json_add_int(o, "bitmaps", (int64_t)m.bitmaps);
 		cli_json_print(o);
 		cli_json_free(o);
 	} else {
 		printf("required size: %" PRIu64 "\n", m.required);
 		printf("fully allocated size: %" PRIu64 "\n",
 		       m.fully_allocated);
-		if (bitmaps)
-			printf("bitmaps size: %d\n", 0);
+		if (m.has_bitmaps)
+			printf("bitmaps size: %" PRIu64 "\n", m.bitmaps);
 	}
 	ret = 0;
 out:

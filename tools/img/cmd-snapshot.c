@@ -196,7 +196,7 @@ static void diff_add(struct diff_out *d, uint64_t off, uint64_t len)
 
 /*
  * Raw data in Ceph RBD has no host offsets to compare: the name of snapshot
- * name_or_id of a (*name, malloc'd) for img_rbd_changed; *name NULL for others.
+ * name_or_id of a (*name, malloc'd) for img_changed; *name NULL for others.
  */
 static int diff_rbd_from(struct img *a, const char *name_or_id, char **name)
 {
@@ -207,7 +207,7 @@ static int diff_rbd_from(struct img *a, const char *name_or_id, char **name)
 	int ret;
 
 	*name = NULL;
-	if (img_rbd_changed(a, NULL, 0, 0, 0, &changed, &len) < 0) {
+	if (img_changed(a, NULL, 0, 0, 0, &changed, &len) < 0) {
 		img_clear_error();
 		return 0;
 	}
@@ -243,8 +243,8 @@ static int diff(struct img *a, struct img *b, const char *rbd_from, int output)
 		if (rbd_from) {
 			bool changed;
 
-			ret = img_rbd_changed(b, rbd_from, 0, off, common - off,
-					      &changed, &n);
+			ret = img_changed(b, rbd_from, 0, off, common - off,
+					  &changed, &n);
 			if (ret < 0)
 				break;
 			if (changed)
@@ -570,8 +570,7 @@ static int copy_rbd_changes(const char *from, struct img *cur, struct img *dst,
 		bool changed;
 		uint64_t n;
 
-		ret = img_rbd_changed(cur, from, 0, off, size - off, &changed,
-				      &n);
+		ret = img_changed(cur, from, 0, off, size - off, &changed, &n);
 		if (ret < 0 || !changed) {
 			off += ret < 0 ? 0 : n;
 			continue;
@@ -602,7 +601,7 @@ int cli_convert_snapshots(const char *src_path, const char *src_fmt,
 
 	if (!buf)
 		return cli_fail(1, "convert: out of memory");
-	rbd = img_rbd_changed(src, NULL, 0, 0, 0, &changed, &len) == 0;
+	rbd = img_changed(src, NULL, 0, 0, 0, &changed, &len) == 0;
 	img_clear_error();
 	ret = img_snapshot_list(src, &list, &n);
 	if (ret < 0) {

@@ -27,7 +27,7 @@ int cv_rbd_clone(const char *backing, const char *backing_fmt, const char *dst,
 				 "RBD (-F raw), not %s",
 				 backing_fmt);
 	img_clear_error();
-	return img_rbd_clone(backing, dst, size);
+	return img_clone(backing, dst, size);
 }
 
 int cv_rbd_block_status(struct img *img, uint64_t off, uint64_t len,
@@ -41,8 +41,8 @@ int cv_rbd_block_status(struct img *img, uint64_t off, uint64_t len,
 	    !(ext->flags & IMG_EXT_ALLOCATED) ||
 	    !cv_rbd_name(img_filename(img)))
 		return ret;
-	ret = img_rbd_changed(img, NULL, IMG_RBD_OWN_LAYER, off, ext->len, &own,
-			      &n);
+	ret = img_changed(img, NULL, IMG_CHANGED_OWN_LAYER, off, ext->len, &own,
+			  &n);
 	if (ret == -ENOTSUP) {
 		/* A format other than raw inside RBD: its own layers. */
 		img_clear_error();
