@@ -75,7 +75,8 @@ static int validate_compressed(const struct qcow2 *s, uint64_t l2e,
 			" has subcluster bitmap %#" PRIx64,
 			guest_off, bitmap);
 	if (qcow2_compressed_decode(s->cluster_bits, l2e, &off, &len) < 0)
-		return img_error(-IMG_ECORRUPT, "%s (guest offset %#" PRIx64 ")",
+		return img_error(-IMG_ECORRUPT,
+				 "%s (guest offset %#" PRIx64 ")",
 				 img_last_error(), guest_off);
 	return 0;
 }
@@ -141,7 +142,7 @@ enum qcow2_cluster_type qcow2_l2_type_at(const struct qcow2 *s,
 					 const struct qcow2_l2_entry *e,
 					 uint64_t in_cluster)
 {
-	return qcow2_subcluster_type(
-		s, e->l2e, e->bitmap,
-		(unsigned)(in_cluster >> s->subcluster_bits));
+	return qcow2_subcluster_type(s, e->l2e, e->bitmap,
+				     (unsigned)(in_cluster >>
+						s->subcluster_bits));
 }

@@ -39,7 +39,8 @@ int qcow2_l2_check(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
 static int walk_table(struct qcow2 *s, uint8_t *t, uint64_t off, uint64_t end,
 		      const struct qcow2_walker *w, void *opaque)
 {
-	uint64_t cs = s->cluster_size, sc_mask = (1ull << s->subcluster_bits) - 1;
+	uint64_t cs = s->cluster_size,
+		 sc_mask = (1ull << s->subcluster_bits) - 1;
 	bool per_cluster = w->flags & QCOW2_WALK_CLUSTERS;
 	struct qcow2_run r = { .len = 0 };
 	struct qcow2_l2_entry e = { .l2e = 0 };
@@ -55,7 +56,8 @@ static int walk_table(struct qcow2 *s, uint8_t *t, uint64_t off, uint64_t end,
 		if (i != idx) {
 			idx = i;
 			ret = qcow2_l2_decode(s, qcow2_l2e_at(s, t, i),
-					      qcow2_bitmap_at(s, t, i), pos, &e);
+					      qcow2_bitmap_at(s, t, i), pos,
+					      &e);
 			if (ret < 0)
 				return qcow2_signal_corruption(
 					s, "%s", img_last_error());
@@ -105,8 +107,7 @@ int qcow2_walk(struct qcow2 *s, uint64_t off, uint64_t len,
 		int ret;
 
 		if ((w->flags & QCOW2_WALK_SKIP_HOLES) &&
-		    (i >= s->l1_size ||
-		     !(s->l1[i] & QCOW2_L1E_OFFSET_MASK))) {
+		    (i >= s->l1_size || !(s->l1[i] & QCOW2_L1E_OFFSET_MASK))) {
 			off = tend;
 			continue;
 		}
@@ -837,7 +838,8 @@ static int zero_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
 			return 0;
 		if (drop)
 			nl2e = 0;
-		if (c->mode == ZM_DEALLOC || (c->mode == ZM_DISCARD && !c->zflag)) {
+		if (c->mode == ZM_DEALLOC ||
+		    (c->mode == ZM_DISCARD && !c->zflag)) {
 			nl2e = 0;
 			nbm = 0;
 		} else if (s->extended_l2) {
@@ -871,8 +873,8 @@ static int zero_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
 static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 			enum zero_mode mode)
 {
-	struct zero_ctx c = { mode, image_has_backing(s), s->h.version >= 3,
-			      0, 0 };
+	struct zero_ctx c = { mode, image_has_backing(s), s->h.version >= 3, 0,
+			      0 };
 	struct qcow2_walker w = {
 		.flags = QCOW2_WALK_ALLOC | QCOW2_WALK_CLUSTERS,
 		.run = zero_run,

@@ -47,8 +47,8 @@ static void test_standard(void)
 	CHECK_EQ(qcow2_subcluster_type(&s, QCOW2_OFLAG_COPIED, 0, 0),
 		 QCOW2_CLUSTER_UNALLOCATED);
 
-	CHECK_OK(qcow2_l2_decode(&s, host | QCOW2_OFLAG_COPIED, 0, 0x30000,
-				 &e));
+	CHECK_OK(
+		qcow2_l2_decode(&s, host | QCOW2_OFLAG_COPIED, 0, 0x30000, &e));
 	CHECK(e.has_host);
 	CHECK_EQ(e.host, host);
 	CHECK_EQ(qcow2_l2_type_at(&s, &e, 0x1234), QCOW2_CLUSTER_NORMAL);
@@ -195,9 +195,9 @@ static void test_bad_standard(void)
 	CHECK_STR_HAS(img_last_error(), "reserved bits");
 	CHECK_ERR(qcow2_l2_validate(&s, 0x10000 | (1ull << 56), 0, 0, true),
 		  -IMG_ECORRUPT);
-	CHECK_OK(qcow2_l2_validate(&s, 0x10000 | QCOW2_OFLAG_COPIED |
-					       QCOW2_OFLAG_ZERO,
-				   0, 0, true));
+	CHECK_OK(qcow2_l2_validate(
+		&s, 0x10000 | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO, 0, 0,
+		true));
 	/* The largest host offset the entry can name is fine. */
 	CHECK_OK(qcow2_l2_decode(&s, QCOW2_L2E_OFFSET_MASK & ~0xffffull, 0, 0,
 				 &e));

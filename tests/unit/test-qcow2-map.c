@@ -99,7 +99,8 @@ static int walk(struct img *img, uint64_t start, uint64_t step, uint8_t *buf,
 		int ret = qcow2_map(img, off, want, &m);
 
 		if (ret < 0 || m.len == 0 || m.len > want) {
-			fprintf(stderr, "map at %#" PRIx64 ": %d len %" PRIu64 ": %s\n",
+			fprintf(stderr,
+				"map at %#" PRIx64 ": %d len %" PRIu64 ": %s\n",
 				off, ret, ret < 0 ? 0 : m.len,
 				img_last_error());
 			return bad + 1;
@@ -249,8 +250,7 @@ static void test_compressed(const char *codec)
 		 "qemu-img convert -O raw c.qcow2 c.out",
 		 codec);
 	make(cmd);
-	t = check_image(codec, test_path("c.qcow2"), test_path("c.out"),
-			false);
+	t = check_image(codec, test_path("c.qcow2"), test_path("c.out"), false);
 	CHECK(t.compressed > 0);
 	CHECK(t.data > t.compressed);
 }
@@ -260,10 +260,10 @@ static void test_zero_clusters(void)
 	struct tally t;
 
 	make("rm -f z.qcow2; qemu-img create -q -f qcow2 z.qcow2 4M && "
-		    "qemu-io -f qcow2 -c 'write -P 0x41 0 1M' "
-		    "-c 'write -z 128k 128k' -c 'write -z -u 512k 64k' "
-		    "-c 'write -z 2M 64k' z.qcow2 && "
-		    "qemu-img convert -O raw z.qcow2 z.out");
+	     "qemu-io -f qcow2 -c 'write -P 0x41 0 1M' "
+	     "-c 'write -z 128k 128k' -c 'write -z -u 512k 64k' "
+	     "-c 'write -z 2M 64k' z.qcow2 && "
+	     "qemu-img convert -O raw z.qcow2 z.out");
 	t = check_image("zero clusters", test_path("z.qcow2"),
 			test_path("z.out"), false);
 	CHECK(t.zero >= 3);
@@ -275,10 +275,10 @@ static void test_prealloc(void)
 	struct tally t;
 
 	make("rm -f p.qcow2; qemu-img create -q -f qcow2 "
-		    "-o preallocation=metadata p.qcow2 4M && "
-		    "qemu-io -f qcow2 -c 'write -P 0x51 64k 100k' "
-		    "-c 'write -z 1M 64k' -c 'write -P 0x52 3M 4k' p.qcow2 && "
-		    "qemu-img convert -O raw p.qcow2 p.out");
+	     "-o preallocation=metadata p.qcow2 4M && "
+	     "qemu-io -f qcow2 -c 'write -P 0x51 64k 100k' "
+	     "-c 'write -z 1M 64k' -c 'write -P 0x52 3M 4k' p.qcow2 && "
+	     "qemu-img convert -O raw p.qcow2 p.out");
 	t = check_image("metadata preallocation", test_path("p.qcow2"),
 			test_path("p.out"), false);
 	/* Preallocated holes read as zeroes: data and zero extents. */
@@ -291,17 +291,16 @@ static void test_extended_l2(void)
 {
 	struct tally t;
 
-	make(
-		"rm -f xb.qcow2 x.qcow2; "
-		"qemu-img create -q -f qcow2 xb.qcow2 4M && "
-		"qemu-io -f qcow2 -c 'write -P 0x61 0 4M' xb.qcow2 && "
-		"qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k "
-		"-b xb.qcow2 -F qcow2 x.qcow2 && "
-		"qemu-io -f qcow2 -c 'write -P 0x62 2k 2k' "
-		"-c 'write -P 0x63 70k 5k' -c 'write -z 128k 4k' "
-		"-c 'write -z -u 256k 64k' -c 'write -P 0x64 300k 64k' "
-		"-c 'write -P 0x65 1M 1k' x.qcow2 && "
-		"qemu-img convert -O raw x.qcow2 x.out");
+	make("rm -f xb.qcow2 x.qcow2; "
+	     "qemu-img create -q -f qcow2 xb.qcow2 4M && "
+	     "qemu-io -f qcow2 -c 'write -P 0x61 0 4M' xb.qcow2 && "
+	     "qemu-img create -q -f qcow2 -o extended_l2=on,cluster_size=64k "
+	     "-b xb.qcow2 -F qcow2 x.qcow2 && "
+	     "qemu-io -f qcow2 -c 'write -P 0x62 2k 2k' "
+	     "-c 'write -P 0x63 70k 5k' -c 'write -z 128k 4k' "
+	     "-c 'write -z -u 256k 64k' -c 'write -P 0x64 300k 64k' "
+	     "-c 'write -P 0x65 1M 1k' x.qcow2 && "
+	     "qemu-img convert -O raw x.qcow2 x.out");
 	t = check_image("extended L2", test_path("x.qcow2"), test_path("x.out"),
 			false);
 	CHECK(t.unallocated > 0);
@@ -343,10 +342,10 @@ static void test_data_file(void)
 	struct tally t;
 
 	make("rm -f d.qcow2 d.data; qemu-img create -q -f qcow2 "
-		    "-o data_file=d.data d.qcow2 4M && "
-		    "qemu-io -f qcow2 -c 'write -P 0x81 0 300k' "
-		    "-c 'write -P 0x82 2M 64k' -c 'write -z 1M 64k' d.qcow2 && "
-		    "qemu-img convert -O raw d.qcow2 d.out");
+	     "-o data_file=d.data d.qcow2 4M && "
+	     "qemu-io -f qcow2 -c 'write -P 0x81 0 300k' "
+	     "-c 'write -P 0x82 2M 64k' -c 'write -z 1M 64k' d.qcow2 && "
+	     "qemu-img convert -O raw d.qcow2 d.out");
 	t = check_image("data file", test_path("d.qcow2"), test_path("d.out"),
 			false);
 	CHECK(t.data > 0);
@@ -356,15 +355,14 @@ static void test_backing(void)
 {
 	struct tally t;
 
-	make(
-		"rm -f bb.qcow2 b.qcow2; "
-		"qemu-img create -q -f qcow2 -o compat=0.10 bb.qcow2 4M && "
-		"qemu-io -f qcow2 -c 'write -P 0x91 0 3M' bb.qcow2 && "
-		"qemu-img create -q -f qcow2 -o cluster_size=4k "
-		"-b bb.qcow2 -F qcow2 b.qcow2 && "
-		"qemu-io -f qcow2 -c 'write -P 0x92 10k 6k' "
-		"-c 'write -P 0x93 2044k 8k' -c 'write -z 3000k 12k' b.qcow2 && "
-		"qemu-img convert -O raw b.qcow2 b.out");
+	make("rm -f bb.qcow2 b.qcow2; "
+	     "qemu-img create -q -f qcow2 -o compat=0.10 bb.qcow2 4M && "
+	     "qemu-io -f qcow2 -c 'write -P 0x91 0 3M' bb.qcow2 && "
+	     "qemu-img create -q -f qcow2 -o cluster_size=4k "
+	     "-b bb.qcow2 -F qcow2 b.qcow2 && "
+	     "qemu-io -f qcow2 -c 'write -P 0x92 10k 6k' "
+	     "-c 'write -P 0x93 2044k 8k' -c 'write -z 3000k 12k' b.qcow2 && "
+	     "qemu-img convert -O raw b.qcow2 b.out");
 	t = check_image("backing", test_path("b.qcow2"), test_path("b.out"),
 			false);
 	CHECK(t.unallocated > 0);
