@@ -2,8 +2,8 @@
 /*
  * qcow2 tables: the L1 table (in memory, written entry by entry) and the
  * L2 tables behind it (through the metadata cache): looking a table up,
- * creating or copying it for a write, growing the L1 table, preallocation,
- * shrinking, and setting one entry. How guest ranges map through the entries
+ * creating or copying it for a write, growing the L1 table, shrinking, and
+ * setting one entry. How guest ranges map through the entries
  * is qcow2-map.c's walk; what an entry means is qcow2-l2.c's.
  */
 #include <inttypes.h>
@@ -244,99 +244,6 @@ int qcow2_grow_l1(struct qcow2 *s, uint64_t min_size)
 out:
 	free(buf);
 	return ret;
-}
-
-int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
-		      enum img_prealloc mode)
-{
-	uint64_t end = off + len, pos = off & ~(s->cluster_size - 1);
-	uint64_t data_end = 0;
-	int ret;
-
-	while (pos < end) {
-		uint64_t i = pos >> qcow2_l2_cover_bits(s);
-		uint64_t cend = img_min(end, (i + 1) << qcow2_l2_cover_bits(s));
-		uint64_t first = pos >> s->cluster_bits;
-		uint64_t n_cl = ((cend - 1) >> s->cluster_bits) - first + 1;
-		uint64_t n = 0, base = 0, k_alloc = 0;
-		uint8_t *t;
-
-		ret = qcow2_l2_get(s, i, true, &t);
-		if (ret < 0)
-			return ret;
-		for (uint64_t k = 0; k < n_cl; k++)
-			if (!qcow2_l2_has_host(
-				    s, qcow2_l2e_at(s, t,
-						    (first +
-						     k) & (s->l2_entries - 1))))
-				n++;
-		if (n && !qcow2_has_data_file(s)) {
-			ret = qcow2_alloc_clusters(s, n, &base);
-			if (ret < 0) {
-				img_cache_put(s->l2_cache, t);
-				return ret;
-			}
-		}
-		for (uint64_t k = 0; k < n_cl && n; k++) {
-			uint64_t idx = (first + k) & (s->l2_entries - 1);
-			uint64_t l2e = qcow2_l2e_at(s, t, idx);
-			uint64_t host;
-
-			if (qcow2_l2_has_host(s, l2e))
-				continue;
-			host = qcow2_has_data_file(s) ?
-				       (first + k) << s->cluster_bits :
-				       base + (k_alloc++ << s->cluster_bits);
-			qcow2_l2e_put(s, t, idx, host | QCOW2_OFLAG_COPIED,
-				      qcow2_bitmap_at(s, t, idx) &
-					      ~QCOW2_EXTL2_ALLOC_MASK);
-		}
-		if (n)
-			img_cache_mark_dirty(s->l2_cache, t);
-		img_cache_put(s->l2_cache, t);
-		if (n) {
-			uint64_t r_off = qcow2_has_data_file(s) ?
-						 first << s->cluster_bits :
-						 base;
-			uint64_t r_len = qcow2_has_data_file(s) ?
-						 n_cl << s->cluster_bits :
-						 n << s->cluster_bits;
-
-			uint64_t fsize;
-
-			/* Reused clusters inside the file hold old data. */
-			ret = img_io_size(s->data_file, &fsize);
-			if (ret == 0 && r_off < fsize &&
-			    !qcow2_has_data_file(s))
-				ret = img_io_zero(s->data_file, r_off,
-						  img_min(r_len, fsize - r_off),
-						  IMG_IO_ZERO_PUNCH);
-			if (ret == 0 && mode == IMG_PREALLOC_FALLOC)
-				ret = img_io_allocate(s->data_file, r_off,
-						      r_len);
-			else if (ret == 0 && mode == IMG_PREALLOC_FULL)
-				ret = img_io_zero(s->data_file, r_off, r_len,
-						  0);
-			if (ret < 0)
-				return ret;
-			if (r_off + r_len > data_end)
-				data_end = r_off + r_len;
-		}
-		pos = cend;
-	}
-	if (data_end) {
-		uint64_t size;
-
-		ret = img_io_size(s->data_file, &size);
-		if (ret < 0)
-			return ret;
-		if (size < data_end) {
-			ret = img_io_truncate(s->data_file, data_end);
-			if (ret < 0)
-				return ret;
-		}
-	}
-	return 0;
 }
 
 int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size)

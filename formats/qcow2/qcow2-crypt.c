@@ -13,11 +13,15 @@
  * only here (writable opens are refused) so that old images can be
  * converted out.
  *
- * Hooks: the cluster code decrypts the host extents of a read after their
- * batch completes and encrypts write extents into a bounce buffer before
- * submitting them (large extents on every core: img_sector_cipher_copy) (the caller's buffer is const); copy-on-write data is
- * decrypted after it is read so it is re-encrypted for its new host offset.
- * Requests not aligned to 512 bytes go through read-modify-write here.
+ * The state owns a struct img_cipher (LUKS or the legacy cipher) that .map
+ * hands to the core with IMG_EXT_ENCRYPTED extents; every en- and
+ * decryption here runs through img_cipher_run too. Hooks: qcow2-map.c
+ * decrypts the host extents of a read after their batch completes and
+ * encrypts write extents into a bounce buffer before submitting them (the
+ * caller's buffer is const; large extents on every core); copy-on-write data
+ * is decrypted after it is read so it is re-encrypted for its new host
+ * offset. Requests not aligned to 512 bytes go through read-modify-write
+ * here.
  */
 #include <inttypes.h>
 #include <stdlib.h>

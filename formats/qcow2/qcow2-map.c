@@ -2,15 +2,16 @@
 /*
  * The one walk over qcow2 L2 tables (qcow2_walk) and everything that maps
  * guest ranges through it: .map and block status, reads, the map_direct
- * fast path, writes, zero and discard. The walk looks each L2 table up once,
- * validates each entry once (qcow2-l2.c) and hands out runs of one kind.
- * Reads gather their host extents into one img_io_submit batch. A write
- * walks a table once to plan every cluster (what must be allocated, and
- * where copy-on-write fills partial edges: whole clusters, or only the
- * touched subclusters with extended L2), allocates the missing clusters in
- * one contiguous allocation, writes the data in one batch and only then
- * changes the L2 entries, so that the crash-safe order of qcow2.c (refcount
- * before L2 before L1, through the cache dependency) holds.
+ * fast path, writes, zero and discard, and preallocation. The walk looks
+ * each L2 table up once, validates each entry once (qcow2-l2.c) and hands
+ * out runs of one kind. Reads gather their host extents into one
+ * img_io_submit batch. A write walks a table once to plan every cluster
+ * (what must be allocated, and where copy-on-write fills partial edges:
+ * whole clusters, or only the touched subclusters with extended L2),
+ * allocates the missing clusters in one contiguous allocation, writes the
+ * data in one batch and only then changes the L2 entries, so that the
+ * crash-safe order of qcow2.c (refcount before L2 before L1, through the
+ * cache dependency) holds.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -135,6 +136,19 @@ int qcow2_walk(struct qcow2 *s, uint64_t off, uint64_t len,
 	return 0;
 }
 
+/* Double the capacity of a scratch array of *cap elements. */
+static int grow(void **array, unsigned *cap, size_t elem_size)
+{
+	unsigned n = *cap ? *cap * 2 : 64;
+	void *p = realloc(*array, n * elem_size);
+
+	if (!p)
+		return img_error(-ENOMEM, "qcow2: out of memory");
+	*array = p;
+	*cap = n;
+	return 0;
+}
+
 static int add_vec(struct qcow2 *s, uint64_t file_off, void *buf, uint64_t len,
 		   bool write)
 {
@@ -150,15 +164,9 @@ static int add_vec(struct qcow2 *s, uint64_t file_off, void *buf, uint64_t len,
 			return 0;
 		}
 	}
-	if (s->n_vecs == s->cap_vecs) {
-		unsigned cap = s->cap_vecs ? s->cap_vecs * 2 : 64;
-
-		v = realloc(s->vecs, cap * sizeof(*v));
-		if (!v)
-			return img_error(-ENOMEM, "qcow2: out of memory");
-		s->vecs = v;
-		s->cap_vecs = cap;
-	}
+	if (s->n_vecs == s->cap_vecs &&
+	    grow((void **)&s->vecs, &s->cap_vecs, sizeof(*v)) < 0)
+		return -ENOMEM;
 	v = &s->vecs[s->n_vecs++];
 	v->buf = buf;
 	v->len = len;
@@ -500,15 +508,9 @@ static int write_plan_run(struct qcow2 *s, const struct qcow2_run *r,
 	uint64_t cstart = r->off & ~(s->cluster_size - 1);
 	struct qcow2_write_plan *p;
 
-	if (c->n == s->plan_cap) {
-		unsigned cap = s->plan_cap ? s->plan_cap * 2 : 64;
-
-		p = realloc(s->plan, cap * sizeof(*p));
-		if (!p)
-			return img_error(-ENOMEM, "qcow2: out of memory");
-		s->plan = p;
-		s->plan_cap = cap;
-	}
+	if (c->n == s->plan_cap &&
+	    grow((void **)&s->plan, &s->plan_cap, sizeof(*p)) < 0)
+		return -ENOMEM;
 	p = &s->plan[c->n++];
 	*p = (struct qcow2_write_plan){
 		.idx = r->idx,
@@ -986,4 +988,103 @@ int qcow2_discard(struct img *img, uint64_t off, uint64_t len)
 			return ret;
 	}
 	return zero_entries(s, a, b - a, ZM_DISCARD);
+}
+
+/* ---- preallocation ---- */
+
+struct prealloc_ctx {
+	enum img_prealloc mode;
+	unsigned n; /* clusters of the current table without a host cluster */
+	uint64_t tstart, tend; /* the guest clusters walked in that table */
+	uint64_t data_end; /* past the last host byte preallocated */
+};
+
+static int prealloc_run(struct qcow2 *s, const struct qcow2_run *r,
+			void *opaque)
+{
+	struct prealloc_ctx *c = opaque;
+	uint64_t cstart = r->off & ~(s->cluster_size - 1);
+
+	if (!c->tend)
+		c->tstart = cstart;
+	c->tend = cstart + s->cluster_size;
+	if (r->e.has_host)
+		return 0;
+	if (c->n == s->plan_cap &&
+	    grow((void **)&s->plan, &s->plan_cap, sizeof(*s->plan)) < 0)
+		return -ENOMEM;
+	s->plan[c->n++] = (struct qcow2_write_plan){ .idx = r->idx,
+						     .cstart = cstart,
+						     .bitmap = r->e.bitmap };
+	return 0;
+}
+
+/* Give the clusters of table t without one a host cluster, then make the
+ * host range read as zeroes (reused clusters hold old data) and reserve or
+ * write it as the mode asks. */
+static int prealloc_table_end(struct qcow2 *s, uint8_t *t, void *opaque)
+{
+	struct prealloc_ctx *c = opaque;
+	bool df = qcow2_has_data_file(s);
+	unsigned n = c->n;
+	uint64_t base = 0, r_off, r_len, fsize;
+	int ret;
+
+	/* With a data file the whole walked range, as host == guest there. */
+	r_off = df ? c->tstart : 0;
+	r_len = df ? c->tend - c->tstart : (uint64_t)n << s->cluster_bits;
+	c->n = 0;
+	c->tend = 0;
+	if (!n)
+		return 0;
+	if (!df) {
+		ret = qcow2_alloc_clusters(s, n, &base);
+		if (ret < 0)
+			return ret;
+		r_off = base;
+	}
+	for (unsigned k = 0; k < n; k++) {
+		const struct qcow2_write_plan *p = &s->plan[k];
+		uint64_t host = df ? p->cstart :
+				     base + ((uint64_t)k << s->cluster_bits);
+
+		qcow2_l2e_put(s, t, p->idx, host | QCOW2_OFLAG_COPIED,
+			      p->bitmap & ~QCOW2_EXTL2_ALLOC_MASK);
+	}
+	img_cache_mark_dirty(s->l2_cache, t);
+	ret = img_io_size(s->data_file, &fsize);
+	if (ret == 0 && r_off < fsize && !df)
+		ret = img_io_zero(s->data_file, r_off,
+				  img_min(r_len, fsize - r_off),
+				  IMG_IO_ZERO_PUNCH);
+	if (ret == 0 && c->mode == IMG_PREALLOC_FALLOC)
+		ret = img_io_allocate(s->data_file, r_off, r_len);
+	else if (ret == 0 && c->mode == IMG_PREALLOC_FULL)
+		ret = img_io_zero(s->data_file, r_off, r_len, 0);
+	if (ret < 0)
+		return ret;
+	if (r_off + r_len > c->data_end)
+		c->data_end = r_off + r_len;
+	return 0;
+}
+
+int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
+		      enum img_prealloc mode)
+{
+	static const struct qcow2_walker preallocator = {
+		.flags = QCOW2_WALK_ALLOC | QCOW2_WALK_CLUSTERS,
+		.run = prealloc_run,
+		.table_end = prealloc_table_end,
+	};
+	uint64_t start = off & ~(s->cluster_size - 1), size;
+	struct prealloc_ctx c = { .mode = mode };
+	int ret;
+
+	ret = qcow2_walk(s, start, off + len - start, &preallocator, &c);
+	if (ret < 0 || !c.data_end)
+		return ret;
+	ret = img_io_size(s->data_file, &size);
+	if (ret == 0 && size < c.data_end)
+		ret = img_io_truncate(s->data_file, c.data_end);
+	return ret;
 }

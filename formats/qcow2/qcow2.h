@@ -352,10 +352,6 @@ int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size);
  * zero subcluster bitmap, as a write does (allocating or copying its L2
  * table), and queue the release of what the old entry referenced. */
 int qcow2_l2_set_entry(struct qcow2 *s, uint64_t off, uint64_t l2e);
-/* Allocate L2 tables and data clusters for [off, off + len) (preallocation). */
-int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
-		      enum img_prealloc mode);
-
 /* qcow2-map.c: the one L2 walk and the guest I/O and mapping built on it. */
 /* A guest range of one kind inside one L2 table. */
 struct qcow2_run {
@@ -406,6 +402,9 @@ int qcow2_discard(struct img *img, uint64_t off, uint64_t len);
 int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m);
 int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 		       struct img_extent *ext);
+/* Allocate L2 tables and data clusters for [off, off + len) (preallocation). */
+int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
+		      enum img_prealloc mode);
 
 /* qcow2-check.c */
 int qcow2_check(struct img *img, unsigned flags, struct img_check *res);
