@@ -65,33 +65,7 @@ int qcow2_compressed_decode(unsigned cluster_bits, uint64_t l2e,
 	return 0;
 }
 
-int qcow2_compressed_check(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
-			   uint64_t guest_off)
-{
-	uint64_t off, len;
-	int ret;
-
-	if (s->data_file != s->file)
-		return qcow2_signal_corruption(
-			s,
-			"qcow2: compressed cluster at guest offset %#" PRIx64
-			" in an image with an external data file",
-			guest_off);
-	if (s->extended_l2 && bitmap)
-		return qcow2_signal_corruption(
-			s,
-			"qcow2: compressed cluster at guest offset %#" PRIx64
-			" has subcluster bitmap %#" PRIx64,
-			guest_off, bitmap);
-	ret = qcow2_compressed_decode(s->cluster_bits, l2e, &off, &len);
-	if (ret < 0)
-		return qcow2_signal_corruption(s,
-					       "%s (guest offset %#" PRIx64 ")",
-					       img_last_error(), guest_off);
-	return 0;
-}
-
-static enum img_compress_type codec(const struct qcow2 *s)
+enum img_compress_type qcow2_compress_codec(const struct qcow2 *s)
 {
 	return s->h.compression_type == QCOW2_COMPRESSION_ZSTD ?
 		       IMG_COMPRESS_ZSTD :
@@ -128,7 +102,8 @@ int qcow2_compressed_read(struct qcow2 *s, uint64_t l2e, uint64_t guest_off,
 			ret = img_io_pread(s->file, s->cin, len, off);
 		if (ret < 0)
 			return ret;
-		ret = img_decompress(codec(s), s->cin, len, s->cout, cs);
+		ret = img_decompress(qcow2_compress_codec(s), s->cin, len,
+				     s->cout, cs);
 		if (ret < 0)
 			return img_error(
 				ret,
@@ -191,7 +166,7 @@ int qcow2_compress_params(struct img *img, enum img_compress_type *type,
 		return img_error(
 			-ENOTSUP,
 			"qcow2: compressed clusters are not supported with an external data file");
-	*type = codec(s);
+	*type = qcow2_compress_codec(s);
 	*cluster_size = s->cluster_size;
 	return 0;
 }

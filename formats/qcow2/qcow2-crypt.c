@@ -13,11 +13,15 @@
  * only here (writable opens are refused) so that old images can be
  * converted out.
  *
- * Hooks: the cluster code decrypts the host extents of a read after their
- * batch completes and encrypts write extents into a bounce buffer before
- * submitting them (large extents on every core: img_sector_cipher_copy) (the caller's buffer is const); copy-on-write data is
- * decrypted after it is read so it is re-encrypted for its new host offset.
- * Requests not aligned to 512 bytes go through read-modify-write here.
+ * The state owns a struct img_cipher (LUKS or the legacy cipher) that .map
+ * hands to the core with IMG_EXT_ENCRYPTED extents; every en- and
+ * decryption here runs through img_cipher_run too. Hooks: qcow2-map.c
+ * decrypts the host extents of a read after their batch completes and
+ * encrypts write extents into a bounce buffer before submitting them (the
+ * caller's buffer is const; large extents on every core); copy-on-write data
+ * is decrypted after it is read so it is re-encrypted for its new host
+ * offset. Requests not aligned to 512 bytes go through read-modify-write
+ * here.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -30,8 +34,8 @@
 #define QCOW2_MAX_LUKS_AREA (64ull << 20)
 
 struct qcow2_crypt {
-	struct img_luks *luks; /* crypt_method 2 */
-	struct img_sector_cipher *aes; /* crypt_method 1, once keyed */
+	/* luks: crypt_method 2; legacy: crypt_method 1, once keyed. */
+	struct img_cipher cipher;
 	uint64_t area_off, area_len;
 	uint8_t *bounce; /* write extents, encrypted */
 	size_t bounce_cap;
@@ -103,17 +107,17 @@ static int open_luks(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
 	ret = area_read(&a, 0, hdr, sizeof(hdr));
 	if (ret < 0)
 		return ret;
-	ret = img_luks_parse(hdr, sizeof(hdr), c->area_len, &c->luks);
+	ret = img_luks_parse(hdr, sizeof(hdr), c->area_len, &c->cipher.luks);
 	if (ret < 0)
 		return ret;
 	if (img_untrusted(s->img))
-		img_luks_cap_iter(c->luks, IMG_UNTRUSTED_KDF_MAX_ITER);
+		img_luks_cap_iter(c->cipher.luks, IMG_UNTRUSTED_KDF_MAX_ITER);
 	if (flags & IMG_OPEN_NO_IO)
 		return 0;
 	secret = img_open_secret(s->img);
 	if (!secret)
 		return locked_error();
-	return img_luks_unlock(c->luks, secret, area_read, &a);
+	return img_luks_unlock(c->cipher.luks, secret, area_read, &a);
 }
 
 static int legacy_write_error(void)
@@ -143,7 +147,7 @@ static int open_aes(struct qcow2 *s, struct qcow2_crypt *c, unsigned flags)
 	pass = img_secret_data(secret, &len);
 	memcpy(key, pass, img_min(len, sizeof(key)));
 	ret = img_sector_cipher_new("aes", "cbc-plain64", key, sizeof(key),
-				    &c->aes);
+				    &c->cipher.legacy);
 	explicit_bzero(key, sizeof(key));
 	return ret;
 }
@@ -176,41 +180,23 @@ void qcow2_crypt_close(struct qcow2 *s)
 
 	if (!c)
 		return;
-	img_luks_free(c->luks);
-	img_sector_cipher_free(c->aes);
+	img_luks_free(c->cipher.luks);
+	img_sector_cipher_free(c->cipher.legacy);
 	free(c->bounce);
 	free(c);
 	s->crypt = NULL;
 }
 
-/* Run the cipher on len bytes from src into dst (may be equal) that sit at
- * host offset host_off and guest offset guest_off. */
-static int crypt_run(struct qcow2 *s, bool encrypt, const uint8_t *src,
-		     uint8_t *dst, uint64_t len, uint64_t host_off,
-		     uint64_t guest_off)
+struct img_cipher *qcow2_crypt_cipher(struct qcow2 *s)
 {
-	struct qcow2_crypt *c = s->crypt;
-
-	if ((host_off | guest_off | len) & (SECTOR - 1))
-		return img_error(-EINVAL,
-				 "qcow2: encrypted I/O at %#" PRIx64
-				 " is not sector aligned",
-				 guest_off);
-	if (c->luks)
-		return img_luks_crypt_copy(c->luks, encrypt, host_off / SECTOR,
-					   src, dst, len);
-	if (!c->aes)
-		return locked_error();
-	if (encrypt)
-		return legacy_write_error();
-	return img_sector_cipher_copy(c->aes, false, guest_off / SECTOR, src,
-				      dst, len);
+	return s->crypt ? &s->crypt->cipher : NULL;
 }
 
 int qcow2_crypt_decrypt(struct qcow2 *s, uint8_t *buf, uint64_t len,
 			uint64_t host_off, uint64_t guest_off)
 {
-	return crypt_run(s, false, buf, buf, len, host_off, guest_off);
+	return img_cipher_run(&s->crypt->cipher, false, buf, buf, len, host_off,
+			      guest_off);
 }
 
 int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
@@ -219,8 +205,8 @@ int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
 	for (unsigned i = 0; i < s->n_vecs; i++) {
 		struct img_io_vec *v = &s->vecs[i];
 		uint64_t g = guest_off + (uint64_t)((uint8_t *)v->buf - buf);
-		int ret = crypt_run(s, false, v->buf, v->buf, v->len,
-				    v->file_off, g);
+		int ret = img_cipher_run(&s->crypt->cipher, false, v->buf,
+					 v->buf, v->len, v->file_off, g);
 
 		if (ret < 0)
 			return ret;
@@ -233,8 +219,8 @@ int qcow2_crypt_write_vecs(struct qcow2 *s)
 	struct qcow2_crypt *c = s->crypt;
 	uint64_t total = 0, pos = 0;
 
-	if (!c->luks)
-		return crypt_run(s, true, NULL, NULL, 0, 0, 0);
+	if (!c->cipher.luks)
+		return legacy_write_error();
 	for (unsigned i = 0; i < s->n_vecs; i++)
 		total += s->vecs[i].len;
 	if (total > c->bounce_cap) {
@@ -249,8 +235,9 @@ int qcow2_crypt_write_vecs(struct qcow2 *s)
 		struct img_io_vec *v = &s->vecs[i];
 		int ret;
 
-		ret = crypt_run(s, true, v->buf, c->bounce + pos, v->len,
-				v->file_off, v->file_off);
+		ret = img_cipher_run(&s->crypt->cipher, true, v->buf,
+				     c->bounce + pos, v->len, v->file_off,
+				     v->file_off);
 		v->buf = c->bounce + pos;
 		if (ret < 0)
 			return ret;
@@ -388,7 +375,7 @@ int qcow2_crypt_amend(struct qcow2 *s, const struct img_kv *kv, size_t n)
 	struct area_io a;
 	int ret;
 
-	if (!c || !c->luks)
+	if (!c || !c->cipher.luks)
 		return img_error(-EINVAL, "Can't amend encryption options - "
 					  "encryption not present");
 	if ((ret = img_opt_str(&o, "encrypt.state", &state)) < 0 ||
@@ -412,7 +399,7 @@ int qcow2_crypt_amend(struct qcow2 *s, const struct img_kv *kv, size_t n)
 			return img_error(-EINVAL,
 					 "'old-secret' must not be given "
 					 "when activating keyslots");
-		ret = img_luks_add_key(c->luks,
+		ret = img_luks_add_key(c->cipher.luks,
 				       slot == UINT64_MAX ? -1 : (int)slot,
 				       new_secret, iter_time);
 	} else if (!strcmp(state, "inactive")) {
@@ -425,7 +412,7 @@ int qcow2_crypt_amend(struct qcow2 *s, const struct img_kv *kv, size_t n)
 					 "A keyslot or the old password must "
 					 "be given to erase keyslots");
 		a = (struct area_io){ s, c->area_off, c->area_len };
-		ret = img_luks_erase_key(c->luks,
+		ret = img_luks_erase_key(c->cipher.luks,
 					 slot == UINT64_MAX ? -1 : (int)slot,
 					 old_secret, area_read, &a);
 	} else {
@@ -436,7 +423,7 @@ int qcow2_crypt_amend(struct qcow2 *s, const struct img_kv *kv, size_t n)
 	if (ret < 0)
 		return ret;
 	a = (struct area_io){ s, c->area_off, c->area_len };
-	ret = img_luks_write_area(c->luks, area_write, &a);
+	ret = img_luks_write_area(c->cipher.luks, area_write, &a);
 	if (ret == 0)
 		ret = img_io_flush(s->file);
 	return ret;
@@ -451,8 +438,8 @@ int qcow2_crypt_info(struct img *img, struct img_crypt_info *out)
 		out->format = "aes";
 		return 0;
 	}
-	if (!s->crypt || !s->crypt->luks)
+	if (!s->crypt || !s->crypt->cipher.luks)
 		return -ENOTSUP;
-	img_luks_describe(s->crypt->luks, out);
+	img_luks_describe(s->crypt->cipher.luks, out);
 	return 0;
 }

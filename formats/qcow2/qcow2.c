@@ -2,7 +2,9 @@
 /*
  * The qcow2 driver: probe, open, close, flush, info, create, resize and
  * set_backing, on top of qcow2-header.c (the first cluster),
- * qcow2-refcount.c (allocation) and qcow2-cluster.c (mapping and guest I/O).
+ * qcow2-refcount.c (allocation), qcow2-cluster.c (L1 and L2 tables),
+ * qcow2-l2.c (what an L2 entry means) and qcow2-map.c (the one L2 walk:
+ * .map, block status and guest I/O).
  *
  * Format: QEMU docs/interop/qcow2.txt, versions 2 (compat=0.10) and 3
  * (compat=1.1); images are byte-compatible with QEMU 7.2 and created in its
@@ -852,6 +854,7 @@ const struct img_driver qcow2_driver = {
 	.discard = qcow2_discard,
 	.flush = qcow2_flush,
 	.block_status = qcow2_block_status,
+	.map = qcow2_map,
 	.create = &qcow2_create_ops,
 	.info = qcow2_info,
 	.check = qcow2_check,

@@ -72,6 +72,8 @@
 
 /* Extended L2: 32 subclusters; bitmap bit x = allocated, bit 32 + x = zero. */
 #define QCOW2_SUBCLUSTERS 32
+#define QCOW2_EXTL2_ALLOC_MASK 0xffffffffull
+#define QCOW2_EXTL2_ALL_ZERO (0xffffffffull << 32)
 #define QCOW2_EXTL2_MIN_CLUSTER_BITS 14
 
 /* Caps on what a header may make us allocate (untrusted input). */
@@ -187,6 +189,8 @@ struct qcow2 {
 	uint8_t *cow_head; /* cluster-sized copy-on-write buffers */
 	uint8_t *cow_tail;
 	uint8_t *zero_buf; /* QCOW2_ZERO_BUF_SIZE bytes of zeroes */
+	struct qcow2_write_plan *plan; /* a write's clusters (qcow2-map.c) */
+	unsigned plan_cap;
 	uint64_t reftable_used; /* 1 + index of the last non-zero entry */
 	struct qcow2_crypt *crypt; /* encryption state (qcow2-crypt.c) */
 	/* qcow2-compress.c: where the next compressed cluster's data goes
@@ -261,19 +265,84 @@ int qcow2_overlap_check(struct qcow2 *s, unsigned ignore, uint64_t file_off,
  * clusters no metadata on disk references any more. */
 int qcow2_free_clusters_now(struct qcow2 *s, uint64_t file_off, uint64_t len);
 
-/* qcow2-cluster.c */
+/* Entry i of an L2 table (the first 64 bits of an extended entry), its
+ * subcluster bitmap (0 without extended L2), and both stored. */
+static inline uint64_t qcow2_l2e_at(const struct qcow2 *s, const uint8_t *t,
+				    uint64_t i)
+{
+	return img_be64(t + i * s->l2_entry_size);
+}
+
+static inline uint64_t qcow2_bitmap_at(const struct qcow2 *s, const uint8_t *t,
+				       uint64_t i)
+{
+	return s->extended_l2 ? img_be64(t + i * 16 + 8) : 0;
+}
+
+static inline void qcow2_l2e_put(const struct qcow2 *s, uint8_t *t, uint64_t i,
+				 uint64_t l2e, uint64_t bitmap)
+{
+	img_put_be64(t + i * s->l2_entry_size, l2e);
+	if (s->extended_l2)
+		img_put_be64(t + i * 16 + 8, bitmap);
+}
+
+static inline bool qcow2_has_data_file(const struct qcow2 *s)
+{
+	return s->data_file != s->file;
+}
+
+/* log2 of the guest bytes one L2 table covers. */
+static inline unsigned qcow2_l2_cover_bits(const struct qcow2 *s)
+{
+	return s->cluster_bits + s->l2_bits;
+}
+
+/* qcow2-l2.c: L2 entries as pure functions of the geometry in s (cluster
+ * and subcluster size, extended L2, external data file); no I/O. */
+struct qcow2_l2_entry {
+	uint64_t l2e, bitmap;
+	bool has_host; /* names a host cluster (data or preallocated zeroes) */
+	/* has_host: the host cluster; compressed: the first byte of its
+	 * stream, which runs clen bytes (to the end of its last sector). */
+	uint64_t host;
+	uint64_t clen;
+};
+/* Does the entry name a host cluster (offset 0 counts in a data file)? */
+bool qcow2_l2_has_host(const struct qcow2 *s, uint64_t l2e);
+/* Classify subcluster sc (0 without extended L2) of an entry. */
+enum qcow2_cluster_type qcow2_subcluster_type(const struct qcow2 *s,
+					      uint64_t l2e, uint64_t bitmap,
+					      unsigned sc);
+/* The same for the byte in_cluster of a decoded entry's cluster. */
+enum qcow2_cluster_type qcow2_l2_type_at(const struct qcow2 *s,
+					 const struct qcow2_l2_entry *e,
+					 uint64_t in_cluster);
+/* Bits of the subclusters that bytes [from, to) of a cluster touch. */
+uint64_t qcow2_l2_subcluster_mask(const struct qcow2 *s, uint64_t from,
+				  uint64_t to);
+/* 0, or -IMG_ECORRUPT with a message naming guest_off when the entry cannot
+ * be used: unaligned host offset, a compressed descriptor out of range (or
+ * with a bitmap, or in an image with a data file), a subcluster both
+ * allocated and zero, allocated subclusters without a host cluster. strict
+ * also refuses what QEMU tolerates when it reads (reserved bits, the zero
+ * flag of an extended entry), as check reports it. */
+int qcow2_l2_validate(const struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
+		      uint64_t guest_off, bool strict);
+/* Validate (not strict) and decode the entry of the cluster at guest_off. */
+int qcow2_l2_decode(const struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
+		    uint64_t guest_off, struct qcow2_l2_entry *e);
+
+/* qcow2-cluster.c: the L1 table and L2 tables */
 int qcow2_l2_init(struct qcow2 *s); /* load L1, create the L2 cache */
 void qcow2_l2_release(struct qcow2 *s);
-int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len);
-int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
-		unsigned flags);
-int qcow2_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
-		     bool write, struct img_io **io, struct img_io_vec *vecs,
-		     unsigned *n);
-int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
-int qcow2_discard(struct img *img, uint64_t off, uint64_t len);
-int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
-		       struct img_extent *ext);
+/*
+ * Pin the L2 table of L1 index i in *t (img_cache_put it). Without alloc a
+ * missing table gives *t == NULL. With alloc a missing table is created and
+ * a shared one (no COPIED flag) copied; the new table is on disk, with its
+ * refcount, before the L1 entry names it.
+ */
+int qcow2_l2_get(struct qcow2 *s, uint64_t i, bool alloc, uint8_t **t);
 /* Grow the L1 table to hold min_size entries (resize). */
 int qcow2_grow_l1(struct qcow2 *s, uint64_t min_size);
 /* Shrink: free every cluster mapped at or past guest offset new_size (which
@@ -283,10 +352,56 @@ int qcow2_shrink_clusters(struct qcow2 *s, uint64_t new_size);
  * zero subcluster bitmap, as a write does (allocating or copying its L2
  * table), and queue the release of what the old entry referenced. */
 int qcow2_l2_set_entry(struct qcow2 *s, uint64_t off, uint64_t l2e);
-/* Classify the L2 entry (and extended bitmap) of one subcluster. */
-enum qcow2_cluster_type qcow2_subcluster_type(const struct qcow2 *s,
-					      uint64_t l2e, uint64_t bitmap,
-					      unsigned sc);
+/* qcow2-map.c: the one L2 walk and the guest I/O and mapping built on it. */
+/* A guest range of one kind inside one L2 table. */
+struct qcow2_run {
+	uint64_t off, len;
+	enum qcow2_cluster_type type; /* of the subcluster at off */
+	/* host is the host offset of off: normal and preallocated zero
+	 * clusters, and unallocated subclusters of a hosted cluster. */
+	bool hosted;
+	uint64_t host;
+	struct qcow2_l2_entry e; /* the entry of the cluster holding off */
+	uint8_t *table; /* pinned L2 table; NULL: the L1 entry is empty */
+	uint64_t idx; /* e's index in table */
+};
+#define QCOW2_WALK_ALLOC (1u << 0) /* create, or copy if shared, the tables */
+#define QCOW2_WALK_CLUSTERS (1u << 1) /* one run per cluster (with a table) */
+#define QCOW2_WALK_SKIP_HOLES (1u << 2) /* no run where the L1 entry is empty */
+struct qcow2_walker {
+	unsigned flags; /* QCOW2_WALK_* */
+	/* Each run, in guest order: 0 goes on, > 0 ends the walk (qcow2_walk
+	 * returns it), < 0 fails it. */
+	int (*run)(struct qcow2 *s, const struct qcow2_run *r, void *opaque);
+	/* Optional: after the last run in a table, which is still pinned. */
+	int (*table_end)(struct qcow2 *s, uint8_t *t, void *opaque);
+};
+/*
+ * THE walk over the L2 entries of [off, off + len): each L2 table is looked
+ * up once (through the cache), every entry is validated once (a bad one
+ * marks the image corrupt), and contiguous subclusters of one kind (same
+ * type, contiguous host offsets, never two compressed clusters) come out as
+ * one run. A run never spans two tables. Callbacks may change entries of
+ * r->table (marking it dirty) but not pin other tables of the image.
+ */
+int qcow2_walk(struct qcow2 *s, uint64_t off, uint64_t len,
+	       const struct qcow2_walker *w, void *opaque);
+/* qcow2_l2_validate for the walkers outside qcow2-map.c, marking the image
+ * corrupt on failure. */
+int qcow2_l2_check(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
+		   uint64_t guest_off);
+int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len);
+int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
+		unsigned flags);
+int qcow2_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
+		     bool write, struct img_io **io, struct img_io_vec *vecs,
+		     unsigned *n);
+int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
+int qcow2_discard(struct img *img, uint64_t off, uint64_t len);
+/* The driver's .map (lib/img-driver.h, struct img_map). */
+int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m);
+int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
+		       struct img_extent *ext);
 /* Allocate L2 tables and data clusters for [off, off + len) (preallocation). */
 int qcow2_preallocate(struct qcow2 *s, uint64_t off, uint64_t len,
 		      enum img_prealloc mode);
@@ -319,9 +434,8 @@ extern const struct img_bitmap_ops qcow2_bitmap_ops;
  * not compressed; -IMG_ECORRUPT (with a message) if the range is impossible. */
 int qcow2_compressed_decode(unsigned cluster_bits, uint64_t l2e,
 			    uint64_t *file_off, uint64_t *len);
-/* Validate a compressed entry in s (marking the image corrupt if bad). */
-int qcow2_compressed_check(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
-			   uint64_t guest_off);
+/* The codec of the image's compressed clusters. */
+enum img_compress_type qcow2_compress_codec(const struct qcow2 *s);
 /* Copy bytes [in, in + n) of the compressed cluster l2e (at guest_off) to
  * dst. */
 int qcow2_compressed_read(struct qcow2 *s, uint64_t l2e, uint64_t guest_off,
@@ -366,6 +480,9 @@ int qcow2_snapshot_check_table(struct qcow2 *s, unsigned fix,
  * unless IMG_OPEN_NO_IO, unlock it with the image's secret (-EACCES). */
 int qcow2_crypt_open(struct qcow2 *s, unsigned flags);
 void qcow2_crypt_close(struct qcow2 *s);
+/* The cipher the image's data is encrypted with, for struct img_map (NULL:
+ * not encrypted); lives as long as s->crypt. */
+struct img_cipher *qcow2_crypt_cipher(struct qcow2 *s);
 /* Decrypt the read vecs of s just completed; buf/guest_off are where the
  * request's buffer starts. */
 int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
