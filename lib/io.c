@@ -98,11 +98,19 @@ static bool io_aligned(const void *buf, uint64_t len, uint64_t file_off)
 	return !(((uintptr_t)buf | len | file_off) & (IO_DIRECT_ALIGN - 1));
 }
 
-static uint8_t *io_bounce_alloc(void)
+/* A bounce buffer for len bytes at file_off: the aligned blocks covering
+ * them, at most IO_CHUNK; *cap gets its size. Sized to the transfer, so a
+ * small one costs no mapping of a whole chunk (measured: allocating 4 KiB
+ * qcow2 writes at O_DIRECT spent half their time in munmap of 1 MiB
+ * buffers). */
+static uint8_t *io_bounce_alloc(uint64_t len, uint64_t file_off, uint64_t *cap)
 {
 	void *p = NULL;
 
-	if (posix_memalign(&p, IO_DIRECT_ALIGN, IO_CHUNK))
+	*cap = img_min(img_align_up(file_off % IO_DIRECT_ALIGN + len,
+				    IO_DIRECT_ALIGN),
+		       IO_CHUNK);
+	if (posix_memalign(&p, IO_DIRECT_ALIGN, (size_t)*cap))
 		return NULL;
 	return p;
 }
@@ -111,7 +119,8 @@ static uint8_t *io_bounce_alloc(void)
 static int io_bounce_read(struct img_io *io, void *buf, uint64_t len,
 			  uint64_t file_off)
 {
-	uint8_t *bounce = io_bounce_alloc();
+	uint64_t cap;
+	uint8_t *bounce = io_bounce_alloc(len, file_off, &cap);
 	uint8_t *dst = buf;
 	int ret = 0;
 
@@ -120,8 +129,8 @@ static int io_bounce_read(struct img_io *io, void *buf, uint64_t len,
 	while (len) {
 		uint64_t start = file_off & ~(uint64_t)(IO_DIRECT_ALIGN - 1);
 		uint64_t skip = file_off - start;
-		uint64_t span = img_min(
-			img_align_up(skip + len, IO_DIRECT_ALIGN), IO_CHUNK);
+		uint64_t span =
+			img_min(img_align_up(skip + len, IO_DIRECT_ALIGN), cap);
 		uint64_t n = img_min(span - skip, len);
 
 		ret = io->ops->pread(io, bounce, span, start);
@@ -145,7 +154,7 @@ static int io_bounce_write(struct img_io *io, const void *buf, uint64_t len,
 			   uint64_t file_off)
 {
 	const uint64_t a = IO_DIRECT_ALIGN;
-	uint64_t end = file_off + len, old_size = UINT64_MAX;
+	uint64_t end = file_off + len, old_size = UINT64_MAX, cap;
 	const uint8_t *src = buf;
 	uint8_t *bounce;
 	int ret = 0;
@@ -157,13 +166,13 @@ static int io_bounce_write(struct img_io *io, const void *buf, uint64_t len,
 		if (ret < 0)
 			return ret;
 	}
-	bounce = io_bounce_alloc();
+	bounce = io_bounce_alloc(len, file_off, &cap);
 	if (!bounce)
 		return -ENOMEM;
 	while (len) {
 		uint64_t start = file_off & ~(a - 1);
 		uint64_t skip = file_off - start;
-		uint64_t span = img_min(img_align_up(skip + len, a), IO_CHUNK);
+		uint64_t span = img_min(img_align_up(skip + len, a), cap);
 		uint64_t n = img_min(span - skip, len);
 
 		if (skip) {

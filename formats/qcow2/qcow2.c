@@ -117,10 +117,15 @@ static void release_state(struct qcow2 *s)
 
 static int alloc_buffers(struct qcow2 *s)
 {
-	s->cow_head = malloc(s->cluster_size);
-	s->cow_tail = malloc(s->cluster_size);
-	if (!s->read_only)
-		s->zero_buf = calloc(1, QCOW2_ZERO_BUF_SIZE);
+	/* Page-aligned: with O_DIRECT, copy-on-write data goes to the file
+	 * straight from these, not through a bounce buffer. */
+	if (posix_memalign((void **)&s->cow_head, 4096, s->cluster_size))
+		s->cow_head = NULL;
+	if (posix_memalign((void **)&s->cow_tail, 4096, s->cluster_size))
+		s->cow_tail = NULL;
+	if (!s->read_only &&
+	    !posix_memalign((void **)&s->zero_buf, 4096, QCOW2_ZERO_BUF_SIZE))
+		memset(s->zero_buf, 0, QCOW2_ZERO_BUF_SIZE);
 	if (!s->cow_head || !s->cow_tail || (!s->read_only && !s->zero_buf))
 		return img_error(-ENOMEM, "qcow2: out of memory");
 	return 0;
