@@ -34,11 +34,6 @@ static void raw_close(struct img *img)
 {
 }
 
-static int raw_read(struct img *img, void *buf, uint64_t off, uint64_t len)
-{
-	return img_io_pread(img_file(img), buf, len, off);
-}
-
 static int raw_write(struct img *img, const void *buf, uint64_t off,
 		     uint64_t len, unsigned flags)
 {
@@ -88,21 +83,20 @@ static int raw_discard(struct img *img, uint64_t off, uint64_t len)
 	return 0;
 }
 
-static int raw_block_status(struct img *img, uint64_t off, uint64_t len,
-			    struct img_extent *ext)
+/* The file at the same offset; its holes read as zeroes. */
+static int raw_map(struct img *img, uint64_t off, uint64_t len,
+		   struct img_map *m)
 {
 	bool data;
-	uint64_t n;
 	int ret;
 
-	ret = img_io_extent(img_file(img), off, len, &data, &n);
+	ret = img_io_extent(img_file(img), off, len, &data, &m->len);
 	if (ret < 0)
 		return ret;
-	ext->len = n;
 	/* A hole still has a host offset: qemu-img map prints it. */
-	ext->flags = (data ? IMG_EXT_DATA : IMG_EXT_ZERO) | IMG_EXT_ALLOCATED |
-		     IMG_EXT_OFFSET_VALID;
-	ext->file_off = off;
+	m->flags = (data ? IMG_EXT_DATA : IMG_EXT_ZERO) | IMG_EXT_ALLOCATED |
+		   IMG_EXT_OFFSET_VALID;
+	m->file_off = off;
 	return 0;
 }
 
@@ -225,11 +219,10 @@ const struct img_driver raw_driver = {
 	.probe = raw_probe,
 	.open = raw_open,
 	.close = raw_close,
-	.read = raw_read,
 	.write = raw_write,
 	.zero = raw_zero,
 	.discard = raw_discard,
-	.block_status = raw_block_status,
+	.map = raw_map,
 	.create = raw_create,
 	.create_opts = raw_create_opts,
 	.resize = raw_resize,
