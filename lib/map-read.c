@@ -117,8 +117,11 @@ static int zcache_fill(struct img *img, struct img_zcache *z,
 	if (ret < 0)
 		return img_error(ret,
 				 "%s: compressed cluster of guest offset 0x%" PRIx64
-				 " at host offset 0x%" PRIx64 ": %s",
+				 " at host offset 0x%" PRIx64
+				 " does not %s: %s",
 				 img->drv->name, off, m->file_off,
+				 m->codec == IMG_COMPRESS_ZSTD ? "decompress" :
+								 "inflate",
 				 img_last_error());
 	z->io = io;
 	z->file_off = m->file_off;
