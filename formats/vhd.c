@@ -648,7 +648,8 @@ static int vhd_write(struct img *img, const void *buf, uint64_t off,
 			return img_error(-ENOMEM, "vpc: out of memory");
 		ret = vhd_read_sector(img, bounce, a);
 		if (ret >= 0)
-			ret = vhd_read_sector(img, bounce + (b - a) - VHD_SECTOR,
+			ret = vhd_read_sector(img,
+					      bounce + (b - a) - VHD_SECTOR,
 					      b - VHD_SECTOR);
 		if (ret < 0) {
 			free(bounce);

@@ -82,8 +82,9 @@ static int grow(uint8_t **buf, size_t *cap, uint64_t len)
 		return 0;
 	p = realloc(*buf, (size_t)len);
 	if (!p)
-		return img_error(-ENOMEM, "out of memory for a %" PRIu64
-					  "-byte compressed cluster",
+		return img_error(-ENOMEM,
+				 "out of memory for a %" PRIu64
+				 "-byte compressed cluster",
 				 len);
 	*buf = p;
 	*cap = (size_t)len;
@@ -115,14 +116,14 @@ static int zcache_fill(struct img *img, struct img_zcache *z,
 	ret = img_decompress(m->codec, z->src, (size_t)m->clen, z->data,
 			     (size_t)m->cluster_size);
 	if (ret < 0)
-		return img_error(ret,
-				 "%s: compressed cluster of guest offset 0x%" PRIx64
-				 " at host offset 0x%" PRIx64
-				 " does not %s: %s",
-				 img->drv->name, off, m->file_off,
-				 m->codec == IMG_COMPRESS_ZSTD ? "decompress" :
-								 "inflate",
-				 img_last_error());
+		return img_error(
+			ret,
+			"%s: compressed cluster of guest offset 0x%" PRIx64
+			" at host offset 0x%" PRIx64 " does not %s: %s",
+			img->drv->name, off, m->file_off,
+			m->codec == IMG_COMPRESS_ZSTD ? "decompress" :
+							"inflate",
+			img_last_error());
 	z->io = io;
 	z->file_off = m->file_off;
 	z->clen = m->clen;
@@ -146,8 +147,9 @@ int img_read_compressed(struct img *img, const struct img_map *m, void *buf,
 		return img_error(-IMG_ECORRUPT,
 				 "%s: guest offset 0x%" PRIx64
 				 " maps to a compressed cluster of %" PRIu64
-				 " bytes (%" PRIu64 " compressed, reading %" PRIu64
-				 " at %" PRIu64 ") out of bounds",
+				 " bytes (%" PRIu64
+				 " compressed, reading %" PRIu64 " at %" PRIu64
+				 ") out of bounds",
 				 img->drv->name, off, m->cluster_size, m->clen,
 				 m->len, m->in_cluster);
 	z = zcache_get(img);

@@ -1129,8 +1129,8 @@ static int vhdx_map(struct img *img, uint64_t off, uint64_t len,
 	case PAYLOAD_PARTIALLY_PRESENT:
 		if (s->has_parent) {
 			bool present;
-			int ret = vhdx_sb_run(s, off, m->len, &present,
-					      &m->len);
+			int ret =
+				vhdx_sb_run(s, off, m->len, &present, &m->len);
 
 			if (ret < 0 || !present)
 				return ret;

@@ -836,7 +836,8 @@ static int vmdk_map_compressed(struct vmdk_extent *e, uint64_t grain,
 	m->codec = IMG_COMPRESS_DEFLATE_ZLIB;
 	m->clen = clen;
 	/* QEMU compresses only the guest bytes of a last, partial grain. */
-	m->cluster_size = img_min(e->grain_size, e->len - grain * e->grain_size);
+	m->cluster_size =
+		img_min(e->grain_size, e->len - grain * e->grain_size);
 	return 0;
 }
 

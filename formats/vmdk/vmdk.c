@@ -158,6 +158,13 @@ static int vmdk_open_extent(struct vmdk *s, struct vmdk_extent *e,
 		return img_error(ret, "vmdk: extent: %s", why);
 	}
 	e->own_io = true;
+	/* Block status names the extent's io: as the descriptor resolves
+	 * (qemu-img map's "f-flat.vmdk"), not as the confined open spelled it
+	 * ("./f-flat.vmdk"). */
+	free(e->io->path);
+	e->io->path = strdup(e->file);
+	if (!e->io->path)
+		return img_error(-ENOMEM, "vmdk: out of memory");
 	if (x->type == VMDK_EXT_FLAT) {
 		e->flat_off = x->flat_sector * VMDK_SECTOR;
 		return 0;
