@@ -8,9 +8,12 @@
  * defaults for optional driver ops that are NULL, and the rule that guest
  * data mapped to a host range past the end of its file is an error, not
  * zeroes (img_data_check, which drivers and the .map_direct path share).
- * Block status walks the backing chain the way qemu-img map does: each layer
- * is asked in turn until one allocates the range, holds zeroes past its
- * backing's end, or has no backing.
+ * For a driver with .map the core moves the data of reads itself: plain
+ * extents are batched and read without the lock, zeroes, backing data and
+ * the transforms of lib/map-read.c are filled in under it; block status of
+ * such a layer is its map. Block status walks the backing chain the way
+ * qemu-img map does: each layer is asked in turn until one allocates the
+ * range, holds zeroes past its backing's end, or has no backing.
  */
 #include <inttypes.h>
 #include <stdlib.h>

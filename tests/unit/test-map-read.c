@@ -150,16 +150,14 @@ static struct script script[] = {
 	{ .off = 0x2000, .len = 0x1000, .m = { .flags = 0 } },
 	{ .off = 0x3000,
 	  .len = 0x1000,
-	  .m = { .flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
-			  IMG_EXT_COMPRESSED,
+	  .m = { .flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_COMPRESSED,
 		 .file_off = 0x10000,
 		 .codec = IMG_COMPRESS_DEFLATE_RAW,
 		 .cluster_size = CLUSTER,
 		 .in_cluster = 0x1000 } },
 	{ .off = 0x4000,
 	  .len = 0x1000,
-	  .m = { .flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
-			  IMG_EXT_ENCRYPTED,
+	  .m = { .flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_ENCRYPTED,
 		 .file_off = 0x14000 } },
 	{ .off = 0x5000,
 	  .len = 0x1000,
@@ -250,7 +248,8 @@ static void test_reads(struct img *img)
 	CHECK_EQ(atomic_load(&img->direct_inflight), 0);
 
 	/* Unaligned pieces crossing every kind of extent. */
-	for (uint64_t off = 0, len = 1; off < SIZE; off += len, len = len * 3 % 1237 + 1) {
+	for (uint64_t off = 0, len = 1; off < SIZE;
+	     off += len, len = len * 3 % 1237 + 1) {
 		len = img_min(len, SIZE - off);
 		memset(got, 0xee, len);
 		CHECK_OK(img_read(img, got, off, len));
