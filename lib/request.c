@@ -140,6 +140,19 @@ static void direct_end(struct img *img)
 	}
 }
 
+/* A driver's extent for [off, off + len) must cover 1..len bytes. */
+static int extent_len_check(struct img *img, const char *op, uint64_t off,
+			    uint64_t got, uint64_t len)
+{
+	if (!got || got > len)
+		return img_error(-EIO,
+				 "%s: %s at offset %" PRIu64
+				 " returned length %" PRIu64
+				 " for a request of %" PRIu64,
+				 img->drv->name, op, off, got, len);
+	return 0;
+}
+
 /* drv->map with its answer checked: 1..len bytes, nothing else set. */
 static int map_checked(struct img *img, uint64_t off, uint64_t len,
 		       struct img_map *m)
@@ -150,13 +163,7 @@ static int map_checked(struct img *img, uint64_t off, uint64_t len,
 	ret = img->drv->map(img, off, len, m);
 	if (ret < 0)
 		return ret;
-	if (!m->len || m->len > len)
-		return img_error(-EIO,
-				 "%s: map at offset %" PRIu64
-				 " returned length %" PRIu64
-				 " for a request of %" PRIu64,
-				 img->drv->name, off, m->len, len);
-	return 0;
+	return extent_len_check(img, "map", off, m->len, len);
 }
 
 /* Plain data at a host offset: the core batches these. */
@@ -498,12 +505,9 @@ static int layer_status(struct img *img, uint64_t off, uint64_t len,
 	unlock(img);
 	if (ret < 0)
 		return ret;
-	if (!ext->len || ext->len > len)
-		return img_error(-EIO,
-				 "%s: block status at offset %" PRIu64
-				 " returned length %" PRIu64
-				 " for a request of %" PRIu64,
-				 img->drv->name, off, ext->len, len);
+	ret = extent_len_check(img, "block status", off, ext->len, len);
+	if (ret < 0)
+		return ret;
 	ext->off = off;
 	ext->depth = img->depth;
 	if ((ext->flags & IMG_EXT_OFFSET_VALID) && !ext->file)
