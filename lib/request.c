@@ -153,13 +153,14 @@ static int extent_len_check(struct img *img, const char *op, uint64_t off,
 	return 0;
 }
 
-/* drv->map with its answer checked: 1..len bytes, nothing else set. */
+/* drv->map with its answer checked: 1..len bytes. */
 static int map_checked(struct img *img, uint64_t off, uint64_t len,
-		       struct img_map *m)
+		       bool want_zero, struct img_map *m)
 {
 	int ret;
 
 	memset(m, 0, sizeof(*m));
+	m->want_zero = want_zero;
 	ret = img->drv->map(img, off, len, m);
 	if (ret < 0)
 		return ret;
@@ -238,7 +239,8 @@ static int map_read(struct img *img, uint8_t *buf, uint64_t off, uint64_t len)
 			struct img_map m;
 			struct img_io *mio;
 
-			ret = map_checked(img, off + done, len - done, &m);
+			ret = map_checked(img, off + done, len - done, false,
+					  &m);
 			if (ret < 0)
 				break;
 			if (!map_is_data(&m)) {
@@ -481,7 +483,7 @@ static int layer_status(struct img *img, uint64_t off, uint64_t len,
 		struct img_map m;
 
 		lock(img);
-		ret = map_checked(img, off, len, &m);
+		ret = map_checked(img, off, len, true, &m);
 		unlock(img);
 		if (ret < 0)
 			return ret;
