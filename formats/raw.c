@@ -35,11 +35,6 @@ static void raw_close(struct img *img)
 {
 }
 
-static int raw_read(struct img *img, void *buf, uint64_t off, uint64_t len)
-{
-	return img_io_pread(img_file(img), buf, len, off);
-}
-
 /* The guest bytes are the file's bytes at the same offsets. */
 static int raw_map_direct(struct img *img, void *buf, uint64_t off,
 			  uint64_t len, bool write, struct img_io **io,
@@ -102,21 +97,28 @@ static int raw_discard(struct img *img, uint64_t off, uint64_t len)
 	return 0;
 }
 
-static int raw_block_status(struct img *img, uint64_t off, uint64_t len,
-			    struct img_extent *ext)
+/* The file at the same offset; its holes read as zeroes. */
+static int raw_map(struct img *img, uint64_t off, uint64_t len,
+		   struct img_map *m)
 {
 	bool data;
-	uint64_t n;
 	int ret;
 
-	ret = img_io_extent(img_file(img), off, len, &data, &n);
+	m->file_off = off;
+	/* A read of a hole gets zeroes from the file: two lseeks a request
+	 * would cost more than they save. */
+	if (!m->want_zero) {
+		m->len = len;
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		return 0;
+	}
+	ret = img_io_extent(img_file(img), off, len, &data, &m->len);
 	if (ret < 0)
 		return ret;
-	ext->len = n;
 	/* A hole still has a host offset: qemu-img map prints it. */
-	ext->flags = (data ? IMG_EXT_DATA : IMG_EXT_ZERO) | IMG_EXT_ALLOCATED |
-		     IMG_EXT_OFFSET_VALID;
-	ext->file_off = off;
+	m->flags = (data ? IMG_EXT_DATA : IMG_EXT_ZERO) | IMG_EXT_ALLOCATED |
+		   IMG_EXT_OFFSET_VALID;
 	return 0;
 }
 
@@ -245,12 +247,11 @@ const struct img_driver raw_driver = {
 	.probe = raw_probe,
 	.open = raw_open,
 	.close = raw_close,
-	.read = raw_read,
-	.map_direct = raw_map_direct,
 	.write = raw_write,
 	.zero = raw_zero,
 	.discard = raw_discard,
-	.block_status = raw_block_status,
+	.map = raw_map,
+	.map_direct = raw_map_direct,
 	.create = &raw_create_ops,
 	.resize = raw_resize,
 };

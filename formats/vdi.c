@@ -245,42 +245,6 @@ static void vdi_close(struct img *img)
 	free(s->bmap);
 }
 
-static int vdi_read(struct img *img, void *buf, uint64_t off, uint64_t len)
-{
-	struct vdi *s = img_priv(img);
-	uint8_t *p = buf;
-
-	while (len) {
-		uint32_t idx = (uint32_t)(off / VDI_BLOCK_SIZE);
-		uint64_t in_block = off % VDI_BLOCK_SIZE;
-		uint64_t n = img_min(len, VDI_BLOCK_SIZE - in_block);
-		uint32_t e = s->bmap[idx];
-		int ret;
-
-		/* Merge runs of contiguous allocated blocks into one read. */
-		while (n < len && vdi_allocated(e)) {
-			uint32_t next = (uint32_t)((off + n) / VDI_BLOCK_SIZE);
-
-			if (s->bmap[next] != e + (next - idx))
-				break;
-			n = img_min(len, n + VDI_BLOCK_SIZE);
-		}
-		if (!vdi_allocated(e)) {
-			memset(p, 0, n);
-		} else {
-			ret = img_data_read(img, img_file(img), p, n,
-					    vdi_block_off(s, e) + in_block,
-					    off);
-			if (ret < 0)
-				return ret;
-		}
-		p += n;
-		off += n;
-		len -= n;
-	}
-	return 0;
-}
-
 static int vdi_alloc_block(struct vdi *s, uint32_t idx, bool full_write)
 {
 	uint64_t start, end;
@@ -378,8 +342,9 @@ static int vdi_flush(struct img *img)
 	return img_io_flush(io);
 }
 
-static int vdi_block_status(struct img *img, uint64_t off, uint64_t len,
-			    struct img_extent *ext)
+/* Runs of unallocated blocks, or of blocks contiguous in the file. */
+static int vdi_map(struct img *img, uint64_t off, uint64_t len,
+		   struct img_map *m)
 {
 	struct vdi *s = img_priv(img);
 	uint32_t idx = (uint32_t)(off / VDI_BLOCK_SIZE);
@@ -393,13 +358,13 @@ static int vdi_block_status(struct img *img, uint64_t off, uint64_t len,
 			break;
 		n += VDI_BLOCK_SIZE;
 	}
-	ext->len = img_min(n, len);
+	m->len = img_min(n, len);
 	if (!alloc) {
-		ext->flags = IMG_EXT_ZERO;
+		m->flags = IMG_EXT_ZERO;
 		return 0;
 	}
-	ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
-	ext->file_off = vdi_block_off(s, e) + off % VDI_BLOCK_SIZE;
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	m->file_off = vdi_block_off(s, e) + off % VDI_BLOCK_SIZE;
 	return 0;
 }
 
@@ -538,10 +503,9 @@ const struct img_driver vdi_driver = {
 	.probe = vdi_probe,
 	.open = vdi_open,
 	.close = vdi_close,
-	.read = vdi_read,
 	.write = vdi_write,
 	.flush = vdi_flush,
-	.block_status = vdi_block_status,
+	.map = vdi_map,
 	.create = &vdi_create_ops,
 	.info = vdi_info,
 	.check = vdi_check,

@@ -462,76 +462,78 @@ static bool bit_is_set(const uint8_t *bm, uint64_t i)
 	return bm[i / 8] & (0x80u >> (i % 8));
 }
 
-/* Read [off, off + len) within one block of a differencing disk. */
-static int vhd_read_diff(struct vhd *s, uint8_t *buf, uint64_t off,
-			 uint64_t len, uint64_t block_off)
-{
-	struct img_io *io = img_file(s->img);
-	uint64_t in_block = off % s->block_size;
-	uint8_t *bm;
-	int ret = 0;
-
-	ret = img_cache_get(s->bitmaps, block_off, (void **)&bm);
-	if (ret < 0)
-		return ret;
-	while (len && ret >= 0) {
-		uint64_t sec = in_block / VHD_SECTOR;
-		bool set = bit_is_set(bm, sec);
-		uint64_t n = (sec + 1) * VHD_SECTOR - in_block;
-
-		/* Extend the run while the following sectors agree. */
-		for (uint64_t next = sec + 1;
-		     n < len && bit_is_set(bm, next) == set; next++)
-			n += VHD_SECTOR;
-		n = img_min(n, len);
-		if (set)
-			ret = img_data_read(
-				s->img, io, buf, n,
-				block_off + s->bitmap_size + in_block, off);
-		else
-			ret = img_read_backing(s->img, buf, off, n);
-		buf += n;
-		off += n;
-		in_block += n;
-		len -= n;
-	}
-	img_cache_put(s->bitmaps, bm);
-	return ret;
-}
-
-static int vhd_read(struct img *img, void *buf, uint64_t off, uint64_t len)
+/*
+ * A fixed disk is the file; a dynamic disk maps block by block (the bitmap
+ * in front of each block breaks host contiguity), runs of unallocated
+ * blocks merged; a differencing disk maps an allocated block by runs of
+ * its sector bitmap, clear bits not allocated here (the parent shows).
+ */
+static int vhd_map(struct img *img, uint64_t off, uint64_t len,
+		   struct img_map *m)
 {
 	struct vhd *s = img_priv(img);
-	uint8_t *p = buf;
+	uint32_t idx;
+	uint64_t in_block, n;
+	bool alloc;
 
-	if (s->type == VHD_TYPE_FIXED)
-		return img_data_read(img, img_file(img), buf, len, off, off);
-	while (len) {
-		uint32_t idx = (uint32_t)(off / s->block_size);
-		uint64_t in_block = off % s->block_size;
-		uint64_t n = img_min(len, s->block_size - in_block);
+	if (s->type == VHD_TYPE_FIXED) {
+		m->len = len;
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		m->file_off = off;
+		return 0;
+	}
+	idx = (uint32_t)(off / s->block_size);
+	in_block = off % s->block_size;
+	alloc = s->bat[idx] != VHD_UNALLOCATED;
+	n = s->block_size - in_block;
+	if (alloc && s->type == VHD_TYPE_DIFF) {
 		uint64_t block_off = (uint64_t)s->bat[idx] * VHD_SECTOR;
+		uint64_t sec = in_block / VHD_SECTOR;
+		uint8_t *bm;
 		int ret;
 
-		if (s->bat[idx] == VHD_UNALLOCATED) {
-			if (s->type == VHD_TYPE_DIFF)
-				ret = img_read_backing(img, p, off, n);
-			else
-				ret = (memset(p, 0, n), 0);
-		} else if (s->type == VHD_TYPE_DIFF) {
-			ret = vhd_read_diff(s, p, off, n, block_off);
-		} else {
-			ret = img_data_read(
-				img, img_file(img), p, n,
-				block_off + s->bitmap_size + in_block, off);
-		}
+		ret = img_cache_get(s->bitmaps, block_off, (void **)&bm);
 		if (ret < 0)
 			return ret;
-		p += n;
-		off += n;
-		len -= n;
+		alloc = bit_is_set(bm, sec);
+		n = (sec + 1) * VHD_SECTOR - in_block;
+		for (uint64_t i = sec + 1;
+		     i < s->block_size / VHD_SECTOR && n < len &&
+		     bit_is_set(bm, i) == alloc;
+		     i++)
+			n += VHD_SECTOR;
+		img_cache_put(s->bitmaps, bm);
+	} else if (!alloc) {
+		for (uint32_t i = idx + 1; i < s->n_entries && n < len &&
+					   s->bat[i] == VHD_UNALLOCATED;
+		     i++)
+			n += s->block_size;
 	}
+	m->len = img_min(n, len);
+	if (!alloc) {
+		m->flags = s->type == VHD_TYPE_DIFF ? 0 : IMG_EXT_ZERO;
+		return 0;
+	}
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	m->file_off =
+		(uint64_t)s->bat[idx] * VHD_SECTOR + s->bitmap_size + in_block;
 	return 0;
+}
+
+/* One sector as the disk reads it now (a differencing disk's partial
+ * sector writes complete it). */
+static int vhd_read_sector(struct img *img, uint8_t *buf, uint64_t off)
+{
+	struct img_map m = { 0 };
+	int ret = vhd_map(img, off, VHD_SECTOR, &m);
+
+	if (ret < 0)
+		return ret;
+	if (!(m.flags & IMG_EXT_ALLOCATED))
+		return img_read_backing(img, buf, off, VHD_SECTOR);
+	return img_data_read(img, img_file(img), buf, VHD_SECTOR, m.file_off,
+			     off);
 }
 
 /* Give block idx a host block at the end of the used area. */
@@ -644,10 +646,11 @@ static int vhd_write(struct img *img, const void *buf, uint64_t off,
 		bounce = malloc(b - a);
 		if (!bounce)
 			return img_error(-ENOMEM, "vpc: out of memory");
-		ret = vhd_read(img, bounce, a, VHD_SECTOR);
+		ret = vhd_read_sector(img, bounce, a);
 		if (ret >= 0)
-			ret = vhd_read(img, bounce + (b - a) - VHD_SECTOR,
-				       b - VHD_SECTOR, VHD_SECTOR);
+			ret = vhd_read_sector(img,
+					      bounce + (b - a) - VHD_SECTOR,
+					      b - VHD_SECTOR);
 		if (ret < 0) {
 			free(bounce);
 			return ret;
@@ -717,66 +720,6 @@ static int vhd_flush(struct img *img)
 		s->dirty_hi = 0;
 	}
 	return img_io_flush(io);
-}
-
-static int vhd_block_status(struct img *img, uint64_t off, uint64_t len,
-			    struct img_extent *ext)
-{
-	struct vhd *s = img_priv(img);
-	uint32_t idx;
-	uint64_t in_block, n;
-	bool alloc;
-
-	if (s->type == VHD_TYPE_FIXED) {
-		ext->len = len;
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
-			     IMG_EXT_OFFSET_VALID;
-		ext->file_off = off;
-		return 0;
-	}
-	idx = (uint32_t)(off / s->block_size);
-	in_block = off % s->block_size;
-	alloc = s->bat[idx] != VHD_UNALLOCATED;
-	n = s->block_size - in_block;
-	if (alloc && s->type == VHD_TYPE_DIFF) {
-		uint64_t block_off = (uint64_t)s->bat[idx] * VHD_SECTOR;
-		uint64_t sec = in_block / VHD_SECTOR;
-		uint8_t *bm;
-		int ret;
-
-		ret = img_cache_get(s->bitmaps, block_off, (void **)&bm);
-		if (ret < 0)
-			return ret;
-		alloc = bit_is_set(bm, sec);
-		n = (sec + 1) * VHD_SECTOR - in_block;
-		for (uint64_t i = sec + 1;
-		     i < s->block_size / VHD_SECTOR && n < len &&
-		     bit_is_set(bm, i) == alloc;
-		     i++)
-			n += VHD_SECTOR;
-		img_cache_put(s->bitmaps, bm);
-	} else {
-		/* Merge following blocks of the same kind. */
-		for (uint32_t i = idx + 1;
-		     i < s->n_entries && n < len &&
-		     (s->bat[i] != VHD_UNALLOCATED) == alloc &&
-		     (!alloc || s->type != VHD_TYPE_DIFF) &&
-		     (!alloc ||
-		      s->bat[i] ==
-			      s->bat[i - 1] + (s->bitmap_size + s->block_size) /
-						      VHD_SECTOR);
-		     i++)
-			n += s->block_size;
-	}
-	ext->len = img_min(n, len);
-	if (!alloc) {
-		ext->flags = s->type == VHD_TYPE_DIFF ? 0 : IMG_EXT_ZERO;
-		return 0;
-	}
-	ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
-	ext->file_off =
-		(uint64_t)s->bat[idx] * VHD_SECTOR + s->bitmap_size + in_block;
-	return 0;
 }
 
 static int vhd_info(struct img *img, struct img_info *info)
@@ -1118,10 +1061,9 @@ const struct img_driver vpc_driver = {
 	.probe = vhd_probe,
 	.open = vhd_open,
 	.close = vhd_close,
-	.read = vhd_read,
 	.write = vhd_write,
 	.flush = vhd_flush,
-	.block_status = vhd_block_status,
+	.map = vhd_map,
 	.create = &vhd_create_ops,
 	.info = vhd_info,
 	.check = vhd_check,

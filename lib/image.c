@@ -80,6 +80,7 @@ static void img_free(struct img *img)
 	free(img->backing_name);
 	free(img->backing_fmt);
 	free(img->backing_path);
+	img_zcache_free(img);
 	pthread_mutex_destroy(&img->lock);
 	pthread_mutex_destroy(&img->direct_lock);
 	pthread_cond_destroy(&img->direct_idle);

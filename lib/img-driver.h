@@ -208,6 +208,9 @@ int img_opt_prealloc(const struct img_create_opts *opts,
  * - IMG_EXT_ENCRYPTED: the bytes at file_off are ciphertext for cipher
  *   (lib/crypto-luks.c: img_cipher_run); reads decrypt after the read,
  *   writes encrypt into a bounce buffer.
+ * The core sets want_zero before the call (QEMU's block status has the same
+ * flag): false when it maps for a read, where a driver may skip costly zero
+ * detection (raw's SEEK_HOLE) and call data that reads as zeroes data.
  */
 struct img_cipher;
 
@@ -223,6 +226,7 @@ struct img_map {
 	uint64_t in_cluster;
 	/* IMG_EXT_ENCRYPTED */
 	struct img_cipher *cipher;
+	bool want_zero; /* in: block status (true) or a read (false) */
 };
 
 /*

@@ -41,6 +41,9 @@ struct img {
 	atomic_uint direct_inflight;
 	pthread_mutex_t direct_lock;
 	pthread_cond_t direct_idle;
+	/* The last cluster a compressed extent decompressed to (map-read.c);
+	 * created on first use. */
+	struct img_zcache *zcache;
 };
 
 /*
@@ -150,6 +153,19 @@ int backend_bitmap_set_dirty(struct img *img, const char *name, uint64_t off,
 /* *run_len within 1..len. */
 int backend_bitmap_dirty(struct img *img, const char *name, uint64_t off,
 			 uint64_t len, bool *dirty, uint64_t *run_len);
+/*
+ * The transforms of the .map read path (lib/map-read.c): read extent m
+ * (IMG_EXT_COMPRESSED, or IMG_EXT_ENCRYPTED) of guest offset off into buf,
+ * checking every value of m first. Thread-safe.
+ */
+int img_read_compressed(struct img *img, const struct img_map *m, void *buf,
+			uint64_t off);
+int img_read_encrypted(struct img *img, const struct img_map *m, void *buf,
+		       uint64_t off);
+/* Drop the cached cluster (a host range is being freed or moved: it is
+ * called from img_direct_drain), and free the cache at close. */
+void img_zcache_forget(struct img *img);
+void img_zcache_free(struct img *img);
 
 /* ---- the faulty backend: fault injection and write recording ---- */
 

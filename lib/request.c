@@ -8,9 +8,12 @@
  * defaults for optional driver ops that are NULL, and the rule that guest
  * data mapped to a host range past the end of its file is an error, not
  * zeroes (img_data_check, which drivers and the .map_direct path share).
- * Block status walks the backing chain the way qemu-img map does: each layer
- * is asked in turn until one allocates the range, holds zeroes past its
- * backing's end, or has no backing.
+ * For a driver with .map the core moves the data of reads itself: plain
+ * extents are batched and read without the lock, zeroes, backing data and
+ * the transforms of lib/map-read.c are filled in under it; block status of
+ * such a layer is its map. Block status walks the backing chain the way
+ * qemu-img map does: each layer is asked in turn until one allocates the
+ * range, holds zeroes past its backing's end, or has no backing.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -60,6 +63,7 @@ static void unlock(struct img *img)
 
 void img_direct_drain(struct img *img)
 {
+	img_zcache_forget(img);
 	if (!atomic_load(&img->direct_inflight))
 		return;
 	pthread_mutex_lock(&img->direct_lock);
@@ -171,6 +175,126 @@ void img_direct_release(struct img *img)
 	}
 }
 
+/* The driver's map, its answer checked by backend_map. */
+static int map_checked(struct img *img, uint64_t off, uint64_t len,
+		       bool want_zero, struct img_map *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->want_zero = want_zero;
+	return backend_map(img, off, len, m);
+}
+
+/* Plain data at a host offset: the core batches these. */
+static bool map_is_data(const struct img_map *m)
+{
+	const unsigned plain = IMG_EXT_ALLOCATED | IMG_EXT_DATA |
+			       IMG_EXT_OFFSET_VALID;
+
+	return (m->flags & (plain | IMG_EXT_ZERO | IMG_EXT_COMPRESSED |
+			    IMG_EXT_ENCRYPTED)) == plain;
+}
+
+/* Read one extent that is not plain data, under the image lock. */
+static int map_read_other(struct img *img, const struct img_map *m,
+			  uint8_t *buf, uint64_t off)
+{
+	if (!(m->flags & IMG_EXT_ALLOCATED))
+		return img_read_backing(img, buf, off, m->len);
+	if (m->flags & IMG_EXT_ZERO) {
+		memset(buf, 0, m->len);
+		return 0;
+	}
+	if (m->flags & IMG_EXT_COMPRESSED)
+		return img_read_compressed(img, m, buf, off);
+	if (m->flags & IMG_EXT_ENCRYPTED)
+		return img_read_encrypted(img, m, buf, off);
+	return img_error(-EIO,
+			 "%s: guest offset 0x%" PRIx64
+			 " maps to flags %#x, which say nothing to read",
+			 img->drv->name, off, m->flags);
+}
+
+/* Add a host read to the batch, merging with the last one when it
+ * continues it in memory and in the file. false: the batch is full. */
+static bool batch_add(struct img_io_vec *v, unsigned *n, uint8_t *buf,
+		      const struct img_map *m)
+{
+	struct img_io_vec *last = *n ? &v[*n - 1] : NULL;
+
+	if (last && (uint8_t *)last->buf + last->len == buf &&
+	    last->file_off + last->len == m->file_off) {
+		last->len += m->len;
+		return true;
+	}
+	if (*n == IMG_DIRECT_MAX_VECS)
+		return false;
+	v[(*n)++] = (struct img_io_vec){ .buf = buf,
+					 .len = m->len,
+					 .file_off = m->file_off };
+	return true;
+}
+
+/*
+ * Read one chunk through drv->map. Under the lock the extents are mapped,
+ * zeroes, backing data and transformed extents filled in, and plain data
+ * collected into one batch per host file; the batch then runs without the
+ * lock, counted in direct_inflight like a .map_direct transfer. A batch
+ * that fills up, or an extent in another file, ends the round and the next
+ * round maps the rest.
+ */
+static int map_read(struct img *img, uint8_t *buf, uint64_t off, uint64_t len)
+{
+	while (len) {
+		struct img_io_vec vecs[IMG_DIRECT_MAX_VECS];
+		struct img_io *io = NULL;
+		uint64_t done = 0;
+		unsigned n = 0;
+		int ret = 0;
+
+		lock(img);
+		while (done < len) {
+			struct img_map m;
+			struct img_io *mio;
+
+			ret = map_checked(img, off + done, len - done, false,
+					  &m);
+			if (ret < 0)
+				break;
+			if (!map_is_data(&m)) {
+				ret = map_read_other(img, &m, buf + done,
+						     off + done);
+				if (ret < 0)
+					break;
+				done += m.len;
+				continue;
+			}
+			mio = m.io ? m.io : img->file;
+			if ((n && mio != io) ||
+			    !batch_add(vecs, &n, buf + done, &m))
+				break;
+			io = mio;
+			done += m.len;
+		}
+		if (ret >= 0 && n)
+			ret = img_data_check_vecs(img, io, buf, off, vecs, n);
+		if (ret >= 0 && n)
+			atomic_fetch_add(&img->direct_inflight, 1);
+		unlock(img);
+		if (ret < 0)
+			return ret;
+		if (n) {
+			ret = img_io_submit(io, vecs, n);
+			img_direct_release(img);
+			if (ret < 0)
+				return ret;
+		}
+		buf += done;
+		off += done;
+		len -= done;
+	}
+	return 0;
+}
+
 /*
  * Read or write one chunk. When the driver maps it with .map_direct, the
  * data moves without the image lock, so requests on allocated data overlap
@@ -185,6 +309,8 @@ static int transfer(struct img *img, void *buf, uint64_t off, uint64_t len,
 	struct img_io *io;
 	int ret;
 
+	if (!write && img->drv->map)
+		return map_read(img, buf, off, len);
 	ret = img_direct_map(img, buf, off, len, write, &io, vecs, &n);
 	if (ret < 0)
 		return ret;
@@ -359,6 +485,27 @@ static int layer_status(struct img *img, uint64_t off, uint64_t len,
 	memset(ext, 0, sizeof(*ext));
 	ext->off = off;
 	ext->depth = img->depth;
+	/* A driver with both reports through block_status what QEMU shows
+	 * for its format (qcow2 hides encrypted host offsets), built on its
+	 * map. */
+	if (img->drv->map && !img->drv->block_status) {
+		struct img_map m;
+
+		lock(img);
+		ret = map_checked(img, off, len, true, &m);
+		unlock(img);
+		if (ret < 0)
+			return ret;
+		ext->len = m.len;
+		ext->flags = m.flags;
+		if (m.flags & IMG_EXT_OFFSET_VALID) {
+			ext->file_off = m.file_off;
+			ext->file = m.io && m.io != img->file ?
+					    m.io->path :
+					    img_filename(img);
+		}
+		return 0;
+	}
 	if (!img->drv->block_status) {
 		ext->len = len;
 		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED;

@@ -852,7 +852,6 @@ const struct img_driver qcow2_driver = {
 	.probe = qcow2_probe,
 	.open = qcow2_open,
 	.close = qcow2_close,
-	.read = qcow2_read,
 	.write = qcow2_write,
 	.map_direct = qcow2_map_direct,
 	.zero = qcow2_zero,

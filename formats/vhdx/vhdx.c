@@ -28,6 +28,7 @@
  * to a differencing disk is not supported.
  */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,6 +115,8 @@ struct vhdx {
 	uint64_t meta_off;
 	struct vhdx_patch *patches;
 	size_t n_patches;
+	/* The file as the replay left it, for the core's data reads. */
+	struct img_io log_io;
 	char *parent;
 	uint64_t log_seq; /* sequence number of the next log entry */
 	bool file_guid_new; /* FileWriteGuid renewed in this open */
@@ -175,6 +178,29 @@ static int vhdx_pread(struct vhdx *s, void *buf, uint64_t len, uint64_t off)
 	}
 	return 0;
 }
+
+static struct vhdx *vhdx_of_log_io(struct img_io *io)
+{
+	return (struct vhdx *)((char *)io - offsetof(struct vhdx, log_io));
+}
+
+static int vhdx_log_io_pread(struct img_io *io, void *buf, uint64_t len,
+			     uint64_t file_off)
+{
+	return vhdx_pread(vhdx_of_log_io(io), buf, len, file_off);
+}
+
+static int vhdx_log_io_size(struct img_io *io, uint64_t *size)
+{
+	return img_io_size(img_file(vhdx_of_log_io(io)->img), size);
+}
+
+/* Only read: the replay exists in memory on read-only opens alone. */
+static const struct img_io_ops vhdx_log_io_ops = {
+	.name = "vhdx-log",
+	.pread = vhdx_log_io_pread,
+	.get_size = vhdx_log_io_size,
+};
 
 static int vhdx_read_headers(struct vhdx *s)
 {
@@ -792,6 +818,9 @@ static int vhdx_open(struct img *img, unsigned flags)
 
 	s->img = img;
 	s->dirty_lo = UINT64_MAX;
+	s->log_io.ops = &vhdx_log_io_ops;
+	s->log_io.path = img_file(img)->path;
+	s->log_io.flags = IMG_IO_RDONLY;
 	ret = img_io_size(img_file(img), &file_size);
 	if (ret >= 0)
 		ret = img_io_pread(img_file(img), id, 8, 0);
@@ -868,88 +897,6 @@ static int vhdx_sb_run(struct vhdx *s, uint64_t off, uint64_t len,
 	}
 out:
 	*run = img_min(len, (sec + i) * s->lsector - in);
-	return 0;
-}
-
-/*
- * Read guest [off, off + len) from the block at host block_off. Only the
- * block's start must be in the file: the last block of a file may end past
- * it (QEMU accepts such files, and our writer grows a file by what it
- * writes), and reads there are zeroes.
- */
-static int vhdx_data_read(struct vhdx *s, uint8_t *buf, uint64_t len,
-			  uint64_t block_off, uint64_t off)
-{
-	int ret = img_data_check(s->img, img_file(s->img), 1, block_off,
-				 off - off % s->block_size);
-
-	if (ret < 0)
-		return ret;
-	return vhdx_pread(s, buf, len, block_off + off % s->block_size);
-}
-
-/* Read within one block whose payload is partially present. */
-static int vhdx_read_partial(struct vhdx *s, uint8_t *buf, uint64_t off,
-			     uint64_t len, uint64_t block_off)
-{
-	while (len) {
-		uint64_t run;
-		bool present;
-		int ret = vhdx_sb_run(s, off, len, &present, &run);
-
-		if (ret >= 0 && present)
-			ret = vhdx_data_read(s, buf, run, block_off, off);
-		else if (ret >= 0)
-			ret = img_read_backing(s->img, buf, off, run);
-		if (ret < 0)
-			return ret;
-		buf += run;
-		off += run;
-		len -= run;
-	}
-	return 0;
-}
-
-static int vhdx_read(struct img *img, void *buf, uint64_t off, uint64_t len)
-{
-	struct vhdx *s = img_priv(img);
-	uint8_t *p = buf;
-	int ret;
-
-	while (len) {
-		uint64_t block = off / s->block_size, in = off % s->block_size;
-		uint64_t n = img_min(len, s->block_size - in);
-		uint64_t e = s->bat[vhdx_bat_idx(s, block)];
-		uint64_t block_off = (e >> 20) * MIB;
-
-		switch (e & 7) {
-		case PAYLOAD_FULLY_PRESENT:
-			ret = vhdx_data_read(s, p, n, block_off, off);
-			break;
-		case PAYLOAD_PARTIALLY_PRESENT:
-			ret = s->has_parent ?
-				      vhdx_read_partial(s, p, off, n,
-							block_off) :
-				      vhdx_data_read(s, p, n, block_off, off);
-			break;
-		case PAYLOAD_ZERO:
-			memset(p, 0, n);
-			ret = 0;
-			break;
-		default:
-			if (s->has_parent) {
-				ret = img_read_backing(img, p, off, n);
-			} else {
-				memset(p, 0, n);
-				ret = 0;
-			}
-		}
-		if (ret < 0)
-			return ret;
-		p += n;
-		off += n;
-		len -= n;
-	}
 	return 0;
 }
 
@@ -1141,40 +1088,62 @@ static int vhdx_flush(struct img *img)
 	return 0;
 }
 
-static int vhdx_block_status(struct img *img, uint64_t off, uint64_t len,
-			     struct img_extent *ext)
+/*
+ * Plain data of a block at host block_off. Only the block's start must be
+ * in the file: the last block of a file may end past it (QEMU accepts such
+ * files, and our writer grows a file by what it writes); the rest reads as
+ * zeroes, as QEMU reports it (data and zero), without a host offset (the
+ * bytes are not in the file).
+ */
+static int vhdx_map_data(struct vhdx *s, uint64_t block_off, uint64_t in,
+			 struct img_map *m)
+{
+	struct img_io *io = s->n_patches ? &s->log_io : img_file(s->img);
+	uint64_t size;
+	int ret;
+
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	m->io = io;
+	m->file_off = block_off + in;
+	ret = img_io_holds(io, m->file_off + m->len, &size);
+	if (ret)
+		return ret < 0 ? ret : 0;
+	/* Not even the start: the core's read fails naming the offsets. */
+	if (size <= block_off)
+		return 0;
+	if (size > m->file_off)
+		m->len = size - m->file_off;
+	else
+		m->flags = IMG_EXT_DATA | IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
+	return 0;
+}
+
+static int vhdx_map(struct img *img, uint64_t off, uint64_t len,
+		    struct img_map *m)
 {
 	struct vhdx *s = img_priv(img);
-	uint64_t block = off / s->block_size;
+	uint64_t block = off / s->block_size, in = off % s->block_size;
 	uint64_t e = s->bat[vhdx_bat_idx(s, block)];
-	uint64_t n = img_min(len, s->block_size - off % s->block_size);
 
-	ext->len = n;
+	m->len = img_min(len, s->block_size - in);
 	switch (e & 7) {
-	case PAYLOAD_FULLY_PRESENT:
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
-			     IMG_EXT_OFFSET_VALID;
-		ext->file_off = (e >> 20) * MIB + off % s->block_size;
-		return 0;
 	case PAYLOAD_PARTIALLY_PRESENT:
 		if (s->has_parent) {
 			bool present;
-			int ret = vhdx_sb_run(s, off, n, &present, &ext->len);
+			int ret =
+				vhdx_sb_run(s, off, m->len, &present, &m->len);
 
-			if (ret < 0 || !present) {
-				ext->flags = 0;
+			if (ret < 0 || !present)
 				return ret;
-			}
 		}
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
-			     IMG_EXT_OFFSET_VALID;
-		ext->file_off = (e >> 20) * MIB + off % s->block_size;
-		return 0;
+		/* fall through */
+	case PAYLOAD_FULLY_PRESENT:
+		return vhdx_map_data(s, (e >> 20) * MIB, in, m);
 	case PAYLOAD_ZERO:
-		ext->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
+		m->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
 		return 0;
 	default:
-		ext->flags = s->has_parent ? 0 : IMG_EXT_ZERO;
+		m->flags = s->has_parent ? 0 : IMG_EXT_ZERO;
 		return 0;
 	}
 }
@@ -1415,10 +1384,9 @@ const struct img_driver vhdx_driver = {
 	.probe = vhdx_probe,
 	.open = vhdx_open,
 	.close = vhdx_close,
-	.read = vhdx_read,
 	.write = vhdx_write,
 	.flush = vhdx_flush,
-	.block_status = vhdx_block_status,
+	.map = vhdx_map,
 	.create = &vhdx_create_ops,
 	.info = vhdx_info,
 	.check = vhdx_check,

@@ -20,6 +20,7 @@
  * grain (a later write overwrites them and the next flush rewrites them).
  */
 #include <inttypes.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,34 @@ static uint64_t vmdk_file_size(struct vmdk_extent *e)
 		return 0;
 	return size;
 }
+
+static struct vmdk_extent *vmdk_of_wbuf_io(struct img_io *io)
+{
+	return (struct vmdk_extent *)((char *)io -
+				      offsetof(struct vmdk_extent, wbuf_io));
+}
+
+static int vmdk_wbuf_io_pread(struct img_io *io, void *buf, uint64_t len,
+			      uint64_t file_off)
+{
+	struct vmdk_extent *e = vmdk_of_wbuf_io(io);
+
+	memcpy(buf, e->wbuf + file_off, len);
+	return 0;
+}
+
+static int vmdk_wbuf_io_size(struct img_io *io, uint64_t *size)
+{
+	*size = vmdk_of_wbuf_io(io)->grain_size;
+	return 0;
+}
+
+/* The grain being assembled, for the core to read as plain data. */
+static const struct img_io_ops vmdk_wbuf_io_ops = {
+	.name = "vmdk-grain",
+	.pread = vmdk_wbuf_io_pread,
+	.get_size = vmdk_wbuf_io_size,
+};
 
 /* The footer of a stream extent whose header says "GD at the end". */
 static int vmdk_read_footer(struct vmdk_extent *e, uint64_t file_size)
@@ -256,14 +285,15 @@ int vmdk_sparse_open(struct img *img, struct vmdk_extent *e, bool writable)
 		if (e->appendable)
 			e->next_free = (e->h.gd_sector - 1) * VMDK_SECTOR;
 	}
-	e->gbuf_idx = UINT64_MAX;
 	e->wbuf_idx = UINT64_MAX;
 	if (e->compressed) {
 		e->cbuf = malloc(VMDK_CBUF(e));
-		e->gbuf = malloc(e->grain_size);
 		e->wbuf = malloc(e->grain_size);
-		if (!e->cbuf || !e->gbuf || !e->wbuf)
+		if (!e->cbuf || !e->wbuf)
 			return img_error(-ENOMEM, "vmdk: out of memory");
+		e->wbuf_io.ops = &vmdk_wbuf_io_ops;
+		e->wbuf_io.path = e->file;
+		e->wbuf_io.flags = IMG_IO_RDONLY;
 	}
 	return 0;
 }
@@ -277,7 +307,6 @@ void vmdk_sparse_close(struct vmdk_extent *e)
 	free(e->gd);
 	free(e->rgd);
 	free(e->cbuf);
-	free(e->gbuf);
 	free(e->wbuf);
 }
 
@@ -364,137 +393,6 @@ static int vmdk_gte(struct vmdk_extent *e, uint64_t off, uint32_t *gte)
 	if (ret < 0)
 		return ret;
 	*gte = gt ? gt[grain % e->h.gtes_per_gt] : 0;
-	return 0;
-}
-
-/* Inflate the compressed grain whose marker (or data) is at sector s. */
-static int vmdk_inflate(struct vmdk_extent *e, uint64_t grain, uint32_t s)
-{
-	uint64_t off = (uint64_t)s * VMDK_SECTOR, file_size = vmdk_file_size(e);
-	uint64_t cap = 2 * e->grain_size; /* as QEMU */
-	uint64_t clen;
-	uLongf out_len = (uLongf)e->grain_size;
-	int ret, z;
-
-	if (e->gbuf_idx == grain)
-		return 0;
-	if (off >= file_size)
-		return img_error(-IMG_ECORRUPT,
-				 "vmdk: compressed grain at sector %" PRIu32
-				 " is past the end of '%s'",
-				 s, e->file);
-	if (e->markers) {
-		uint8_t m[12];
-
-		ret = img_io_pread(e->io, m, sizeof(m), off);
-		if (ret < 0)
-			return ret;
-		clen = img_le32(m + 8);
-		if (!clen || clen > cap || clen > file_size - off - 12)
-			return img_error(
-				-IMG_ECORRUPT,
-				"vmdk: compressed grain at sector %" PRIu32
-				" has a bad size %" PRIu64,
-				s, clen);
-		off += 12;
-	} else {
-		clen = img_min(cap, file_size - off);
-	}
-	ret = img_io_pread(e->io, e->cbuf, clen, off);
-	if (ret < 0)
-		return ret;
-	e->gbuf_idx = UINT64_MAX;
-	z = uncompress(e->gbuf, &out_len, e->cbuf, (uLong)clen);
-	if (z != Z_OK)
-		return img_error(-IMG_ECORRUPT,
-				 "vmdk: compressed grain at sector %" PRIu32
-				 " does not inflate (zlib error %d)",
-				 s, z);
-	memset(e->gbuf + out_len, 0, e->grain_size - out_len);
-	e->gbuf_idx = grain;
-	return 0;
-}
-
-/* Read [off, off + len) within one grain. */
-static int vmdk_read_grain(struct img *img, struct vmdk_extent *e, uint8_t *buf,
-			   uint64_t off, uint64_t len)
-{
-	uint64_t grain = off / e->grain_size, in = off % e->grain_size;
-	uint32_t gte;
-	int ret;
-
-	if (e->wbuf_idx == grain) {
-		memcpy(buf, e->wbuf + in, len);
-		return 0;
-	}
-	ret = vmdk_gte(e, off, &gte);
-	if (ret < 0)
-		return ret;
-	if (!gte)
-		return img_read_backing(img, buf, e->start + off, len);
-	if (gte == 1 && e->zero_grain) {
-		memset(buf, 0, len);
-		return 0;
-	}
-	if (gte == 1)
-		return img_error(-IMG_ECORRUPT,
-				 "vmdk: grain %" PRIu64
-				 " of '%s' points at the header",
-				 grain, e->file);
-	if (e->compressed) {
-		ret = vmdk_inflate(e, grain, gte);
-		if (ret >= 0)
-			memcpy(buf, e->gbuf + in, len);
-		return ret;
-	}
-	return img_data_read(img, e->io, buf, len,
-			     (uint64_t)gte * VMDK_SECTOR + in, e->start + off);
-}
-
-int vmdk_sparse_read(struct img *img, struct vmdk_extent *e, uint8_t *buf,
-		     uint64_t off, uint64_t len)
-{
-	while (len) {
-		uint64_t n = img_min(len, e->grain_size - off % e->grain_size);
-		int ret;
-
-		/* Runs of contiguous plain grains in one read. */
-		if (!e->compressed) {
-			uint32_t gte, next;
-
-			ret = vmdk_gte(e, off, &gte);
-			if (ret < 0)
-				return ret;
-			while (gte > 1 && n < len) {
-				ret = vmdk_gte(e, off + n, &next);
-				if (ret < 0)
-					return ret;
-				if (next != gte + (off % e->grain_size + n) /
-							    VMDK_SECTOR)
-					break;
-				n = img_min(len, n + e->grain_size);
-			}
-			if (gte > 1) {
-				ret = img_data_read(
-					img, e->io, buf, n,
-					(uint64_t)gte * VMDK_SECTOR +
-						off % e->grain_size,
-					e->start + off);
-				if (ret < 0)
-					return ret;
-				buf += n;
-				off += n;
-				len -= n;
-				continue;
-			}
-		}
-		ret = vmdk_read_grain(img, e, buf, off, n);
-		if (ret < 0)
-			return ret;
-		buf += n;
-		off += n;
-		len -= n;
-	}
 	return 0;
 }
 
@@ -588,6 +486,9 @@ static int vmdk_put_wbuf(struct img *img, struct vmdk_extent *e)
 
 	if (grain == UINT64_MAX)
 		return 0;
+	/* A read may be copying the grain out of wbuf, which the next grain
+	 * overwrites. */
+	img_direct_drain(img);
 	e->wbuf_idx = UINT64_MAX;
 	if (img_is_zero(e->wbuf, e->grain_size) && !img_has_backing(img))
 		return 0;
@@ -890,21 +791,83 @@ int vmdk_sparse_flush(struct img *img, struct vmdk_extent *e)
 	return 0;
 }
 
-int vmdk_sparse_status(struct img *img, struct vmdk_extent *e, uint64_t off,
-		       uint64_t len, struct img_extent *ext)
+/* The stream of the compressed grain whose marker (or data) is at sector
+ * gte_s; its first byte is checked by the core. */
+static int vmdk_map_compressed(struct vmdk_extent *e, uint64_t grain,
+			       uint32_t gte_s, struct img_map *m)
 {
-	uint64_t grain = off / e->grain_size;
-	uint64_t n = img_min(len, e->grain_size - off % e->grain_size);
+	uint64_t off = (uint64_t)gte_s * VMDK_SECTOR, size;
+	uint64_t cap = 2 * e->grain_size; /* as QEMU */
+	uint64_t clen;
+	uint8_t mk[12];
+	int ret;
+
+	ret = img_io_holds(e->io, off + 1, &size);
+	if (ret < 0)
+		return ret;
+	if (!ret)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: compressed grain at sector %" PRIu32
+				 " is past the end of '%s'",
+				 gte_s, e->file);
+	if (e->markers) {
+		ret = img_io_pread(e->io, mk, sizeof(mk), off);
+		if (ret < 0)
+			return ret;
+		clen = img_le32(mk + 8);
+		off += sizeof(mk);
+		ret = clen && clen <= cap ?
+			      img_io_holds(e->io, off + clen, &size) :
+			      0;
+		if (ret < 0)
+			return ret;
+		if (!ret)
+			return img_error(
+				-IMG_ECORRUPT,
+				"vmdk: compressed grain at sector %" PRIu32
+				" has a bad size %" PRIu64,
+				gte_s, clen);
+	} else {
+		clen = img_min(cap, vmdk_file_size(e) - off);
+	}
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_COMPRESSED;
+	m->io = e->io;
+	m->file_off = off;
+	m->codec = IMG_COMPRESS_DEFLATE_ZLIB;
+	m->clen = clen;
+	/* QEMU compresses only the guest bytes of a last, partial grain. */
+	m->cluster_size =
+		img_min(e->grain_size, e->len - grain * e->grain_size);
+	return 0;
+}
+
+int vmdk_sparse_map(struct img *img, struct vmdk_extent *e, uint64_t off,
+		    uint64_t len, struct img_map *m)
+{
+	uint64_t grain = off / e->grain_size, in = off % e->grain_size;
+	uint64_t n = img_min(len, e->grain_size - in);
 	uint32_t gte, next;
 	int ret;
 
+	m->len = n;
+	if (e->wbuf_idx == grain) {
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		m->io = &e->wbuf_io;
+		m->file_off = in;
+		return 0;
+	}
 	ret = vmdk_gte(e, off, &gte);
 	if (ret < 0)
 		return ret;
-	if (e->wbuf_idx == grain) {
-		ext->len = n;
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED;
-		return 0;
+	if (gte == 1 && !e->zero_grain)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: grain %" PRIu64
+				 " of '%s' points at the header",
+				 grain, e->file);
+	if (gte > 1 && e->compressed) {
+		m->in_cluster = in;
+		return vmdk_map_compressed(e, grain, gte, m);
 	}
 	/* Merge following grains of the same kind (contiguous if data). */
 	while (n < len) {
@@ -913,27 +876,21 @@ int vmdk_sparse_status(struct img *img, struct vmdk_extent *e, uint64_t off,
 			return ret;
 		if (e->wbuf_idx == (off + n) / e->grain_size)
 			break;
-		if (gte > 1 ? (e->compressed ||
-			       next != gte + (off % e->grain_size + n) /
-						       VMDK_SECTOR) :
+		if (gte > 1 ? next != gte + (in + n) / VMDK_SECTOR :
 			      next != gte)
 			break;
 		n = img_min(len, n + e->grain_size);
 	}
-	ext->len = n;
+	m->len = n;
 	if (!gte) {
-		ext->flags = img_has_backing(img) ? 0 : IMG_EXT_ZERO;
-	} else if (gte == 1 && e->zero_grain) {
-		ext->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
-	} else if (e->compressed) {
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
-			     IMG_EXT_COMPRESSED;
+		m->flags = img_has_backing(img) ? 0 : IMG_EXT_ZERO;
+	} else if (gte == 1) {
+		m->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
 	} else {
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
-			     IMG_EXT_OFFSET_VALID;
-		ext->file_off =
-			(uint64_t)gte * VMDK_SECTOR + off % e->grain_size;
-		ext->file = e->file;
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		m->io = e->io;
+		m->file_off = (uint64_t)gte * VMDK_SECTOR + in;
 	}
 	return 0;
 }

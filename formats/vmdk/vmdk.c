@@ -158,6 +158,13 @@ static int vmdk_open_extent(struct vmdk *s, struct vmdk_extent *e,
 		return img_error(ret, "vmdk: extent: %s", why);
 	}
 	e->own_io = true;
+	/* Block status names the extent's io: as the descriptor resolves
+	 * (qemu-img map's "f-flat.vmdk"), not as the confined open spelled it
+	 * ("./f-flat.vmdk"). */
+	free(e->io->path);
+	e->io->path = strdup(e->file);
+	if (!e->io->path)
+		return img_error(-ENOMEM, "vmdk: out of memory");
 	if (x->type == VMDK_EXT_FLAT) {
 		e->flat_off = x->flat_sector * VMDK_SECTOR;
 		return 0;
@@ -290,34 +297,22 @@ static struct vmdk_extent *vmdk_find(struct vmdk *s, uint64_t off)
 	return &s->ext[lo];
 }
 
-enum vmdk_op { VMDK_READ, VMDK_WRITE, VMDK_ZERO };
+enum vmdk_op { VMDK_WRITE, VMDK_ZERO };
 
 static int vmdk_extent_io(struct img *img, struct vmdk_extent *e,
 			  enum vmdk_op op, uint8_t *buf, uint64_t off,
 			  uint64_t n)
 {
-	if (op != VMDK_READ && (e->read_only || e->type == VMDK_EXT_ZERO))
+	if (e->read_only || e->type == VMDK_EXT_ZERO)
 		return img_error(-EROFS, "vmdk: extent '%s' is read-only",
 				 e->file ? e->file : "ZERO");
-	switch (e->type) {
-	case VMDK_EXT_ZERO:
-		memset(buf, 0, n);
-		return 0;
-	case VMDK_EXT_FLAT:
-		if (op == VMDK_READ)
-			return img_data_read(img, e->io, buf, n,
-					     e->flat_off + off, e->start + off);
-		if (op == VMDK_ZERO)
-			return img_io_zero(e->io, e->flat_off + off, n, 0);
-		return img_io_pwrite(e->io, buf, n, e->flat_off + off);
-	case VMDK_EXT_SPARSE:
-		if (op == VMDK_READ)
-			return vmdk_sparse_read(img, e, buf, off, n);
-		if (op == VMDK_ZERO)
-			return vmdk_sparse_zero(img, e, off, n);
-		return vmdk_sparse_write(img, e, buf, off, n);
-	}
-	return -EINVAL;
+	if (e->type == VMDK_EXT_FLAT)
+		return op == VMDK_ZERO ?
+			       img_io_zero(e->io, e->flat_off + off, n, 0) :
+			       img_io_pwrite(e->io, buf, n, e->flat_off + off);
+	if (op == VMDK_ZERO)
+		return vmdk_sparse_zero(img, e, off, n);
+	return vmdk_sparse_write(img, e, buf, off, n);
 }
 
 static int vmdk_rw(struct img *img, enum vmdk_op op, uint8_t *buf, uint64_t off,
@@ -340,11 +335,6 @@ static int vmdk_rw(struct img *img, enum vmdk_op op, uint8_t *buf, uint64_t off,
 		len -= n;
 	}
 	return 0;
-}
-
-static int vmdk_read(struct img *img, void *buf, uint64_t off, uint64_t len)
-{
-	return vmdk_rw(img, VMDK_READ, buf, off, len);
 }
 
 static int vmdk_write(struct img *img, const void *buf, uint64_t off,
@@ -425,8 +415,9 @@ static int vmdk_flush(struct img *img)
 	return 0;
 }
 
-static int vmdk_block_status(struct img *img, uint64_t off, uint64_t len,
-			     struct img_extent *ext)
+/* Within one extent: each extent's own file, grains of a sparse one. */
+static int vmdk_map(struct img *img, uint64_t off, uint64_t len,
+		    struct img_map *m)
 {
 	struct vmdk *s = img_priv(img);
 	struct vmdk_extent *e = vmdk_find(s, off);
@@ -435,20 +426,20 @@ static int vmdk_block_status(struct img *img, uint64_t off, uint64_t len,
 	len = img_min(len, e->len - in);
 	switch (e->type) {
 	case VMDK_EXT_ZERO:
-		ext->len = len;
-		ext->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
+		m->len = len;
+		m->flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED;
 		return 0;
 	case VMDK_EXT_FLAT:
-		ext->len = len;
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
-			     IMG_EXT_OFFSET_VALID;
-		ext->file_off = e->flat_off + in;
-		ext->file = e->file;
+		m->len = len;
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		m->io = e->io;
+		m->file_off = e->flat_off + in;
 		return 0;
 	case VMDK_EXT_SPARSE:
 		break;
 	}
-	return vmdk_sparse_status(img, e, in, len, ext);
+	return vmdk_sparse_map(img, e, in, len, m);
 }
 
 static void vmdk_field(struct img_info *info, const char *key,
@@ -802,11 +793,10 @@ const struct img_driver vmdk_driver = {
 	.probe = vmdk_probe,
 	.open = vmdk_open,
 	.close = vmdk_close,
-	.read = vmdk_read,
 	.write = vmdk_write,
 	.zero = vmdk_zero,
 	.flush = vmdk_flush,
-	.block_status = vmdk_block_status,
+	.map = vmdk_map,
 	.create = &vmdk_create_ops,
 	.info = vmdk_info,
 	.check = vmdk_check,

@@ -125,21 +125,21 @@ struct vmdk_extent {
 	bool appendable; /* at_end: grains may be appended at data_end */
 	bool stream_dirty;
 	uint64_t next_free; /* bytes: where the next grain or GT goes */
-	/* Compressed grains: the last one inflated, and one being built. */
+	/* Compressed grains: the one being built, and a buffer for the
+	 * compressed bytes written. */
 	uint8_t *cbuf; /* compressed bytes, grain_size * 2 + 1 KiB */
-	uint8_t *gbuf; /* inflated grain */
-	uint64_t gbuf_idx; /* grain index in gbuf, UINT64_MAX if none */
 	uint8_t *wbuf; /* grain being written */
 	uint64_t wbuf_idx; /* UINT64_MAX if none */
+	struct img_io wbuf_io; /* wbuf as a file the core reads (.map) */
 };
 
 /* Open the sparse extent in e->io (e->len set from the descriptor, or 0 to
  * take the header's capacity). */
 int vmdk_sparse_open(struct img *img, struct vmdk_extent *e, bool writable);
 void vmdk_sparse_close(struct vmdk_extent *e);
-/* I/O within one extent; off is extent-relative. */
-int vmdk_sparse_read(struct img *img, struct vmdk_extent *e, uint8_t *buf,
-		     uint64_t off, uint64_t len);
+/* .map and writes within one extent; off is extent-relative. */
+int vmdk_sparse_map(struct img *img, struct vmdk_extent *e, uint64_t off,
+		    uint64_t len, struct img_map *m);
 int vmdk_sparse_write(struct img *img, struct vmdk_extent *e,
 		      const uint8_t *buf, uint64_t off, uint64_t len);
 int vmdk_sparse_zero(struct img *img, struct vmdk_extent *e, uint64_t off,
@@ -149,8 +149,6 @@ int vmdk_sparse_zero(struct img *img, struct vmdk_extent *e, uint64_t off,
 int vmdk_sparse_write_compressed(struct img *img, struct vmdk_extent *e,
 				 uint64_t off, const void *cdata, size_t clen);
 int vmdk_sparse_flush(struct img *img, struct vmdk_extent *e);
-int vmdk_sparse_status(struct img *img, struct vmdk_extent *e, uint64_t off,
-		       uint64_t len, struct img_extent *ext);
 int vmdk_sparse_check(struct vmdk_extent *e, struct img_check *res);
 /*
  * Write a new sparse extent of capacity bytes into io: stream selects the
