@@ -93,13 +93,6 @@ void backend_close(struct img *img)
 		img->drv->close(img);
 }
 
-int backend_read(struct img *img, void *buf, uint64_t off, uint64_t len)
-{
-	if (!img->drv->read)
-		return missing(img->drv, "reading");
-	return status(img->drv, "read", img->drv->read(img, buf, off, len));
-}
-
 int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 		  unsigned flags)
 {
@@ -145,22 +138,6 @@ static int check_extent(const struct img_driver *drv, const char *op,
 			   "at offset %" PRIu64 " returned unknown flags %#x",
 			   off, flags & ~EXT_KNOWN_FLAGS);
 	return 0;
-}
-
-int backend_block_status(struct img *img, uint64_t off, uint64_t len,
-			 struct img_extent *ext)
-{
-	const struct img_driver *drv = img->drv;
-	int ret;
-
-	if (!drv->block_status)
-		return missing(drv, "block status");
-	ret = status(drv, "block status",
-		     drv->block_status(img, off, len, ext));
-	if (ret < 0)
-		return ret;
-	return check_extent(drv, "block status", off, len, ext->len,
-			    ext->flags);
 }
 
 static int check_map(struct img *img, uint64_t off, uint64_t len,

@@ -202,9 +202,9 @@ int img_opt_prealloc(const struct img_create_opts *opts,
  * - IMG_EXT_COMPRESSED: the extent lies within one compressed cluster of
  *   cluster_size bytes whose stream is the clen bytes at file_off in io
  *   (codec: img_decompress); the guest bytes are the decompressed cluster's
- *   bytes [in_cluster, in_cluster + len). The stream's last sector may run
- *   past the end of the file (qcow2 descriptors count whole sectors); its
- *   first byte may not.
+ *   bytes [in_cluster, in_cluster + len). The stream's last 512-byte
+ *   sector may run past the end of the file (qcow2 descriptors count whole
+ *   sectors); every byte before it must be in the file.
  * - IMG_EXT_ENCRYPTED: the bytes at file_off are ciphertext for cipher
  *   (lib/crypto-luks.c: img_cipher_run); reads decrypt after the read,
  *   writes encrypt into a bounce buffer.
@@ -255,7 +255,6 @@ struct img_driver {
 	 * .flush, which the core calls before close on a writable image. */
 	void (*close)(struct img *img);
 
-	int (*read)(struct img *img, void *buf, uint64_t off, uint64_t len);
 	/* NULL: the format is read-only. */
 	int (*write)(struct img *img, const void *buf, uint64_t off,
 		     uint64_t len, unsigned flags);
@@ -267,18 +266,13 @@ struct img_driver {
 	/* Write back cached metadata and flush the host file(s). NULL: flush
 	 * the host file. */
 	int (*flush)(struct img *img);
-	/* Status of this layer only: fill ext->len (1..len), ext->flags and,
-	 * with IMG_EXT_OFFSET_VALID, ext->file_off. A range the layer does
-	 * not allocate (backing shows through) has no IMG_EXT_ALLOCATED.
-	 * NULL: everything allocated data. */
-	int (*block_status)(struct img *img, uint64_t off, uint64_t len,
-			    struct img_extent *ext);
 	/* Translate [off, off + len) of this layer: fill *m with the first
 	 * extent (struct img_map). Called under the image's lock unless
 	 * .thread_safe; the result stays valid until the lock is dropped
 	 * (the core drains transfers with img_direct_drain semantics before
-	 * a driver frees or moves a host range). Replaces .read and
-	 * .block_status where set. */
+	 * a driver frees or moves a host range). Required: reads and block
+	 * status are built on it (an encrypted extent's host offset is not
+	 * reported by block status, as QEMU does not). */
 	int (*map)(struct img *img, uint64_t off, uint64_t len,
 		   struct img_map *m);
 	/* Optional fast path, called under the image's lock: when all of
@@ -287,8 +281,8 @@ struct img_driver {
 	 * vecs[0..*n) (*n holds the capacity on entry; a read may fill zero
 	 * ranges of buf here) and return 1; the core then runs the transfer
 	 * without the lock, after checking that no read vec ends past the
-	 * end of *io (img_data_check_vecs). 0: take the normal path (.read
-	 * or .write), where the driver reads data with img_data_read.
+	 * end of *io (img_data_check_vecs). 0: take the normal path (.map
+	 * for a read, .write for a write).
 	 * A driver with this op calls img_direct_drain() before it frees,
 	 * shares or moves a host range that a mapping may have returned. */
 	int (*map_direct)(struct img *img, void *buf, uint64_t off,

@@ -85,15 +85,11 @@ int img_open_driver(struct img_io *io, const struct img_driver *drv,
 int backend_probe(const struct img_driver *drv, const uint8_t *buf, size_t len);
 int backend_open(struct img *img, unsigned flags);
 void backend_close(struct img *img);
-int backend_read(struct img *img, void *buf, uint64_t off, uint64_t len);
 int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 		  unsigned flags);
 int backend_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
 int backend_discard(struct img *img, uint64_t off, uint64_t len);
 int backend_flush(struct img *img);
-/* ext->len within 1..len, known flags only. */
-int backend_block_status(struct img *img, uint64_t off, uint64_t len,
-			 struct img_extent *ext);
 /* m->len within 1..len, known flags only; m->io set (img_file(img) when the
  * driver left it NULL) for OFFSET_VALID and COMPRESSED extents; a
  * compressed extent's range within its cluster (of 512 bytes to

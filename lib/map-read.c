@@ -102,8 +102,12 @@ static int zcache_fill(struct img *img, struct img_zcache *z,
 	    z->codec == m->codec)
 		return 0;
 	z->valid = false;
-	/* The stream's last sector may lie past the end; its start may not. */
-	ret = img_data_check(img, io, 1, m->file_off, off);
+	/* The stream counts whole sectors: its last sector may run past the
+	 * end of the file (it was the last thing written), but every byte
+	 * before that sector must be there. */
+	ret = img_data_check(img, io, 1,
+			     m->file_off + (m->clen > 512 ? m->clen - 512 : 0),
+			     off);
 	if (ret < 0)
 		return ret;
 	ret = grow(&z->src, &z->src_cap, m->clen);

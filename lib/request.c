@@ -309,15 +309,14 @@ static int transfer(struct img *img, void *buf, uint64_t off, uint64_t len,
 	struct img_io *io;
 	int ret;
 
-	if (!write && img->drv->map)
+	if (!write)
 		return map_read(img, buf, off, len);
 	ret = img_direct_map(img, buf, off, len, write, &io, vecs, &n);
 	if (ret < 0)
 		return ret;
 	if (ret == 0) {
 		lock(img);
-		ret = write ? backend_write(img, buf, off, len, flags) :
-			      backend_read(img, buf, off, len);
+		ret = backend_write(img, buf, off, len, flags);
 		unlock(img);
 		return ret;
 	}
@@ -480,46 +479,28 @@ int img_flush(struct img *img)
 static int layer_status(struct img *img, uint64_t off, uint64_t len,
 			struct img_extent *ext)
 {
+	struct img_map m;
 	int ret;
 
 	memset(ext, 0, sizeof(*ext));
 	ext->off = off;
 	ext->depth = img->depth;
-	/* A driver with both reports through block_status what QEMU shows
-	 * for its format (qcow2 hides encrypted host offsets), built on its
-	 * map. */
-	if (img->drv->map && !img->drv->block_status) {
-		struct img_map m;
-
-		lock(img);
-		ret = map_checked(img, off, len, true, &m);
-		unlock(img);
-		if (ret < 0)
-			return ret;
-		ext->len = m.len;
-		ext->flags = m.flags;
-		if (m.flags & IMG_EXT_OFFSET_VALID) {
-			ext->file_off = m.file_off;
-			ext->file = m.io && m.io != img->file ?
-					    m.io->path :
-					    img_filename(img);
-		}
-		return 0;
-	}
-	if (!img->drv->block_status) {
-		ext->len = len;
-		ext->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED;
-		return 0;
-	}
 	lock(img);
-	ret = backend_block_status(img, off, len, ext);
+	ret = map_checked(img, off, len, true, &m);
 	unlock(img);
 	if (ret < 0)
 		return ret;
-	ext->off = off;
-	ext->depth = img->depth;
-	if ((ext->flags & IMG_EXT_OFFSET_VALID) && !ext->file)
-		ext->file = img_filename(img);
+	ext->len = m.len;
+	/* As QEMU, an encrypted extent's host offset is not reported: it holds
+	 * no guest bytes anyone could read there. */
+	ext->flags = m.flags & ~IMG_EXT_ENCRYPTED;
+	if (m.flags & IMG_EXT_ENCRYPTED)
+		ext->flags &= ~IMG_EXT_OFFSET_VALID;
+	if (ext->flags & IMG_EXT_OFFSET_VALID) {
+		ext->file_off = m.file_off;
+		ext->file = m.io != img->file && m.io->path ? m.io->path :
+							      img_filename(img);
+	}
 	return 0;
 }
 

@@ -857,7 +857,6 @@ const struct img_driver qcow2_driver = {
 	.zero = qcow2_zero,
 	.discard = qcow2_discard,
 	.flush = qcow2_flush,
-	.block_status = qcow2_block_status,
 	.map = qcow2_map,
 	.create = &qcow2_create_ops,
 	.info = qcow2_info,
