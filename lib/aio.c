@@ -467,8 +467,12 @@ static int op_map(struct aio_op *op)
 	struct img_aio_req *req = op->req;
 	bool write = req->op == IMG_AIO_WRITE;
 
-	if (!op->aio->have_ring || (req->op != IMG_AIO_READ && !write) ||
-	    (req->flags & IMG_FUA) || !req->len || req->len > IMG_MAX_REQUEST ||
+	/* An image whose own file has no plain descriptor (rbd, mem,
+	 * faulty) is not worth mapping here only for the pool to map it
+	 * again. */
+	if (!op->aio->have_ring || img_io_fd(img_file(op->img)) < 0 ||
+	    (req->op != IMG_AIO_READ && !write) || (req->flags & IMG_FUA) ||
+	    !req->len || req->len > IMG_MAX_REQUEST ||
 	    req->off > img_size(op->img) ||
 	    req->len > img_size(op->img) - req->off ||
 	    (write && img_read_only(op->img)))
