@@ -35,25 +35,6 @@ static void raw_close(struct img *img)
 {
 }
 
-/* The guest bytes are the file's bytes at the same offsets. */
-static int raw_map_direct(struct img *img, void *buf, uint64_t off,
-			  uint64_t len, bool write, struct img_io **io,
-			  struct img_io_vec *vecs, unsigned *n)
-{
-	*io = img_file(img);
-	vecs[0] = (struct img_io_vec){
-		.buf = buf, .len = len, .file_off = off, .write = write
-	};
-	*n = 1;
-	return 1;
-}
-
-static int raw_write(struct img *img, const void *buf, uint64_t off,
-		     uint64_t len, unsigned flags)
-{
-	return img_io_pwrite(img_file(img), buf, len, off);
-}
-
 static int raw_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 {
 	struct img_io *io = img_file(img);
@@ -105,9 +86,10 @@ static int raw_map(struct img *img, uint64_t off, uint64_t len,
 	int ret;
 
 	m->file_off = off;
-	/* A read of a hole gets zeroes from the file: two lseeks a request
+	/* A write, like a read, goes to the same offset in the file. A read
+	 * of a hole gets zeroes from the file: two lseeks a request
 	 * would cost more than they save. */
-	if (!m->want_zero) {
+	if (!m->want_zero || m->write) {
 		m->len = len;
 		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
 			   IMG_EXT_OFFSET_VALID;
@@ -247,11 +229,9 @@ const struct img_driver raw_driver = {
 	.probe = raw_probe,
 	.open = raw_open,
 	.close = raw_close,
-	.write = raw_write,
 	.zero = raw_zero,
 	.discard = raw_discard,
 	.map = raw_map,
-	.map_direct = raw_map_direct,
 	.create = &raw_create_ops,
 	.resize = raw_resize,
 };

@@ -58,7 +58,7 @@ int img_amend(struct img *img, const struct img_kv *opts, size_t n_opts,
 			goto out;
 		}
 	}
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_amend(img, rest, n, progress);
 	pthread_mutex_unlock(&img->lock);
 	if (ret < 0)

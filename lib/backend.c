@@ -96,8 +96,6 @@ void backend_close(struct img *img)
 int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 		  unsigned flags)
 {
-	if (!img->drv->write)
-		return missing(img->drv, "writing");
 	return status(img->drv, "write",
 		      img->drv->write(img, buf, off, len, flags));
 }
@@ -190,6 +188,78 @@ static int check_map(struct img *img, uint64_t off, uint64_t len,
 	return 0;
 }
 
+/* What a write map returns (struct img_map, writes): an extent to write
+ * at a host offset, inside a region that is contiguous on the host, and a
+ * plan only where the driver may make one. */
+static int check_write_map(struct img *img, uint64_t off, struct img_map *m)
+{
+	const struct img_driver *drv = img->drv;
+	const unsigned data = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			      IMG_EXT_OFFSET_VALID;
+	uint64_t end = off + m->len;
+
+	if (!m->flags && m->write == IMG_MAP_WRITE_IN_PLACE && !m->plan)
+		return 0;
+	if ((m->flags & ~IMG_EXT_ENCRYPTED) != data)
+		return bug(drv, "map",
+			   "for a write at offset %" PRIu64
+			   " returned flags %#x, not data at a host offset",
+			   off, m->flags);
+	if (!m->region_len) {
+		m->region_off = off;
+		m->region_len = m->len;
+	}
+	if (m->region_off > off || m->region_len > UINT64_MAX - m->region_off ||
+	    m->region_off + m->region_len < end ||
+	    m->file_off < off - m->region_off ||
+	    m->file_off - (off - m->region_off) >
+		    UINT64_MAX - m->region_len)
+		return bug(drv, "map",
+			   "for a write at offset %" PRIu64 " length %" PRIu64
+			   " returned region %" PRIu64 "+%" PRIu64
+			   " at host offset %#" PRIx64,
+			   off, m->len, m->region_off, m->region_len,
+			   m->file_off);
+	if ((m->flags & IMG_EXT_ENCRYPTED) &&
+	    (!m->cipher ||
+	     (m->region_off | m->region_len |
+	      (m->file_off - (off - m->region_off))) %
+		     IMG_CRYPT_SECTOR))
+		return bug(drv, "map",
+			   "for a write at offset %" PRIu64
+			   " returned an encrypted region of partial sectors",
+			   off);
+	if (m->plan && (!drv->commit || m->write != IMG_MAP_WRITE))
+		return bug(drv, "map",
+			   "for a write at offset %" PRIu64
+			   " returned a plan it may not make",
+			   off);
+	/* Plans, transforms and wider regions need the image lock to keep
+	 * other writes out while they run. */
+	if ((m->write == IMG_MAP_WRITE_IN_PLACE || drv->thread_safe) &&
+	    (m->plan || (m->flags & IMG_EXT_ENCRYPTED) ||
+	     m->region_off != off || m->region_len != m->len))
+		return bug(drv, "map",
+			   "for a write at offset %" PRIu64
+			   " returned more than a write in place",
+			   off);
+	if (!m->lock_len) {
+		m->lock_off = m->region_off;
+		m->lock_len = m->region_len;
+	}
+	if (m->lock_off > m->region_off ||
+	    m->lock_len > UINT64_MAX - m->lock_off ||
+	    m->lock_off + m->lock_len < m->region_off + m->region_len)
+		return bug(drv, "map",
+			   "for a write at offset %" PRIu64
+			   " locked %" PRIu64 "+%" PRIu64
+			   ", less than its region",
+			   off, m->lock_off, m->lock_len);
+	if (!m->io)
+		m->io = img_file(img);
+	return 0;
+}
+
 int backend_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m)
 {
 	int ret;
@@ -197,61 +267,24 @@ int backend_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m)
 	if (!img->drv->map)
 		return missing(img->drv, "map");
 	ret = status(img->drv, "map", img->drv->map(img, off, len, m));
-	return ret < 0 ? ret : check_map(img, off, len, m);
-}
-
-/* The vectors of a direct mapping lie in the request's buffer, move the
- * request's direction and fit in capacity. */
-static int check_direct(struct img *img, const void *buf, uint64_t len,
-			bool write, struct img_io *io,
-			const struct img_io_vec *vecs, unsigned n,
-			unsigned capacity)
-{
-	const struct img_driver *drv = img->drv;
-	const uint8_t *lo = buf, *hi = lo + len;
-
-	if (n > capacity)
-		return bug(drv, "map_direct",
-			   "returned %u vectors for a capacity of %u", n,
-			   capacity);
-	if (n && !io)
-		return bug(drv, "map_direct", "returned no io for %u vectors",
-			   n);
-	for (unsigned i = 0; i < n; i++) {
-		const uint8_t *p = vecs[i].buf;
-
-		if (vecs[i].write != write || !vecs[i].len || p < lo ||
-		    p > hi || vecs[i].len > (uint64_t)(hi - p) ||
-		    vecs[i].file_off > UINT64_MAX - vecs[i].len)
-			return bug(drv, "map_direct",
-				   "vector %u (%s of %" PRIu64
-				   " bytes at host offset %#" PRIx64
-				   ") is not within the request of %" PRIu64
-				   " bytes",
-				   i, vecs[i].write ? "write" : "read",
-				   vecs[i].len, vecs[i].file_off, len);
-	}
-	return 0;
-}
-
-int backend_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
-		       bool write, struct img_io **io, struct img_io_vec *vecs,
-		       unsigned *n)
-{
-	unsigned capacity = *n;
-	int ret, r;
-
-	if (!img->drv->map_direct)
-		return 0;
-	*io = NULL;
-	ret = status_max(img->drv, "map_direct",
-			 img->drv->map_direct(img, buf, off, len, write, io,
-					      vecs, n),
-			 1);
-	if (ret <= 0)
+	if (ret < 0)
 		return ret;
-	r = check_direct(img, buf, len, write, *io, vecs, *n, capacity);
-	return r < 0 ? r : ret;
+	if (m->write == IMG_MAP_NO_WRITE)
+		return check_map(img, off, len, m);
+	ret = check_extent(img->drv, "map", off, len, m->len, m->flags);
+	if (ret >= 0)
+		ret = check_write_map(img, off, m);
+	if (ret < 0 && m->plan) {
+		if (img->drv->commit)
+			img->drv->commit(img, m->plan, ret);
+		m->plan = NULL;
+	}
+	return ret;
+}
+
+int backend_commit(struct img *img, struct img_plan *plan, int result)
+{
+	return status(img->drv, "commit", img->drv->commit(img, plan, result));
 }
 
 const struct img_opt_desc *backend_create_opts(const struct img_driver *drv)

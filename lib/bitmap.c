@@ -60,7 +60,7 @@ int img_bitmap_list(struct img *img, struct img_bitmap_info **out, size_t *n)
 
 	if (!img->drv->bitmap)
 		return not_supported(img);
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_bitmap_list(img, out, n);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -89,7 +89,7 @@ int img_bitmap_add(struct img *img, const char *name, uint64_t granularity,
 				 "bitmap: granularity %" PRIu64
 				 " must be a power of 2 from 512 to 2G",
 				 granularity);
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_bitmap_add(img, name, granularity, disabled);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -101,7 +101,7 @@ int img_bitmap_remove(struct img *img, const char *name)
 
 	if (ret < 0)
 		return ret;
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_bitmap_remove(img, name);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -113,7 +113,7 @@ int img_bitmap_clear(struct img *img, const char *name)
 
 	if (ret < 0)
 		return ret;
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_bitmap_clear(img, name);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -125,7 +125,7 @@ int img_bitmap_enable(struct img *img, const char *name, bool enable)
 
 	if (ret < 0)
 		return ret;
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_bitmap_enable(img, name, enable);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -143,7 +143,7 @@ int img_bitmap_dirty(struct img *img, const char *name, uint64_t off,
 				 "bitmap: range %" PRIu64 "+%" PRIu64
 				 " is outside the image (size %" PRIu64 ")",
 				 off, len, img->size);
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_bitmap_dirty(img, name, off, len, dirty, run_len);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -173,7 +173,7 @@ int img_bitmap_merge(struct img *img, const char *name, struct img *src,
 	/* Both must exist and be usable even when nothing is dirty. */
 	if (size == 0)
 		return 0;
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_bitmap_set_dirty(img, name, 0, 0);
 	pthread_mutex_unlock(&img->lock);
 	while (ret == 0 && off < size) {
@@ -183,7 +183,7 @@ int img_bitmap_merge(struct img *img, const char *name, struct img *src,
 			off += run;
 			continue;
 		}
-		pthread_mutex_lock(&img->lock);
+		img_lock_whole(img);
 		ret = backend_bitmap_set_dirty(img, name, off, run);
 		pthread_mutex_unlock(&img->lock);
 		off += run;

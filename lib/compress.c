@@ -332,7 +332,7 @@ int img_write_compressed(struct img *img, const struct img_compressed *v,
 	if (!n)
 		return 0;
 	if (!img->drv->thread_safe)
-		pthread_mutex_lock(&img->lock);
+		img_lock_whole(img);
 	ret = backend_write_compressed(img, v, n);
 	if (!img->drv->thread_safe)
 		pthread_mutex_unlock(&img->lock);

@@ -84,6 +84,7 @@ static void img_free(struct img *img)
 	pthread_mutex_destroy(&img->lock);
 	pthread_mutex_destroy(&img->direct_lock);
 	pthread_cond_destroy(&img->direct_idle);
+	pthread_cond_destroy(&img->write_done);
 	free(img);
 }
 
@@ -107,6 +108,7 @@ static int open_layer(struct img_io *io, const char *filename,
 	pthread_mutex_init(&img->lock, NULL);
 	pthread_mutex_init(&img->direct_lock, NULL);
 	pthread_cond_init(&img->direct_idle, NULL);
+	pthread_cond_init(&img->write_done, NULL);
 	img->file = io;
 	img->flags = opts->flags;
 	img->io_kind = opts->io;
@@ -603,7 +605,7 @@ int img_check(struct img *img, unsigned flags, struct img_check *res)
 		return img_error(-EROFS,
 				 "%s: cannot repair '%s': opened read-only",
 				 img->drv->name, img_filename(img));
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_check(img, flags, res);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -664,7 +666,7 @@ int img_set_backing(struct img *img, const char *backing, const char *fmt)
 	if (ret >= 0 && backing && !(img->flags & IMG_OPEN_NO_BACKING))
 		ret = img_chain_open(img);
 	if (ret >= 0) {
-		pthread_mutex_lock(&img->lock);
+		img_lock_whole(img);
 		ret = backend_set_backing(img, backing, backing ? fmt : NULL);
 		pthread_mutex_unlock(&img->lock);
 	}
@@ -705,6 +707,11 @@ struct img_io *img_file(struct img *img)
 void img_set_size(struct img *img, uint64_t size)
 {
 	img->size = size;
+}
+
+void img_set_zero_align(struct img *img, uint64_t align)
+{
+	img->zero_align = align;
 }
 
 void img_set_file_is_disk(struct img *img)

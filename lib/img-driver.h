@@ -211,8 +211,39 @@ int img_opt_prealloc(const struct img_create_opts *opts,
  * The core sets want_zero before the call (QEMU's block status has the same
  * flag): false when it maps for a read, where a driver may skip costly zero
  * detection (raw's SEEK_HOLE) and call data that reads as zeroes data.
+ *
+ * Writes (write != IMG_MAP_NO_WRITE): the extent is where the guest bytes
+ * go. flags are IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID
+ * (plus IMG_EXT_ENCRYPTED and cipher: the core encrypts), and the bytes go
+ * to file_off in io. The driver plans, the core moves the data:
+ * - region_off, region_len: the guest range the core writes as one host
+ *   range (region_len 0: the extent itself). It holds the extent; what lies
+ *   outside the extent the core fills with the layer's current contents
+ *   (a read through .map: copy-on-write from the old cluster, the backing
+ *   file or zeroes; the rest of a cipher sector). Its host offset is
+ *   file_off - (off - region_off). Encrypted regions are whole sectors.
+ * - plan: NULL when the write changes no table (an overwrite in place).
+ *   Otherwise the driver has reserved what the write needs (new clusters,
+ *   allocated and counted, with their tables, but no table names them yet)
+ *   and the core calls .commit(img, plan, result) exactly once after the
+ *   region is written: on success the driver makes its tables name the new
+ *   data, in the order that keeps its crash safety; on failure it releases
+ *   what it reserved. Only a driver that is not thread_safe plans.
+ * - lock_off, lock_len: with a plan or a region wider than the extent, the
+ *   guest range no other write, zero or discard may map until the commit
+ *   (whole clusters whose entries the plan changes); 0: the region.
+ * With IMG_MAP_WRITE_IN_PLACE (the async engine's submitting thread) the
+ * driver reserves nothing: an extent it cannot overwrite in place with no
+ * plan and no wider region comes back with flags 0 (and its length).
  */
 struct img_cipher;
+struct img_plan; /* a driver's own: the core only passes it to .commit */
+
+enum img_map_write {
+	IMG_MAP_NO_WRITE, /* a read, or block status */
+	IMG_MAP_WRITE_IN_PLACE, /* a write, only where nothing is reserved */
+	IMG_MAP_WRITE, /* a write: plan what it needs */
+};
 
 struct img_map {
 	uint64_t len;
@@ -227,6 +258,11 @@ struct img_map {
 	/* IMG_EXT_ENCRYPTED */
 	struct img_cipher *cipher;
 	bool want_zero; /* in: block status (true) or a read (false) */
+	enum img_map_write write; /* in */
+	/* out, writes only */
+	uint64_t region_off, region_len;
+	struct img_plan *plan;
+	uint64_t lock_off, lock_len;
 };
 
 /*
@@ -255,7 +291,8 @@ struct img_driver {
 	 * .flush, which the core calls before close on a writable image. */
 	void (*close)(struct img *img);
 
-	/* NULL: the format is read-only. */
+	/* Legacy, until every driver plans its writes through .map: the
+	 * driver writes the data itself, under the image's lock. */
 	int (*write)(struct img *img, const void *buf, uint64_t off,
 		     uint64_t len, unsigned flags);
 	/* NULL: the core writes zero buffers (or -ENOTSUP for IMG_ZERO_FAST). */
@@ -267,27 +304,22 @@ struct img_driver {
 	 * the host file. */
 	int (*flush)(struct img *img);
 	/* Translate [off, off + len) of this layer: fill *m with the first
-	 * extent (struct img_map). Called under the image's lock unless
-	 * .thread_safe; the result stays valid until the lock is dropped
-	 * (the core drains transfers with img_direct_drain semantics before
-	 * a driver frees or moves a host range). Required: reads and block
-	 * status are built on it (an encrypted extent's host offset is not
-	 * reported by block status, as QEMU does not). */
+	 * extent (struct img_map), for a read, block status or a write.
+	 * Called under the image's lock unless .thread_safe; a host range it
+	 * returns stays valid while the core transfers it without the lock
+	 * (a driver calls img_direct_drain() before it frees, shares or moves
+	 * a host range a map may have returned). Required: reads, writes and
+	 * block status are built on it (an encrypted extent's host offset is
+	 * not reported by block status, as QEMU does not). A format that
+	 * cannot write fails a write map with -ENOTSUP. */
 	int (*map)(struct img *img, uint64_t off, uint64_t len,
 		   struct img_map *m);
-	/* Optional fast path, called under the image's lock: when all of
-	 * [off, off + len) can be transferred straight to or from the host
-	 * file *io with no metadata change and no data transform, fill
-	 * vecs[0..*n) (*n holds the capacity on entry; a read may fill zero
-	 * ranges of buf here) and return 1; the core then runs the transfer
-	 * without the lock, after checking that no read vec ends past the
-	 * end of *io (img_data_check_vecs). 0: take the normal path (.map
-	 * for a read, .write for a write).
-	 * A driver with this op calls img_direct_drain() before it frees,
-	 * shares or moves a host range that a mapping may have returned. */
-	int (*map_direct)(struct img *img, void *buf, uint64_t off,
-			  uint64_t len, bool write, struct img_io **io,
-			  struct img_io_vec *vecs, unsigned *n);
+	/* Make the tables name the data of a planned write (struct img_map:
+	 * plan), called under the image's lock once the region is written
+	 * (result 0), or release what the plan reserved (result < 0: the
+	 * data may be half written; the tables must not name it). Frees the
+	 * plan in both cases. NULL: the driver never plans. */
+	int (*commit)(struct img *img, struct img_plan *plan, int result);
 
 	const struct img_create_ops *create; /* NULL: cannot create images */
 
@@ -395,6 +427,10 @@ extern const struct img_driver *const img_format_table[];
 void *img_priv(struct img *img);
 struct img_io *img_file(struct img *img);
 void img_set_size(struct img *img, uint64_t size);
+/* The alignment .zero works at (a power of 2; default 1): the core sends
+ * the unaligned head and tail of a zero request separately, and writes
+ * zeroes where .zero answers -ENOTSUP. */
+void img_set_zero_align(struct img *img, uint64_t align);
 /* The guest disk is img_file(img) byte for byte (set from .open): what the
  * storage offers about its bytes (struct img_io_ops snapshot, changed)
  * then applies to the disk. */
@@ -407,7 +443,7 @@ int img_set_backing_name(struct img *img, const char *name, const char *fmt);
 bool img_has_backing(const struct img *img);
 /* Read from the backing chain; zeroes past its end or without one. */
 int img_read_backing(struct img *img, void *buf, uint64_t off, uint64_t len);
-/* Wait until no transfer mapped by .map_direct is running. Call with the
+/* Wait until no transfer the core mapped (.map) without the lock is running. Call with the
  * image's lock held (no new one can start then). */
 void img_direct_drain(struct img *img);
 /*
@@ -415,7 +451,7 @@ void img_direct_drain(struct img *img);
  * that ends past the end of io is data the image claims and the file lost
  * (truncated, or a corrupt table), never zeroes. Every driver's data
  * references go through these (and lib/request.c applies the same check to
- * what .map_direct returns).
+ * what .map returns).
  * img_data_check: 0, or -EIO with "<fmt>: guest offset 0x.. maps to host
  * offset 0x.. past the end of '<file>' (size N)" when [file_off, file_off +
  * len) ends past the end of io; off is the guest offset, for the message

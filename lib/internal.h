@@ -25,6 +25,7 @@ struct img {
 	struct img_io *file;
 	char *filename;
 	uint64_t size;
+	uint64_t zero_align; /* img_set_zero_align; 0: 1 */
 	unsigned flags; /* IMG_OPEN_* */
 	enum img_io_kind io_kind;
 	uint64_t cache_size;
@@ -41,6 +42,12 @@ struct img {
 	atomic_uint direct_inflight;
 	pthread_mutex_t direct_lock;
 	pthread_cond_t direct_idle;
+	/* Guest ranges of planned writes between map and commit (request.c):
+	 * no other write, zero or discard maps into one, and no operation
+	 * that takes the image whole (img_lock_whole) starts while any is
+	 * listed. Guarded by lock; waiters sleep on write_done. */
+	struct img_write_lock *write_locks;
+	pthread_cond_t write_done;
 	/* The last cluster a compressed extent decompressed to (map-read.c);
 	 * created on first use. */
 	struct img_zcache *zcache;
@@ -85,6 +92,7 @@ int img_open_driver(struct img_io *io, const struct img_driver *drv,
 int backend_probe(const struct img_driver *drv, const uint8_t *buf, size_t len);
 int backend_open(struct img *img, unsigned flags);
 void backend_close(struct img *img);
+/* The legacy .write (struct img_driver). */
 int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 		  unsigned flags);
 int backend_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
@@ -96,11 +104,8 @@ int backend_flush(struct img *img);
  * IMG_MAX_DECOMPRESS_OUT), stream length 1..2 * IMG_MAX_DECOMPRESS_OUT and
  * a known codec; an encrypted one has a cipher. */
 int backend_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m);
-/* 0, 1 or -errno; with 1, *n within the capacity it held, *io set and every
- * vector inside buf[0..len) in the request's direction. */
-int backend_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
-		       bool write, struct img_io **io, struct img_io_vec *vecs,
-		       unsigned *n);
+/* .commit, for a plan a write map returned. */
+int backend_commit(struct img *img, struct img_plan *plan, int result);
 /* The option tables of a driver (NULL: none). */
 const struct img_opt_desc *backend_create_opts(const struct img_driver *drv);
 const struct img_opt_desc *backend_amend_opts(const struct img_driver *drv);
@@ -197,16 +202,25 @@ int img_io_log_apply(struct img_io *mem, const struct img_io_log_entry *entries,
 
 /*
  * Map a read or write of [off, off + len) (len <= IMG_MAX_REQUEST, checked
- * by the caller) straight to host transfers on *io with the driver's
- * .map_direct: 1 with vecs[0, *n) filled (*n holds the capacity, at most
- * IMG_DIRECT_MAX_VECS, on entry) and a transfer counted in flight, which the
- * caller ends with img_direct_release() once the vecs are done; 0 when the
- * request needs the driver's normal path; -errno.
+ * by the caller) straight to host transfers on *io through the driver's
+ * .map (writes only where they go in place, reserving nothing): 1 with
+ * vecs[0, *n) filled (*n holds the capacity, at most IMG_DIRECT_MAX_VECS, on
+ * entry; a read's zero extents are filled in buf) and a transfer counted in
+ * flight, which the caller ends with img_direct_release() once the vecs are
+ * done; 0 when the request needs the normal path (img_read, img_write);
+ * -errno.
  */
 int img_direct_map(struct img *img, void *buf, uint64_t off, uint64_t len,
 		   bool write, struct img_io **io, struct img_io_vec *vecs,
 		   unsigned *n);
 void img_direct_release(struct img *img);
+/*
+ * Take the image's lock for an operation on the image as a whole (snapshots,
+ * amend, resize, bitmaps, check, compressed writes): waits until no planned
+ * write is between its map and its commit, so every table is settled.
+ * Release with pthread_mutex_unlock(&img->lock).
+ */
+void img_lock_whole(struct img *img);
 /* Reap the completed ring transfers of every engine whose completion side
  * is free (img_direct_drain, while it waits). */
 void img_aio_reap_all(void);

@@ -43,9 +43,6 @@ static int check_request(struct img *img, enum req_op op, uint64_t off,
 		return img_error(-EROFS, "%s: cannot %s '%s': opened read-only",
 				 img->drv->name, op_names[op],
 				 img_filename(img));
-	if (op != REQ_READ && op != REQ_STATUS && !img->drv->write)
-		return img_error(-ENOTSUP, "%s: format is read-only",
-				 img->drv->name);
 	return 0;
 }
 
@@ -144,26 +141,6 @@ int img_data_check_vecs(struct img *img, struct img_io *io, const void *buf,
 			return ret;
 	}
 	return 0;
-}
-
-int img_direct_map(struct img *img, void *buf, uint64_t off, uint64_t len,
-		   bool write, struct img_io **io, struct img_io_vec *vecs,
-		   unsigned *n)
-{
-	int ret;
-
-	lock(img);
-	ret = backend_map_direct(img, buf, off, len, write, io, vecs, n);
-	if (ret > 0 && !write) {
-		int r = img_data_check_vecs(img, *io, buf, off, vecs, *n);
-
-		if (r < 0)
-			ret = r;
-	}
-	if (ret > 0)
-		atomic_fetch_add(&img->direct_inflight, 1);
-	unlock(img);
-	return ret < 0 ? ret : ret > 0;
 }
 
 void img_direct_release(struct img *img)
@@ -295,34 +272,334 @@ static int map_read(struct img *img, uint8_t *buf, uint64_t off, uint64_t len)
 	return 0;
 }
 
-/*
- * Read or write one chunk. When the driver maps it with .map_direct, the
- * data moves without the image lock, so requests on allocated data overlap
- * their I/O; direct_inflight lets img_direct_drain() wait for them before a
- * host range they may use is freed or shared.
- */
-static int transfer(struct img *img, void *buf, uint64_t off, uint64_t len,
-		    bool write, unsigned flags)
+/* ---- writes: the driver maps and plans, the core moves the data ---- */
+
+struct img_write_lock {
+	uint64_t off, len;
+	struct img_write_lock *next;
+};
+
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
+			   uint64_t blen)
 {
-	struct img_io_vec vecs[IMG_DIRECT_MAX_VECS];
-	unsigned n = IMG_DIRECT_MAX_VECS;
-	struct img_io *io;
+	return a < b + blen && b < a + alen;
+}
+
+/* With the lock held: sleep until no planned write holds a lock on a range
+ * overlapping [off, off + len). */
+static void wait_write_locks(struct img *img, uint64_t off, uint64_t len)
+{
+	const struct img_write_lock *l;
+
+again:
+	for (l = img->write_locks; l; l = l->next) {
+		if (ranges_overlap(l->off, l->len, off, len)) {
+			pthread_cond_wait(&img->write_done, &img->lock);
+			goto again;
+		}
+	}
+}
+
+/* l lives in the caller's frame, which removes it before it returns. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#endif
+static void write_lock_add(struct img *img, struct img_write_lock *l,
+			   const struct img_map *m)
+{
+	l->off = m->lock_off;
+	l->len = m->lock_len;
+	l->next = img->write_locks;
+	img->write_locks = l;
+}
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic pop
+#endif
+
+static void write_lock_remove(struct img *img, struct img_write_lock *l)
+{
+	struct img_write_lock **p = &img->write_locks;
+
+	while (*p != l)
+		p = &(*p)->next;
+	*p = l->next;
+	pthread_cond_broadcast(&img->write_done);
+}
+
+void img_lock_whole(struct img *img)
+{
+	pthread_mutex_lock(&img->lock);
+	while (img->write_locks)
+		pthread_cond_wait(&img->write_done, &img->lock);
+}
+
+static int map_write(struct img *img, uint64_t off, uint64_t len,
+		     enum img_map_write mode, struct img_map *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->write = mode;
+	return backend_map(img, off, len, m);
+}
+
+/* A write extent that is only a transfer: no plan, no transform, and no
+ * bytes around it to fill. */
+static bool write_in_place(const struct img_map *m)
+{
+	return !m->plan && !(m->flags & IMG_EXT_ENCRYPTED) &&
+	       m->region_len == m->len;
+}
+
+/* Map a read for the ring: plain data into vecs, zeroes filled in buf;
+ * whatever else (backing data, transforms) sends it to the pool. */
+static int direct_map_read(struct img *img, uint8_t *buf, uint64_t off,
+			   uint64_t len, struct img_io **io,
+			   struct img_io_vec *vecs, unsigned *n)
+{
+	unsigned cap = *n;
+	uint64_t done = 0;
 	int ret;
 
-	if (!write)
-		return map_read(img, buf, off, len);
-	ret = img_direct_map(img, buf, off, len, write, &io, vecs, &n);
-	if (ret < 0)
-		return ret;
-	if (ret == 0) {
+	*n = 0;
+	while (done < len) {
+		struct img_map m;
+		struct img_io *mio;
+
+		ret = map_checked(img, off + done, len - done, false, &m);
+		if (ret < 0)
+			return ret;
+		if (!map_is_data(&m)) {
+			bool zero = (m.flags & IMG_EXT_ALLOCATED) ?
+					    (m.flags & IMG_EXT_ZERO) :
+					    !img_has_backing(img);
+
+			if (!zero)
+				return 0;
+			memset(buf + done, 0, m.len);
+			done += m.len;
+			continue;
+		}
+		mio = m.io;
+		if ((*n && mio != *io) || *n == cap ||
+		    !batch_add(vecs, n, buf + done, &m))
+			return 0;
+		*io = mio;
+		done += m.len;
+	}
+	ret = img_data_check_vecs(img, *io, buf, off, vecs, *n);
+	return ret < 0 ? ret : 1;
+}
+
+/* Map a write for the ring: only extents that go in place, outside every
+ * planned write's lock. */
+static int direct_map_write(struct img *img, uint8_t *buf, uint64_t off,
+			    uint64_t len, struct img_io **io,
+			    struct img_io_vec *vecs, unsigned *n)
+{
+	unsigned cap = *n;
+	uint64_t done = 0;
+
+	*n = 0;
+	if (img->drv->write)
+		return 0;
+	for (const struct img_write_lock *l = img->write_locks; l; l = l->next)
+		if (ranges_overlap(l->off, l->len, off, len))
+			return 0;
+	while (done < len) {
+		struct img_map m;
+		int ret = map_write(img, off + done, len - done,
+				    IMG_MAP_WRITE_IN_PLACE, &m);
+
+		if (ret < 0)
+			return ret;
+		if (!m.flags || !write_in_place(&m))
+			return 0;
+		if ((*n && m.io != *io) || *n == cap ||
+		    !batch_add(vecs, n, buf + done, &m))
+			return 0;
+		vecs[*n - 1].write = true;
+		*io = m.io;
+		done += m.len;
+	}
+	return 1;
+}
+
+int img_direct_map(struct img *img, void *buf, uint64_t off, uint64_t len,
+		   bool write, struct img_io **io, struct img_io_vec *vecs,
+		   unsigned *n)
+{
+	int ret;
+
+	*io = NULL;
+	lock(img);
+	ret = write ? direct_map_write(img, buf, off, len, io, vecs, n) :
+		      direct_map_read(img, buf, off, len, io, vecs, n);
+	if (ret > 0)
+		atomic_fetch_add(&img->direct_inflight, 1);
+	unlock(img);
+	return ret;
+}
+
+/* Fill [off, off + len) of the layer's current contents into buf: zeroes
+ * past the virtual size (the tail of the last cluster). */
+static int read_current(struct img *img, uint8_t *buf, uint64_t off,
+			uint64_t len)
+{
+	uint64_t in = off < img->size ? img_min(len, img->size - off) : 0;
+
+	memset(buf + in, 0, len - in);
+	return in ? map_read(img, buf, off, in) : 0;
+}
+
+/*
+ * Write one extent a write map returned, with its region: the bytes
+ * around the request come from the layer's current contents (the tables
+ * do not name the new data before the commit, so a read still sees the
+ * old), then everything goes out as one host write, encrypted if the
+ * extent says so.
+ */
+static int write_region(struct img *img, const uint8_t *buf, uint64_t off,
+			const struct img_map *m)
+{
+	uint64_t head = off - m->region_off;
+	uint64_t tail = m->region_off + m->region_len - (off + m->len);
+	uint64_t host = m->file_off - head;
+	struct img_io_vec v[3];
+	uint8_t *p = NULL;
+	unsigned n = 0;
+	int ret = 0;
+
+	if (!head && !tail && !(m->flags & IMG_EXT_ENCRYPTED))
+		return img_io_pwrite(m->io, buf, m->len, host);
+	if (posix_memalign((void **)&p, 4096,
+			   (size_t)((m->flags & IMG_EXT_ENCRYPTED) ?
+					    m->region_len :
+					    head + tail)))
+		return img_error(-ENOMEM, "out of memory");
+	if (m->flags & IMG_EXT_ENCRYPTED) {
+		ret = read_current(img, p, m->region_off, head);
+		if (ret >= 0)
+			ret = read_current(img, p + head + m->len,
+					   off + m->len, tail);
+		memcpy(p + head, buf, m->len);
+		if (ret >= 0)
+			ret = img_cipher_run(m->cipher, true, p, p,
+					     m->region_len, host,
+					     m->region_off);
+		if (ret >= 0)
+			ret = img_io_pwrite(m->io, p, m->region_len, host);
+		free(p);
+		return ret < 0 ? ret : 0;
+	}
+	if (head) {
+		ret = read_current(img, p, m->region_off, head);
+		v[n++] = (struct img_io_vec){ p, head, host, true };
+	}
+	v[n++] = (struct img_io_vec){ (void *)buf, m->len, host + head, true };
+	if (tail && ret >= 0) {
+		ret = read_current(img, p + head, off + m->len, tail);
+		v[n++] = (struct img_io_vec){ p + head, tail,
+					      host + head + m->len, true };
+	}
+	if (ret >= 0)
+		ret = img_io_submit(m->io, v, n);
+	free(p);
+	return ret < 0 ? ret : 0;
+}
+
+/*
+ * Write one chunk. Under the lock, after waiting out planned writes whose
+ * lock overlaps it, the chunk is mapped: extents that go in place are
+ * batched per host file, as reads are; the first extent with a plan, a
+ * transform or a wider region ends the round and takes a write lock on its
+ * range. Without the lock the batch is written (counted in direct_inflight,
+ * so a driver that frees a host range waits for it), then the planned
+ * extent (nothing else can reach its new clusters, and its lock keeps
+ * other writes out of its old ones), and the plan is committed under the
+ * lock, which ends the write lock.
+ */
+static int write_chunk(struct img *img, const uint8_t *buf, uint64_t off,
+		       uint64_t len)
+{
+	if (img->drv->write) {
+		int ret;
+
 		lock(img);
-		ret = backend_write(img, buf, off, len, flags);
+		ret = backend_write(img, buf, off, len, 0);
 		unlock(img);
 		return ret;
 	}
-	ret = n ? img_io_submit(io, vecs, n) : 0;
-	img_direct_release(img);
-	return ret;
+	struct img_write_lock wl;
+
+	while (len) {
+		struct img_io_vec vecs[IMG_DIRECT_MAX_VECS];
+		struct img_io *io = NULL;
+		struct img_map last = { .len = 0 };
+		bool planned = false;
+		uint64_t done = 0;
+		unsigned n = 0;
+		int ret = 0;
+
+		lock(img);
+		if (!img->drv->thread_safe)
+			wait_write_locks(img, off, len);
+		while (done < len) {
+			struct img_map m;
+
+			ret = map_write(img, off + done, len - done,
+					IMG_MAP_WRITE, &m);
+			if (ret < 0)
+				break;
+			if (!write_in_place(&m)) {
+				/* backend_map: only a driver that is not
+				 * thread_safe, so under the lock. */
+				write_lock_add(img, &wl, &m);
+				last = m;
+				planned = true;
+				break;
+			}
+			if ((n && m.io != io) ||
+			    !batch_add(vecs, &n, (uint8_t *)buf + done, &m))
+				break;
+			vecs[n - 1].write = true;
+			io = m.io;
+			done += m.len;
+		}
+		if (n)
+			atomic_fetch_add(&img->direct_inflight, 1);
+		unlock(img);
+		if (n) {
+			int r = ret < 0 ? 0 : img_io_submit(io, vecs, n);
+
+			img_direct_release(img);
+			if (r < 0)
+				ret = r;
+		}
+		if (planned) {
+			int r = ret < 0 ? ret :
+					  write_region(img, buf + done,
+						       off + done, &last);
+
+			if (ret >= 0)
+				ret = r;
+			pthread_mutex_lock(&img->lock);
+			if (last.plan) {
+				r = backend_commit(img, last.plan,
+						   ret < 0 ? ret : 0);
+				if (ret >= 0)
+					ret = r;
+			}
+			write_lock_remove(img, &wl);
+			pthread_mutex_unlock(&img->lock);
+			done += last.len;
+		}
+		if (ret < 0)
+			return ret;
+		buf += done;
+		off += done;
+		len -= done;
+	}
+	return 0;
 }
 
 int img_read(struct img *img, void *buf, uint64_t off, uint64_t len)
@@ -337,7 +614,7 @@ int img_read(struct img *img, void *buf, uint64_t off, uint64_t len)
 	while (len) {
 		uint64_t n = img_min(len, IMG_MAX_REQUEST);
 
-		ret = transfer(img, buf, off, n, false, 0);
+		ret = map_read(img, buf, off, n);
 		if (ret < 0)
 			return ret;
 		buf = (uint8_t *)buf + n;
@@ -365,8 +642,7 @@ int img_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 	while (len) {
 		uint64_t n = img_min(len, IMG_MAX_REQUEST);
 
-		ret = transfer(img, (void *)buf, off, n, true,
-			       flags & ~IMG_FUA);
+		ret = write_chunk(img, buf, off, n);
 		if (ret < 0)
 			return ret;
 		buf = (const uint8_t *)buf + n;
@@ -393,7 +669,7 @@ static int zero_by_writing(struct img *img, uint64_t off, uint64_t len)
 	while (len) {
 		uint64_t n = img_min(len, buf_len);
 
-		ret = backend_write(img, zeroes, off, n, 0);
+		ret = write_chunk(img, zeroes, off, n);
 		if (ret < 0)
 			break;
 		off += n;
@@ -403,8 +679,33 @@ static int zero_by_writing(struct img *img, uint64_t off, uint64_t len)
 	return ret;
 }
 
+/* Zero [off, off + len) (within one IMG_MAX_REQUEST) with the driver's
+ * .zero, falling back to writing zeroes where it answers -ENOTSUP. */
+static int zero_piece(struct img *img, uint64_t off, uint64_t len,
+		      unsigned flags)
+{
+	int ret;
+
+	if (!img->drv->zero) {
+		if (flags & IMG_ZERO_FAST)
+			return img_error(-ENOTSUP, "%s: zeroing is not fast",
+					 img->drv->name);
+		return zero_by_writing(img, off, len);
+	}
+	lock(img);
+	if (!img->drv->thread_safe)
+		wait_write_locks(img, off, len);
+	ret = backend_zero(img, off, len, flags);
+	unlock(img);
+	if (ret != -ENOTSUP || (flags & IMG_ZERO_FAST))
+		return ret;
+	img_clear_error();
+	return zero_by_writing(img, off, len);
+}
+
 int img_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 {
+	uint64_t g = img->zero_align ? img->zero_align : 1, end, a, b;
 	int ret;
 
 	if (!len)
@@ -412,22 +713,23 @@ int img_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 	ret = check_request(img, REQ_ZERO, off, len);
 	if (ret < 0)
 		return ret;
-	if (!img->drv->zero && (flags & IMG_ZERO_FAST))
-		return img_error(-ENOTSUP, "%s: zeroing is not fast",
-				 img->drv->name);
-	while (len) {
-		uint64_t n = img_min(len, IMG_MAX_REQUEST);
+	/* The unaligned head and tail go alone, so that the aligned middle
+	 * (chunked at multiples of g) stays a metadata change. */
+	end = off + len;
+	a = img_min(img_align_up(off, g), end);
+	b = end & ~(g - 1);
+	if (end == img->size)
+		b = end;
+	else if (b < a)
+		b = a;
+	for (uint64_t pos = off; pos < end;) {
+		uint64_t stop = pos < a ? a : pos < b ? b : end;
+		uint64_t n = img_min(stop - pos, IMG_MAX_REQUEST);
 
-		lock(img);
-		if (img->drv->zero)
-			ret = backend_zero(img, off, n, flags & ~IMG_FUA);
-		else
-			ret = zero_by_writing(img, off, n);
-		unlock(img);
+		ret = zero_piece(img, pos, n, flags & ~IMG_FUA);
 		if (ret < 0)
 			return ret;
-		off += n;
-		len -= n;
+		pos += n;
 	}
 	if (flags & IMG_FUA) {
 		lock(img);
@@ -452,6 +754,8 @@ int img_discard(struct img *img, uint64_t off, uint64_t len)
 		uint64_t n = img_min(len, IMG_MAX_REQUEST);
 
 		lock(img);
+		if (!img->drv->thread_safe)
+			wait_write_locks(img, off, n);
 		ret = backend_discard(img, off, n);
 		unlock(img);
 		if (ret < 0)
@@ -571,7 +875,7 @@ int img_resize(struct img *img, uint64_t size, unsigned flags,
 				 img_filename(img), img->size, size);
 	if (size == img->size)
 		return 0;
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_resize(img, size, flags, prealloc);
 	if (ret >= 0)
 		img->size = size;

@@ -34,7 +34,7 @@ static int io_snapshot(struct img *img, enum img_io_snap_op op,
 	uint64_t size;
 	int ret;
 
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = img->file->ops->snapshot(img->file, op, name_or_id, &size);
 	if (ret >= 0 && (op == IMG_IO_SNAP_APPLY || op == IMG_IO_SNAP_LOAD))
 		img_set_size(img, size);
@@ -67,7 +67,7 @@ int img_snapshot_list(struct img *img, struct img_snapshot_info **out,
 
 	if (!img->drv->snapshot && !io_snapshots(img))
 		return not_supported(img);
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = img->drv->snapshot ?
 		      backend_snapshot_list(img, out, n) :
 		      img->file->ops->snapshot_list(img->file, out, n);
@@ -97,7 +97,7 @@ int img_snapshot_create(struct img *img, const char *name)
 		return ret;
 	if (!img->drv->snapshot)
 		return io_snapshot(img, IMG_IO_SNAP_CREATE, name);
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_snapshot_create(img, name);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -114,7 +114,7 @@ int img_snapshot_apply(struct img *img, const char *name_or_id)
 		return ret;
 	if (!img->drv->snapshot)
 		return io_snapshot(img, IMG_IO_SNAP_APPLY, name_or_id);
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_snapshot_apply(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -131,7 +131,7 @@ int img_snapshot_delete(struct img *img, const char *name_or_id)
 		return ret;
 	if (!img->drv->snapshot)
 		return io_snapshot(img, IMG_IO_SNAP_DELETE, name_or_id);
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_snapshot_delete(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;
@@ -151,7 +151,7 @@ int img_snapshot_load(struct img *img, const char *name_or_id)
 				 name_or_id);
 	if (!img->drv->snapshot)
 		return io_snapshot(img, IMG_IO_SNAP_LOAD, name_or_id);
-	pthread_mutex_lock(&img->lock);
+	img_lock_whole(img);
 	ret = backend_snapshot_load(img, name_or_id);
 	pthread_mutex_unlock(&img->lock);
 	return ret < 0 ? ret : 0;

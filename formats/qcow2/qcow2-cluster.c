@@ -151,9 +151,6 @@ void qcow2_l2_release(struct qcow2 *s)
 	s->l2_cache = NULL;
 	free(s->l1);
 	s->l1 = NULL;
-	free(s->vecs);
-	s->vecs = NULL;
-	s->n_vecs = s->cap_vecs = 0;
 	free(s->plan);
 	s->plan = NULL;
 	s->plan_cap = 0;

@@ -14,14 +14,10 @@
  * converted out.
  *
  * The state owns a struct img_cipher (LUKS or the legacy cipher) that .map
- * hands to the core with IMG_EXT_ENCRYPTED extents; every en- and
- * decryption here runs through img_cipher_run too. Hooks: qcow2-map.c
- * decrypts the host extents of a read after their batch completes and
- * encrypts write extents into a bounce buffer before submitting them (the
- * caller's buffer is const; large extents on every core); copy-on-write data
- * is decrypted after it is read so it is re-encrypted for its new host
- * offset. Requests not aligned to 512 bytes go through read-modify-write
- * here.
+ * hands to the core with IMG_EXT_ENCRYPTED extents, for reads and writes:
+ * the core decrypts after reading, encrypts whole sectors into a bounce
+ * buffer before writing (read-modify-write for a request that is not
+ * sector aligned, copy-on-write data re-encrypted for its new host offset).
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -37,8 +33,6 @@ struct qcow2_crypt {
 	/* luks: crypt_method 2; legacy: crypt_method 1, once keyed. */
 	struct img_cipher cipher;
 	uint64_t area_off, area_len;
-	uint8_t *bounce; /* write extents, encrypted */
-	size_t bounce_cap;
 };
 
 struct area_io {
@@ -182,7 +176,6 @@ void qcow2_crypt_close(struct qcow2 *s)
 		return;
 	img_luks_free(c->cipher.luks);
 	img_sector_cipher_free(c->cipher.legacy);
-	free(c->bounce);
 	free(c);
 	s->crypt = NULL;
 }
@@ -190,82 +183,6 @@ void qcow2_crypt_close(struct qcow2 *s)
 struct img_cipher *qcow2_crypt_cipher(struct qcow2 *s)
 {
 	return s->crypt ? &s->crypt->cipher : NULL;
-}
-
-int qcow2_crypt_decrypt(struct qcow2 *s, uint8_t *buf, uint64_t len,
-			uint64_t host_off, uint64_t guest_off)
-{
-	return img_cipher_run(&s->crypt->cipher, false, buf, buf, len, host_off,
-			      guest_off);
-}
-
-int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
-			  uint64_t guest_off)
-{
-	for (unsigned i = 0; i < s->n_vecs; i++) {
-		struct img_io_vec *v = &s->vecs[i];
-		uint64_t g = guest_off + (uint64_t)((uint8_t *)v->buf - buf);
-		int ret = img_cipher_run(&s->crypt->cipher, false, v->buf,
-					 v->buf, v->len, v->file_off, g);
-
-		if (ret < 0)
-			return ret;
-	}
-	return 0;
-}
-
-int qcow2_crypt_write_vecs(struct qcow2 *s)
-{
-	struct qcow2_crypt *c = s->crypt;
-	uint64_t total = 0, pos = 0;
-
-	if (!c->cipher.luks)
-		return legacy_write_error();
-	for (unsigned i = 0; i < s->n_vecs; i++)
-		total += s->vecs[i].len;
-	if (total > c->bounce_cap) {
-		uint8_t *b = realloc(c->bounce, total);
-
-		if (!b)
-			return img_error(-ENOMEM, "qcow2: out of memory");
-		c->bounce = b;
-		c->bounce_cap = total;
-	}
-	for (unsigned i = 0; i < s->n_vecs; i++) {
-		struct img_io_vec *v = &s->vecs[i];
-		int ret;
-
-		ret = img_cipher_run(&s->crypt->cipher, true, v->buf,
-				     c->bounce + pos, v->len, v->file_off,
-				     v->file_off);
-		v->buf = c->bounce + pos;
-		if (ret < 0)
-			return ret;
-		pos += v->len;
-	}
-	return 0;
-}
-
-/* Widen [off, off + len) to whole sectors through a bounce buffer. */
-int qcow2_crypt_unaligned(struct img *img, void *buf, const void *wbuf,
-			  uint64_t off, uint64_t len)
-{
-	uint64_t a = off & ~(uint64_t)(SECTOR - 1);
-	uint64_t b = img_align_up(off + len, SECTOR);
-	uint8_t *tmp = malloc(b - a);
-	int ret;
-
-	if (!tmp)
-		return img_error(-ENOMEM, "qcow2: out of memory");
-	ret = qcow2_read(img, tmp, a, b - a);
-	if (ret == 0 && buf)
-		memcpy(buf, tmp + (off - a), len);
-	if (ret == 0 && wbuf) {
-		memcpy(tmp + (off - a), wbuf, len);
-		ret = qcow2_write(img, tmp, a, b - a, 0);
-	}
-	free(tmp);
-	return ret;
 }
 
 int qcow2_crypt_check_opts(const struct img_create_opts *o, bool enc,

@@ -1,17 +1,17 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The one walk over qcow2 L2 tables (qcow2_walk) and everything that maps
- * guest ranges through it: .map and block status, reads, the map_direct
- * fast path, writes, zero and discard, and preallocation. The walk looks
- * each L2 table up once, validates each entry once (qcow2-l2.c) and hands
- * out runs of one kind. Reads gather their host extents into one
- * img_io_submit batch. A write walks a table once to plan every cluster
- * (what must be allocated, and where copy-on-write fills partial edges:
- * whole clusters, or only the touched subclusters with extended L2),
- * allocates the missing clusters in one contiguous allocation, writes the
- * data in one batch and only then changes the L2 entries, so that the
- * crash-safe order of qcow2.c (refcount before L2 before L1, through the
- * cache dependency) holds.
+ * guest ranges through it: .map for reads, block status and writes, the
+ * commit of planned writes, zero and discard, and preallocation. The walk
+ * looks each L2 table up once, validates each entry once (qcow2-l2.c) and
+ * hands out runs of one kind. The core moves all guest data (lib/request.c).
+ * A write map walks a table once: a run of owned clusters is overwritten in
+ * place; otherwise it plans the clusters (what must be allocated, and where
+ * copy-on-write fills partial edges: whole clusters, or only the touched
+ * subclusters with extended L2), allocates the missing ones in one
+ * contiguous allocation, and the core writes the data before qcow2_commit
+ * changes the L2 entries, so that the crash-safe order of qcow2.c (refcount
+ * before L2 before L1, through the cache dependency) holds.
  */
 #include <inttypes.h>
 #include <stdlib.h>
@@ -149,44 +149,9 @@ static int grow(void **array, unsigned *cap, size_t elem_size)
 	return 0;
 }
 
-static int add_vec(struct qcow2 *s, uint64_t file_off, void *buf, uint64_t len,
-		   bool write)
-{
-	struct img_io_vec *v;
-
-	if (!len)
-		return 0;
-	if (s->n_vecs) {
-		v = &s->vecs[s->n_vecs - 1];
-		if (v->write == write && v->file_off + v->len == file_off &&
-		    (uint8_t *)v->buf + v->len == (uint8_t *)buf) {
-			v->len += len;
-			return 0;
-		}
-	}
-	if (s->n_vecs == s->cap_vecs &&
-	    grow((void **)&s->vecs, &s->cap_vecs, sizeof(*v)) < 0)
-		return -ENOMEM;
-	v = &s->vecs[s->n_vecs++];
-	v->buf = buf;
-	v->len = len;
-	v->file_off = file_off;
-	v->write = write;
-	return 0;
-}
-
 static bool image_has_backing(const struct qcow2 *s)
 {
 	return s->backing_name != NULL;
-}
-
-static int read_backing(struct qcow2 *s, void *buf, uint64_t off, uint64_t len)
-{
-	if (!s->img) {
-		memset(buf, 0, len);
-		return 0;
-	}
-	return img_read_backing(s->img, buf, off, len);
 }
 
 /* ---- .map and block status ---- */
@@ -262,6 +227,9 @@ static int host_holes(struct qcow2 *s, struct img_map *m)
 	return 0;
 }
 
+static int qcow2_map_write(struct qcow2 *s, uint64_t off, uint64_t len,
+			   struct img_map *m);
+
 int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m)
 {
 	static const struct qcow2_walker first = { .run = first_run };
@@ -272,6 +240,8 @@ int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m)
 	struct qcow2_run r;
 	int ret;
 
+	if (m->write)
+		return qcow2_map_write(s, off, len, m);
 	ret = qcow2_walk(s, off, len, &first, &r);
 	if (ret < 0)
 		return ret;
@@ -339,65 +309,7 @@ int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 	return 0;
 }
 
-/* ---- reads ---- */
-
-struct read_ctx {
-	uint8_t *buf;
-	uint64_t off;
-};
-
-static int read_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
-{
-	struct read_ctx *c = opaque;
-	uint8_t *dst = c->buf + (r->off - c->off);
-
-	switch (r->type) {
-	case QCOW2_CLUSTER_NORMAL:
-		return add_vec(s, r->host, dst, r->len, false);
-	case QCOW2_CLUSTER_ZERO_PLAIN:
-	case QCOW2_CLUSTER_ZERO_ALLOC:
-		memset(dst, 0, r->len);
-		return 0;
-	case QCOW2_CLUSTER_COMPRESSED:
-		return qcow2_compressed_read(s, r->e.l2e, r->off,
-					     r->off & (s->cluster_size - 1),
-					     r->len, dst);
-	default:
-		return read_backing(s, dst, r->off, r->len);
-	}
-}
-
-int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len)
-{
-	static const struct qcow2_walker reader = { .run = read_run };
-	struct qcow2 *s = img_priv(img);
-	struct read_ctx c = { buf, off };
-	int ret;
-
-	if (s->crypt && ((off | len) & (IMG_CRYPT_SECTOR - 1)))
-		return qcow2_crypt_unaligned(img, buf, NULL, off, len);
-	s->n_vecs = 0;
-	ret = qcow2_walk(s, off, len, &reader, &c);
-	if (ret < 0 || !s->n_vecs)
-		return ret;
-	ret = img_data_check_vecs(img, s->data_file, buf, off, s->vecs,
-				  s->n_vecs);
-	if (ret == 0)
-		ret = img_io_submit(s->data_file, s->vecs, s->n_vecs);
-	if (ret == 0 && s->crypt)
-		ret = qcow2_crypt_read_vecs(s, buf, off);
-	return ret;
-}
-
-/* ---- the map_direct fast path ---- */
-
-struct direct_ctx {
-	uint8_t *buf;
-	uint64_t off;
-	bool write;
-	struct img_io_vec *v;
-	unsigned k, max;
-};
+/* ---- writes: qcow2 maps and plans them, the core moves the data ---- */
 
 /* Does a write to this cluster need a new host cluster? */
 static bool needs_alloc(const struct qcow2 *s, uint64_t l2e)
@@ -405,166 +317,16 @@ static bool needs_alloc(const struct qcow2 *s, uint64_t l2e)
 	return !qcow2_l2_has_host(s, l2e) || !(l2e & QCOW2_OFLAG_COPIED);
 }
 
-/* Add a host transfer to a map_direct list, merging with the last entry;
- * false when the list is full. */
-static bool direct_vec(struct direct_ctx *c, uint64_t file_off, uint8_t *buf,
-		       uint64_t len)
-{
-	struct img_io_vec *last = c->k ? &c->v[c->k - 1] : NULL;
-
-	if (last && last->file_off + last->len == file_off &&
-	    (uint8_t *)last->buf + last->len == buf) {
-		last->len += len;
-		return true;
-	}
-	if (c->k == c->max)
-		return false;
-	c->v[c->k++] = (struct img_io_vec){ buf, len, file_off, c->write };
-	return true;
-}
-
-/* 0: the run goes direct; 1: the request takes the normal path. */
-static int direct_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
-{
-	struct direct_ctx *c = opaque;
-	uint8_t *dst = c->buf + (r->off - c->off);
-
-	switch (r->type) {
-	case QCOW2_CLUSTER_NORMAL:
-		/* A cluster shared with a snapshot (no COPIED) is copied on
-		 * write: the normal path. */
-		if (c->write && needs_alloc(s, r->e.l2e))
-			return 1;
-		return direct_vec(c, r->host, dst, r->len) ? 0 : 1;
-	case QCOW2_CLUSTER_ZERO_PLAIN:
-	case QCOW2_CLUSTER_ZERO_ALLOC:
-		if (c->write)
-			return 1;
-		memset(dst, 0, r->len);
-		return 0;
-	case QCOW2_CLUSTER_UNALLOCATED:
-		if (c->write || image_has_backing(s))
-			return 1;
-		memset(dst, 0, r->len);
-		return 0;
-	default:
-		return 1;
-	}
-}
-
-/*
- * The fast path (struct img_driver.map_direct): reads of normal, zero and
- * (without a backing file) unallocated clusters, and writes that only
- * overwrite normal subclusters of clusters this image owns (COPIED), need
- * no metadata change, so their data moves without the image lock. Whatever
- * else (allocation, copy-on-write, compressed clusters, encryption, backing
- * reads) takes the normal path; dirty bitmaps are marked here. A host
- * cluster mapped here stays valid while the transfer runs because every
- * refcount change of a cluster in use waits for running transfers first
- * (qcow2_refcount_update).
- */
-int qcow2_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
-		     bool write, struct img_io **io, struct img_io_vec *vecs,
-		     unsigned *n)
-{
-	static const struct qcow2_walker direct = { .run = direct_run };
-	struct qcow2 *s = img_priv(img);
-	struct direct_ctx c = { buf, off, write, vecs, 0, *n };
-	int ret;
-
-	if (s->crypt || s->corrupt)
-		return 0;
-	ret = qcow2_walk(s, off, len, &direct, &c);
-	if (ret)
-		return ret < 0 ? ret : 0;
-	for (unsigned v = 0; write && v < c.k && !qcow2_has_data_file(s); v++) {
-		ret = qcow2_overlap_check(s, 0, vecs[v].file_off, vecs[v].len);
-		if (ret < 0)
-			return ret;
-	}
-	if (write) {
-		ret = qcow2_bitmap_mark(s, off, len);
-		if (ret < 0)
-			return ret;
-	}
-	*io = s->data_file;
-	*n = c.k;
-	return 1;
-}
-
-/* ---- writes ---- */
-
-struct write_ctx {
-	const uint8_t *buf;
-	uint64_t off;
-	unsigned n; /* clusters planned in the current table */
-	uint64_t n_alloc; /* of which need a new host cluster */
+/* A planned write (struct img_map.plan): the clusters of one L2 table it
+ * writes, in guest order, and the host clusters it allocated for them. */
+struct img_plan {
+	uint64_t l1_idx;
+	uint64_t base, n_alloc; /* the contiguous new host clusters */
+	bool flush_data; /* new clusters in the data file, which no
+			  * refcount orders before the L2 entries */
+	unsigned n;
+	struct qcow2_write_plan c[];
 };
-
-static int write_plan_run(struct qcow2 *s, const struct qcow2_run *r,
-			  void *opaque)
-{
-	struct write_ctx *c = opaque;
-	uint64_t cstart = r->off & ~(s->cluster_size - 1);
-	struct qcow2_write_plan *p;
-
-	if (c->n == s->plan_cap &&
-	    grow((void **)&s->plan, &s->plan_cap, sizeof(*p)) < 0)
-		return -ENOMEM;
-	p = &s->plan[c->n++];
-	*p = (struct qcow2_write_plan){
-		.idx = r->idx,
-		.cstart = cstart,
-		.woff = r->off - cstart,
-		.wend = r->off - cstart + r->len,
-		.l2e = r->e.l2e,
-		.bitmap = r->e.bitmap,
-		.alloc = needs_alloc(s, r->e.l2e),
-	};
-	c->n_alloc += p->alloc;
-	return 0;
-}
-
-/* Fill dst[from, to) (offsets in the planned cluster) with the cluster's
- * current contents. */
-static int fill_old(struct qcow2 *s, const struct qcow2_write_plan *p,
-		    uint64_t from, uint64_t to, uint8_t *dst)
-{
-	uint64_t sc_size = 1ull << s->subcluster_bits;
-	uint64_t old = p->l2e & QCOW2_L2E_OFFSET_MASK;
-	int ret;
-
-	while (from < to) {
-		uint64_t n = img_min(to, (from | (sc_size - 1)) + 1) - from;
-		unsigned sc = (unsigned)(from >> s->subcluster_bits);
-
-		switch (qcow2_subcluster_type(s, p->l2e, p->bitmap, sc)) {
-		case QCOW2_CLUSTER_NORMAL:
-			ret = img_data_read(s->img, s->data_file, dst + from, n,
-					    old + from, p->cstart + from);
-			if (ret == 0 && s->crypt)
-				ret = qcow2_crypt_decrypt(s, dst + from, n,
-							  old + from,
-							  p->cstart + from);
-			break;
-		case QCOW2_CLUSTER_UNALLOCATED:
-			ret = read_backing(s, dst + from, p->cstart + from, n);
-			break;
-		case QCOW2_CLUSTER_COMPRESSED:
-			ret = qcow2_compressed_read(s, p->l2e, p->cstart, from,
-						    n, dst + from);
-			break;
-		default:
-			memset(dst + from, 0, n);
-			ret = 0;
-			break;
-		}
-		if (ret < 0)
-			return ret;
-		from += n;
-	}
-	return 0;
-}
 
 /*
  * Region [*fs, *fe) of the planned cluster to write: whole clusters when a
@@ -607,110 +369,122 @@ static void plan_region(const struct qcow2 *s, const struct qcow2_write_plan *p,
 		*fe = (uint64_t)(hi + 1) << s->subcluster_bits;
 }
 
-/* Queue the data (with copy-on-write edges) of the planned clusters. */
-static int write_data_vecs(struct qcow2 *s, struct write_ctx *c, unsigned n)
+/* The entry and bitmap of a planned cluster once its data is written. */
+static void plan_entry(const struct qcow2 *s, const struct qcow2_write_plan *p,
+		       uint64_t *nl2e, uint64_t *nbm)
 {
-	int ret;
+	uint64_t l2e = p->l2e, bm = p->bitmap;
 
-	for (unsigned k = 0; k < n; k++) {
-		struct qcow2_write_plan *p = &s->plan[k];
-		uint8_t *cbuf = k == 0 ? s->cow_head : s->cow_tail;
-		uint64_t fs, fe;
+	*nl2e = p->host | QCOW2_OFLAG_COPIED;
+	*nbm = 0;
+	if (!s->extended_l2)
+		return;
+	uint64_t m = qcow2_l2_subcluster_mask(s, p->woff, p->wend);
 
-		plan_region(s, p, &fs, &fe);
-		if (fs < p->woff) {
-			ret = fill_old(s, p, fs, p->woff, cbuf);
-			if (ret < 0)
-				return ret;
-		}
-		if (fe > p->wend) {
-			ret = fill_old(s, p, p->wend, fe, cbuf);
-			if (ret < 0)
-				return ret;
-		}
-		ret = add_vec(s, p->host + fs, cbuf + fs, p->woff - fs, true);
-		if (!ret)
-			ret = add_vec(s, p->host + p->woff,
-				      (uint8_t *)c->buf +
-					      (p->cstart + p->woff - c->off),
-				      p->wend - p->woff, true);
-		if (!ret)
-			ret = add_vec(s, p->host + p->wend, cbuf + p->wend,
-				      fe - p->wend, true);
-		if (ret < 0)
-			return ret;
-	}
-	for (unsigned v = 0; v < s->n_vecs && !qcow2_has_data_file(s); v++) {
-		ret = qcow2_overlap_check(s, 0, s->vecs[v].file_off,
-					  s->vecs[v].len);
-		if (ret < 0)
-			return ret;
-	}
-	return s->crypt ? qcow2_crypt_write_vecs(s) : 0;
+	*nbm = (bm | m) & ~(m << 32);
+	if (p->alloc &&
+	    !(qcow2_l2_has_host(s, l2e) && (bm & QCOW2_EXTL2_ALLOC_MASK)))
+		*nbm = (bm & ~QCOW2_EXTL2_ALLOC_MASK & ~(m << 32)) | m;
+	if (l2e & QCOW2_OFLAG_COMPRESSED)
+		*nbm = QCOW2_EXTL2_ALLOC_MASK;
 }
 
-/* Point the planned entries at their (new) host clusters, after the data
- * is written. */
-static int write_update_entries(struct qcow2 *s, uint8_t *t, unsigned n)
+/* What the write map found: a run of clusters it overwrites in place, or
+ * a run it plans (new clusters, contiguous, whole except at its ends; or
+ * one cluster whose entry changes in place). */
+enum wmap_kind { WMAP_NONE, WMAP_IN_PLACE, WMAP_PLAN };
+
+struct wmap_ctx {
+	bool peek; /* IMG_MAP_WRITE_IN_PLACE: plan nothing */
+	enum wmap_kind kind;
+	uint64_t len; /* guest bytes of the request the run covers */
+	uint64_t host_end; /* in place: past the run's last host byte */
+	unsigned n; /* planned clusters, in s->plan */
+	uint64_t n_alloc;
+};
+
+static int wmap_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
 {
-	for (unsigned k = 0; k < n; k++) {
-		const struct qcow2_write_plan *p = &s->plan[k];
-		uint64_t l2e = p->l2e, bm = p->bitmap;
-		uint64_t nl2e = p->host | QCOW2_OFLAG_COPIED, nbm = 0;
-		int ret;
+	struct wmap_ctx *c = opaque;
+	uint64_t cstart = r->off & ~(s->cluster_size - 1);
+	struct qcow2_write_plan p = {
+		.idx = r->idx,
+		.cstart = cstart,
+		.woff = r->off - cstart,
+		.wend = r->off - cstart + r->len,
+		.l2e = r->e.l2e,
+		.bitmap = r->e.bitmap,
+		.alloc = needs_alloc(s, r->e.l2e),
+	};
+	uint64_t fs, fe, nl2e, nbm;
+	bool in_place = false;
 
-		if (s->extended_l2) {
-			uint64_t m =
-				qcow2_l2_subcluster_mask(s, p->woff, p->wend);
-
-			nbm = (bm | m) & ~(m << 32);
-			if (p->alloc && !(qcow2_l2_has_host(s, l2e) &&
-					  (bm & QCOW2_EXTL2_ALLOC_MASK)))
-				nbm = (bm & ~QCOW2_EXTL2_ALLOC_MASK &
-				       ~(m << 32)) |
-				      m;
-			if (l2e & QCOW2_OFLAG_COMPRESSED)
-				nbm = QCOW2_EXTL2_ALLOC_MASK;
-		}
-		if (nl2e == l2e && nbm == bm)
-			continue;
-		if (p->alloc && qcow2_l2_has_host(s, l2e) &&
-		    !qcow2_has_data_file(s)) {
-			ret = qcow2_free_cluster_deferred(
-				s, l2e & QCOW2_L2E_OFFSET_MASK);
-			if (ret < 0)
-				return ret;
-		}
-		if (l2e & QCOW2_OFLAG_COMPRESSED) {
-			ret = qcow2_compressed_free(s, l2e);
-			if (ret < 0)
-				return ret;
-		}
-		qcow2_l2e_put(s, t, p->idx, nl2e, nbm);
-		img_cache_mark_dirty(s->l2_cache, t);
+	plan_region(s, &p, &fs, &fe);
+	if (!p.alloc && fs == p.woff && fe == p.wend) {
+		p.host = p.l2e & QCOW2_L2E_OFFSET_MASK;
+		plan_entry(s, &p, &nl2e, &nbm);
+		in_place = nl2e == p.l2e && nbm == p.bitmap;
 	}
+	if (c->kind == WMAP_NONE) {
+		c->kind = in_place ? WMAP_IN_PLACE : WMAP_PLAN;
+		if (in_place)
+			c->host_end = p.host + p.woff;
+	} else if (c->kind == WMAP_IN_PLACE) {
+		if (!in_place || c->host_end != p.host + p.woff)
+			return 1;
+	} else {
+		const struct qcow2_write_plan *prev = &s->plan[c->n - 1];
+		uint64_t pfs, pfe;
+
+		/* Only new clusters join a plan, and only where the
+		 * region stays one guest and host range. */
+		plan_region(s, prev, &pfs, &pfe);
+		if (in_place || !p.alloc || !prev->alloc || fs ||
+		    pfe != s->cluster_size || c->peek)
+			return 1;
+	}
+	c->len += r->len;
+	if (c->kind == WMAP_IN_PLACE) {
+		c->host_end += r->len;
+		return 0;
+	}
+	if (c->peek)
+		return 1;
+	if (c->n == s->plan_cap &&
+	    grow((void **)&s->plan, &s->plan_cap, sizeof(p)) < 0)
+		return -ENOMEM;
+	s->plan[c->n++] = p;
+	c->n_alloc += p.alloc;
 	return 0;
 }
 
-/* The planned clusters of table t: allocate, write the data, then the
- * entries. */
-static int write_table_end(struct qcow2 *s, uint8_t *t, void *opaque)
+/* The planned clusters get their host clusters, and the plan its copy. */
+static int plan_make(struct qcow2 *s, const struct wmap_ctx *c,
+		     uint64_t l1_idx, struct img_plan **out)
 {
-	struct write_ctx *c = opaque;
-	unsigned n = c->n;
-	uint64_t n_alloc = c->n_alloc, base = 0, k_alloc = 0;
+	struct img_plan *plan;
+	uint64_t base = 0, k_alloc = 0;
 	int ret;
 
-	c->n = 0;
-	c->n_alloc = 0;
-	if (n_alloc && !qcow2_has_data_file(s)) {
-		ret = qcow2_alloc_clusters(s, n_alloc, &base);
-		if (ret < 0)
+	plan = malloc(sizeof(*plan) + c->n * sizeof(plan->c[0]));
+	if (!plan)
+		return img_error(-ENOMEM, "qcow2: out of memory");
+	if (c->n_alloc && !qcow2_has_data_file(s)) {
+		ret = qcow2_alloc_clusters(s, c->n_alloc, &base);
+		if (ret < 0) {
+			free(plan);
 			return ret;
+		}
 	}
-	for (unsigned k = 0; k < n; k++) {
-		struct qcow2_write_plan *p = &s->plan[k];
+	plan->l1_idx = l1_idx;
+	plan->base = base;
+	plan->n_alloc = qcow2_has_data_file(s) ? 0 : c->n_alloc;
+	plan->flush_data = qcow2_has_data_file(s) && c->n_alloc;
+	plan->n = c->n;
+	for (unsigned k = 0; k < c->n; k++) {
+		struct qcow2_write_plan *p = &plan->c[k];
 
+		*p = s->plan[k];
 		if (!p->alloc)
 			p->host = p->l2e & QCOW2_L2E_OFFSET_MASK;
 		else if (qcow2_has_data_file(s))
@@ -718,65 +492,177 @@ static int write_table_end(struct qcow2 *s, uint8_t *t, void *opaque)
 		else
 			p->host = base + (k_alloc++ << s->cluster_bits);
 	}
-	s->n_vecs = 0;
-	ret = write_data_vecs(s, c, n);
-	if (ret == 0)
-		ret = img_io_submit(s->data_file, s->vecs, s->n_vecs);
-	s->n_vecs = 0;
-	if (ret == 0 && n_alloc && qcow2_has_data_file(s))
-		/* No refcount orders these: flush before L2 names them. */
-		ret = img_io_flush(s->data_file);
-	if (ret < 0)
-		return ret;
-	return write_update_entries(s, t, n);
+	*out = plan;
+	return 0;
 }
 
-int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
-		unsigned flags)
+/* Fill a write map from the run the walk found. */
+static int wmap_fill(struct qcow2 *s, const struct wmap_ctx *c, uint64_t off,
+		     uint64_t l1_idx, struct img_map *m)
+{
+	const unsigned sector = IMG_CRYPT_SECTOR;
+	uint64_t region_host;
+	int ret;
+
+	m->len = c->len;
+	m->io = s->data_file;
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	if (c->kind == WMAP_IN_PLACE) {
+		m->file_off = c->host_end - c->len;
+		/* Whole cipher sectors: the core fills in the rest. */
+		if (s->crypt && ((off | c->len) & (sector - 1))) {
+			if (c->peek) {
+				m->flags = 0;
+				return 0;
+			}
+			m->region_off = off & ~(uint64_t)(sector - 1);
+			m->region_len =
+				img_align_up(off + c->len, sector) -
+				m->region_off;
+		}
+	} else if (c->peek) {
+		m->flags = 0;
+		return 0;
+	} else {
+		const struct qcow2_write_plan *first = &s->plan[0],
+					      *last = &s->plan[c->n - 1];
+		uint64_t fs, fe, ls, le;
+
+		ret = plan_make(s, c, l1_idx, &m->plan);
+		if (ret < 0)
+			return ret;
+		plan_region(s, first, &fs, &fe);
+		plan_region(s, last, &ls, &le);
+		m->file_off = m->plan->c[0].host + first->woff;
+		m->region_off = first->cstart + fs;
+		m->region_len = last->cstart + le - m->region_off;
+		m->lock_off = first->cstart;
+		m->lock_len = last->cstart + s->cluster_size - first->cstart;
+	}
+	if (s->crypt) {
+		m->flags |= IMG_EXT_ENCRYPTED;
+		m->cipher = qcow2_crypt_cipher(s);
+	}
+	region_host = m->file_off - (off - (m->region_len ? m->region_off : off));
+	if (!qcow2_has_data_file(s)) {
+		ret = qcow2_overlap_check(s, 0, region_host,
+					  m->region_len ? m->region_len :
+							  m->len);
+		if (ret < 0)
+			goto fail;
+	}
+	ret = qcow2_bitmap_mark(s, off, m->len);
+	if (ret >= 0)
+		return 0;
+fail:
+	if (m->plan) {
+		qcow2_commit(s->img, m->plan, ret);
+		m->plan = NULL;
+	}
+	return ret;
+}
+
+/*
+ * .map for a write. One L2 table at most: a run of clusters this image
+ * owns (COPIED) and overwrites in place, contiguous on the host; or a plan
+ * (struct img_plan): the clusters that need new host clusters, allocated
+ * here in one contiguous run (refcounts first, as the crash-safe order
+ * wants), or one cluster whose entry changes in place (a preallocated zero
+ * cluster, subclusters of extended L2). The core writes the data, with the
+ * copy-on-write edges plan_region asks for, and then calls qcow2_commit,
+ * which points the entries at it.
+ */
+static int qcow2_map_write(struct qcow2 *s, uint64_t off, uint64_t len,
+			   struct img_map *m)
 {
 	static const struct qcow2_walker writer = {
 		.flags = QCOW2_WALK_ALLOC | QCOW2_WALK_CLUSTERS,
-		.run = write_plan_run,
-		.table_end = write_table_end,
+		.run = wmap_run,
 	};
-	struct qcow2 *s = img_priv(img);
-	struct write_ctx c = { buf, off, 0, 0 };
+	static const struct qcow2_walker peeker = {
+		.flags = QCOW2_WALK_CLUSTERS,
+		.run = wmap_run,
+	};
+	unsigned cover = qcow2_l2_cover_bits(s);
+	uint64_t l1_idx = off >> cover;
+	struct wmap_ctx c = { .peek = m->write == IMG_MAP_WRITE_IN_PLACE };
 	int ret;
 
-	(void)flags;
 	if (s->corrupt)
 		return img_error(
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
-	if (s->crypt && ((off | len) & (IMG_CRYPT_SECTOR - 1)))
-		return qcow2_crypt_unaligned(img, NULL, buf, off, len);
-	ret = qcow2_bitmap_mark(s, off, len);
+	len = img_min(len, ((l1_idx + 1) << cover) - off);
+	if (c.peek && (l1_idx >= s->l1_size ||
+		       !(s->l1[l1_idx] & QCOW2_OFLAG_COPIED))) {
+		m->len = len;
+		m->flags = 0;
+		return 0;
+	}
+	ret = qcow2_walk(s, off, len, c.peek ? &peeker : &writer, &c);
 	if (ret < 0)
 		return ret;
-	ret = qcow2_walk(s, off, len, &writer, &c);
-	if (ret < 0)
+	return wmap_fill(s, &c, off, l1_idx, m);
+}
+
+int qcow2_commit(struct img *img, struct img_plan *plan, int result)
+{
+	struct qcow2 *s = img_priv(img);
+	uint8_t *t = NULL;
+	int ret = 0;
+
+	if (result < 0) {
+		/* No table names the new clusters: give them back. */
+		if (plan->n_alloc)
+			ret = qcow2_free_clusters_now(
+				s, plan->base, plan->n_alloc << s->cluster_bits);
+		free(plan);
 		return ret;
-	if (s->n_pending_free > QCOW2_MAX_PENDING_FREE)
-		return qcow2_metadata_write_back(s);
-	return 0;
+	}
+	if (plan->flush_data)
+		ret = img_io_flush(s->data_file);
+	if (ret == 0)
+		ret = qcow2_l2_get(s, plan->l1_idx, true, &t);
+	for (unsigned k = 0; ret == 0 && k < plan->n; k++) {
+		const struct qcow2_write_plan *p = &plan->c[k];
+		uint64_t l2e = qcow2_l2e_at(s, t, p->idx),
+			 bm = qcow2_bitmap_at(s, t, p->idx), nl2e, nbm;
+
+		if (l2e != p->l2e || bm != p->bitmap) {
+			ret = img_error(-EIO,
+					"qcow2: the L2 entry of guest offset "
+					"%#" PRIx64
+					" changed under a write in flight",
+					p->cstart);
+			break;
+		}
+		plan_entry(s, p, &nl2e, &nbm);
+		if (nl2e == l2e && nbm == bm)
+			continue;
+		if (p->alloc && qcow2_l2_has_host(s, l2e) &&
+		    !qcow2_has_data_file(s)) {
+			ret = qcow2_free_cluster_deferred(
+				s, l2e & QCOW2_L2E_OFFSET_MASK);
+			if (ret < 0)
+				break;
+		}
+		if (l2e & QCOW2_OFLAG_COMPRESSED) {
+			ret = qcow2_compressed_free(s, l2e);
+			if (ret < 0)
+				break;
+		}
+		qcow2_l2e_put(s, t, p->idx, nl2e, nbm);
+		img_cache_mark_dirty(s->l2_cache, t);
+	}
+	if (t)
+		img_cache_put(s->l2_cache, t);
+	free(plan);
+	if (ret == 0 && s->n_pending_free > QCOW2_MAX_PENDING_FREE)
+		ret = qcow2_metadata_write_back(s);
+	return ret;
 }
 
 /* ---- zero and discard ---- */
-
-/* Write real zeroes (through the normal write path). */
-static int write_zeroes(struct qcow2 *s, uint64_t off, uint64_t len)
-{
-	while (len) {
-		uint64_t n = img_min(len, QCOW2_ZERO_BUF_SIZE);
-		int ret = qcow2_write(s->img, s->zero_buf, off, n, 0);
-
-		if (ret < 0)
-			return ret;
-		off += n;
-		len -= n;
-	}
-	return 0;
-}
 
 enum zero_mode {
 	ZM_ZERO, /* zero flag, keeping preallocated clusters */
@@ -788,9 +674,6 @@ enum zero_mode {
 struct zero_ctx {
 	enum zero_mode mode;
 	bool backing, zflag;
-	/* Set when the walk stopped at part of a compressed cluster: real
-	 * zeroes go there, through a copy-on-write. */
-	uint64_t zpos, zend;
 };
 
 /* Should a whole-cluster zero or discard drop the entry's host cluster? */
@@ -818,11 +701,13 @@ static int zero_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
 	bool host = r->e.has_host;
 	int ret;
 
-	if ((l2e & QCOW2_OFLAG_COMPRESSED) && !whole) {
-		c->zpos = r->off;
-		c->zend = r->off + r->len;
-		return 1;
-	}
+	/* Part of a compressed cluster: real zeroes, which the core writes
+	 * (through a copy-on-write). */
+	if ((l2e & QCOW2_OFLAG_COMPRESSED) && !whole)
+		return img_error(-ENOTSUP,
+				 "qcow2: zeroing part of the compressed cluster "
+				 "at %#" PRIx64 " needs data writes",
+				 cstart);
 	if (s->extended_l2 && !whole) {
 		uint64_t m = qcow2_l2_subcluster_mask(s, r->off - cstart,
 						      r->off - cstart + r->len);
@@ -875,8 +760,7 @@ static int zero_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
 static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 			enum zero_mode mode)
 {
-	struct zero_ctx c = { mode, image_has_backing(s), s->h.version >= 3, 0,
-			      0 };
+	struct zero_ctx c = { mode, image_has_backing(s), s->h.version >= 3 };
 	struct qcow2_walker w = {
 		.flags = QCOW2_WALK_ALLOC | QCOW2_WALK_CLUSTERS,
 		.run = zero_run,
@@ -886,28 +770,25 @@ static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 	/* A missing table already reads as zeroes without a backing file. */
 	if (!c.backing || mode == ZM_DISCARD || mode == ZM_DEALLOC)
 		w.flags |= QCOW2_WALK_SKIP_HOLES;
-	while (off < end) {
-		int ret = qcow2_walk(s, off, end - off, &w, &c);
+	int ret = qcow2_walk(s, off, end - off, &w, &c);
 
-		if (ret < 0)
-			return ret;
-		if (!ret)
-			break;
-		ret = write_zeroes(s, c.zpos, c.zend - c.zpos);
-		if (ret < 0)
-			return ret;
-		off = c.zend;
-	}
+	if (ret < 0)
+		return ret;
 	if (s->n_pending_free > QCOW2_MAX_PENDING_FREE)
 		return qcow2_metadata_write_back(s);
 	return 0;
 }
 
+/*
+ * Zero by changing entries only. What that cannot do (partial subclusters,
+ * part of a compressed cluster, a v2 image without the zero flag) is
+ * -ENOTSUP, and the core writes real zeroes there (it splits requests at
+ * the subcluster alignment img_set_zero_align gave it).
+ */
 int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 {
 	struct qcow2 *s = img_priv(img);
-	uint64_t g = 1ull << s->subcluster_bits, end = off + len, a, b;
-	bool fast = flags & IMG_ZERO_FAST;
+	uint64_t g = 1ull << s->subcluster_bits, end = off + len, b;
 	enum zero_mode mode;
 	int ret;
 
@@ -915,48 +796,33 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 		return img_error(
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
-	ret = qcow2_bitmap_mark(s, off, len);
-	if (ret < 0)
-		return ret;
-	if (s->data_file_raw)
+	if (s->data_file_raw) {
+		ret = qcow2_bitmap_mark(s, off, len);
+		if (ret < 0)
+			return ret;
 		return img_io_zero(
 			s->data_file, off, len,
 			(flags & IMG_ZERO_MAY_UNMAP) ? IMG_IO_ZERO_PUNCH : 0);
-	a = img_align_up(off, g);
+	}
 	b = end == img_size(img) ? img_align_up(end, g) : end & ~(g - 1);
 	if (s->h.version >= 3)
 		mode = (flags & IMG_ZERO_MAY_UNMAP) ? ZM_ZERO_UNMAP : ZM_ZERO;
 	else if (!image_has_backing(s) && (flags & IMG_ZERO_MAY_UNMAP))
 		mode = ZM_DEALLOC;
 	else
-		mode = ZM_ZERO; /* v2 without a zero flag: real zeroes */
-	if (a >= b) {
-		if (fast)
-			goto slow;
-		return write_zeroes(s, off, len);
-	}
-	if (fast &&
-	    (a != off || b < end || (s->h.version < 3 && mode != ZM_DEALLOC)))
-		goto slow;
-	if (a > off) {
-		ret = write_zeroes(s, off, a - off);
-		if (ret < 0)
-			return ret;
-	}
-	if (s->h.version < 3 && mode != ZM_DEALLOC)
-		ret = write_zeroes(s, a, b - a);
-	else
-		ret = zero_entries(s, a, b - a, mode);
+		return img_error(-ENOTSUP,
+				 "qcow2: a v2 image has no zero flag: zeroing "
+				 "%#" PRIx64 "+%#" PRIx64 " needs data writes",
+				 off, len);
+	if (off & (g - 1) || b < end)
+		return img_error(-ENOTSUP,
+				 "qcow2: zeroing %#" PRIx64 "+%#" PRIx64
+				 " would need data writes",
+				 off, len);
+	ret = qcow2_bitmap_mark(s, off, len);
 	if (ret < 0)
 		return ret;
-	if (end > b)
-		return write_zeroes(s, b, end - b);
-	return 0;
-slow:
-	return img_error(-ENOTSUP,
-			 "qcow2: zeroing %#" PRIx64 "+%#" PRIx64
-			 " would need data writes",
-			 off, len);
+	return zero_entries(s, off, b - off, mode);
 }
 
 int qcow2_discard(struct img *img, uint64_t off, uint64_t len)

@@ -106,29 +106,10 @@ static void release_state(struct qcow2 *s)
 	free(s->feature_names);
 	free(s->crypto_ext);
 	free(s->bitmaps_ext);
-	free(s->cow_head);
-	free(s->cow_tail);
-	free(s->zero_buf);
 	qcow2_crypt_close(s);
 	qcow2_compress_release(s);
 	qcow2_bitmap_release(s);
 	memset(s, 0, sizeof(*s));
-}
-
-static int alloc_buffers(struct qcow2 *s)
-{
-	/* Page-aligned: with O_DIRECT, copy-on-write data goes to the file
-	 * straight from these, not through a bounce buffer. */
-	if (posix_memalign((void **)&s->cow_head, 4096, s->cluster_size))
-		s->cow_head = NULL;
-	if (posix_memalign((void **)&s->cow_tail, 4096, s->cluster_size))
-		s->cow_tail = NULL;
-	if (!s->read_only &&
-	    !posix_memalign((void **)&s->zero_buf, 4096, QCOW2_ZERO_BUF_SIZE))
-		memset(s->zero_buf, 0, QCOW2_ZERO_BUF_SIZE);
-	if (!s->cow_head || !s->cow_tail || (!s->read_only && !s->zero_buf))
-		return img_error(-ENOMEM, "qcow2: out of memory");
-	return 0;
 }
 
 static int qcow2_open(struct img *img, unsigned flags)
@@ -176,9 +157,7 @@ static int qcow2_open(struct img *img, unsigned flags)
 			goto fail;
 		}
 	}
-	ret = alloc_buffers(s);
-	if (ret < 0)
-		goto fail;
+	img_set_zero_align(img, 1ull << s->subcluster_bits);
 	ret = qcow2_refcount_init(s);
 	if (ret < 0)
 		goto fail;
@@ -586,9 +565,6 @@ static int qcow2_create(const char *path, struct img_io *file,
 	ret = img_io_pwrite(file, buf, cs, 2 * cs);
 	if (ret < 0)
 		goto out;
-	ret = alloc_buffers(s);
-	if (ret < 0)
-		goto out;
 	ret = qcow2_refcount_init(s);
 	if (ret < 0)
 		goto out;
@@ -852,8 +828,7 @@ const struct img_driver qcow2_driver = {
 	.probe = qcow2_probe,
 	.open = qcow2_open,
 	.close = qcow2_close,
-	.write = qcow2_write,
-	.map_direct = qcow2_map_direct,
+	.commit = qcow2_commit,
 	.zero = qcow2_zero,
 	.discard = qcow2_discard,
 	.flush = qcow2_flush,

@@ -184,11 +184,6 @@ struct qcow2 {
 	bool has_backing_fmt_ext; /* write the backing format extension */
 
 	/* Scratch space reused by every request (no malloc in the hot path). */
-	struct img_io_vec *vecs;
-	unsigned n_vecs, cap_vecs;
-	uint8_t *cow_head; /* cluster-sized copy-on-write buffers */
-	uint8_t *cow_tail;
-	uint8_t *zero_buf; /* QCOW2_ZERO_BUF_SIZE bytes of zeroes */
 	struct qcow2_write_plan *plan; /* a write's clusters (qcow2-map.c) */
 	unsigned plan_cap;
 	uint64_t reftable_used; /* 1 + index of the last non-zero entry */
@@ -210,7 +205,6 @@ struct qcow2 {
 	bool metadata_prealloc;
 };
 
-#define QCOW2_ZERO_BUF_SIZE (1u << 20)
 /* Pending frees above this count force a metadata write-back cycle. */
 #define QCOW2_MAX_PENDING_FREE 4096
 
@@ -390,16 +384,12 @@ int qcow2_walk(struct qcow2 *s, uint64_t off, uint64_t len,
  * corrupt on failure. */
 int qcow2_l2_check(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
 		   uint64_t guest_off);
-int qcow2_read(struct img *img, void *buf, uint64_t off, uint64_t len);
-int qcow2_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
-		unsigned flags);
-int qcow2_map_direct(struct img *img, void *buf, uint64_t off, uint64_t len,
-		     bool write, struct img_io **io, struct img_io_vec *vecs,
-		     unsigned *n);
 int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
 int qcow2_discard(struct img *img, uint64_t off, uint64_t len);
-/* The driver's .map (lib/img-driver.h, struct img_map). */
+/* The driver's .map and .commit (lib/img-driver.h, struct img_map): reads,
+ * block status, and writes as planned by qcow2-map.c. */
 int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m);
+int qcow2_commit(struct img *img, struct img_plan *plan, int result);
 int qcow2_block_status(struct img *img, uint64_t off, uint64_t len,
 		       struct img_extent *ext);
 /* Allocate L2 tables and data clusters for [off, off + len) (preallocation). */
@@ -483,18 +473,6 @@ void qcow2_crypt_close(struct qcow2 *s);
 /* The cipher the image's data is encrypted with, for struct img_map (NULL:
  * not encrypted); lives as long as s->crypt. */
 struct img_cipher *qcow2_crypt_cipher(struct qcow2 *s);
-/* Decrypt the read vecs of s just completed; buf/guest_off are where the
- * request's buffer starts. */
-int qcow2_crypt_read_vecs(struct qcow2 *s, const uint8_t *buf,
-			  uint64_t guest_off);
-/* Point the write vecs of s at encrypted copies of their data. */
-int qcow2_crypt_write_vecs(struct qcow2 *s);
-/* Decrypt data read from host_off (guest_off) in place. */
-int qcow2_crypt_decrypt(struct qcow2 *s, uint8_t *buf, uint64_t len,
-			uint64_t host_off, uint64_t guest_off);
-/* A read (wbuf NULL) or write (buf NULL) not aligned to 512 bytes. */
-int qcow2_crypt_unaligned(struct img *img, void *buf, const void *wbuf,
-			  uint64_t off, uint64_t len);
 /* Validate encryption=on / encrypt.format=FMT create options. */
 int qcow2_crypt_check_opts(const struct img_create_opts *o, bool enc,
 			   const char *fmt, enum img_prealloc prealloc);

@@ -24,9 +24,9 @@ static struct {
 	uint64_t len; /* block status / map / bitmap run length; 0: asked */
 	unsigned flags; /* block status / map flags */
 	struct img_map map; /* the rest of map's answer */
-	unsigned n_vecs; /* map_direct: vectors returned */
-	int vec_shift; /* map_direct: where the first vector's buffer starts */
-	bool vec_no_io;
+	struct img_map wmap; /* map's whole answer for a write */
+	unsigned commits; /* commit: calls, and the last result given */
+	int commit_result;
 	uint64_t cluster_size; /* info, compress params */
 	size_t n_fields;
 	bool null_key;
@@ -49,9 +49,10 @@ static void bad_close(struct img *img)
 	B.closes++;
 }
 
-static int bad_write(struct img *img, const void *buf, uint64_t off,
-		     uint64_t len, unsigned flags)
+static int bad_commit(struct img *img, struct img_plan *plan, int result)
 {
+	B.commits++;
+	B.commit_result = result;
 	return B.ret;
 }
 
@@ -73,26 +74,17 @@ static int bad_flush(struct img *img)
 static int bad_map(struct img *img, uint64_t off, uint64_t len,
 		   struct img_map *m)
 {
+	if (m->write) {
+		enum img_map_write w = m->write;
+
+		*m = B.wmap;
+		m->write = w;
+		m->len = B.len ? B.len : len;
+		return B.ret;
+	}
 	*m = B.map;
 	m->len = B.len ? B.len : len;
 	m->flags = B.flags;
-	return B.ret;
-}
-
-static int bad_map_direct(struct img *img, void *buf, uint64_t off,
-			  uint64_t len, bool write, struct img_io **io,
-			  struct img_io_vec *vecs, unsigned *n)
-{
-	if (!B.n_vecs)
-		return 0;
-	for (unsigned i = 0; i < B.n_vecs && i < *n; i++)
-		vecs[i] = (struct img_io_vec){
-			.buf = (uint8_t *)buf + B.vec_shift,
-			.len = len,
-			.write = write,
-		};
-	*io = B.vec_no_io ? NULL : img_file(img);
-	*n = B.n_vecs;
 	return B.ret;
 }
 
@@ -291,12 +283,11 @@ static const struct img_driver bad_driver = {
 	.probe = bad_probe,
 	.open = bad_open,
 	.close = bad_close,
-	.write = bad_write,
+	.commit = bad_commit,
 	.zero = bad_zero,
 	.discard = bad_discard,
 	.flush = bad_flush,
 	.map = bad_map,
-	.map_direct = bad_map_direct,
 	.create = &bad_create_ops,
 	.info = bad_info,
 	.check = bad_check,
@@ -383,7 +374,7 @@ static void test_returns(void)
 
 	B.ret = 5;
 	CHECK_BUG(img_read(img, buf, 0, sizeof(buf)), "map returned 5");
-	CHECK_BUG(img_write(img, buf, 0, sizeof(buf), 0), "write returned 5");
+	CHECK_BUG(img_write(img, buf, 0, sizeof(buf), 0), "map returned 5");
 	CHECK_BUG(img_zero(img, 0, 4096, 0), "zero returned 5");
 	CHECK_BUG(img_discard(img, 0, 4096), "discard returned 5");
 	CHECK_BUG(img_flush(img), "flush returned 5");
@@ -489,39 +480,81 @@ static void test_extents(void)
 	CHECK_OK(img_close(img));
 }
 
-static void test_map_direct(void)
+/* A token for the driver's plan: the core only hands it back. */
+static char plan_token;
+
+static void test_map_write(void)
 {
 	struct img *img = open_bad();
+	const unsigned data = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			      IMG_EXT_OFFSET_VALID;
+	struct img_io_vec vecs[4];
+	struct img_io *io;
 	uint8_t buf[4096];
+	unsigned n = 4;
 
-	B.ret = 1;
-	B.n_vecs = 65;
-	/* (Writes ask map_direct first; reads go through map.) */
-	CHECK_BUG(img_write(img, buf, 0, sizeof(buf), 0),
-		  "map_direct returned 65 vectors for a capacity of 64");
-	B.n_vecs = 1;
-	B.vec_shift = 1;
-	CHECK_BUG(img_write(img, buf, 0, sizeof(buf), 0),
-		  "map_direct vector 0 (write of 4096 bytes");
-	B.vec_shift = -1;
-	CHECK_BUG(img_write(img, buf, 0, sizeof(buf), 0), "is not within");
-	B.vec_shift = 0;
-	B.vec_no_io = true;
-	CHECK_BUG(img_write(img, buf, 0, sizeof(buf), 0), "returned no io");
-	B.vec_no_io = false;
-	B.ret = 2;
-	CHECK_BUG(img_write(img, buf, 0, sizeof(buf), 0),
-		  "map_direct returned 2, not 0, 1 or -errno");
-	/* A good mapping moves the data (a write, then its read back). */
-	B.ret = 1;
 	memset(buf, 0xc3, sizeof(buf));
+	B.wmap = (struct img_map){ .flags = IMG_EXT_ZERO | IMG_EXT_ALLOCATED };
+	CHECK_BUG(img_write(img, buf, 0, sizeof(buf), 0),
+		  "not data at a host offset");
+	B.wmap = (struct img_map){ .flags = data,
+				   .region_off = 512,
+				   .region_len = 8192 };
+	CHECK_BUG(img_write(img, buf, 4096, sizeof(buf), 0),
+		  "returned region 512+8192");
+	/* A plan the checks refuse is released, not leaked. */
+	B.wmap = (struct img_map){ .flags = data,
+				   .file_off = 4096,
+				   .region_off = 0,
+				   .region_len = 8192,
+				   .lock_off = 0,
+				   .lock_len = 4096,
+				   .plan = (struct img_plan *)&plan_token };
+	B.commits = 0;
+	CHECK_BUG(img_write(img, buf, 4096, sizeof(buf), 0),
+		  "less than its region");
+	CHECK_EQ(B.commits, 1);
+	CHECK(B.commit_result < 0);
+	/* The ring's map never gets a plan. */
+	B.wmap.lock_len = 0;
+	B.commits = 0;
+	CHECK_BUG(img_direct_map(img, buf, 4096, sizeof(buf), true, &io, vecs,
+				 &n),
+		  "a plan it may not make");
+	CHECK_EQ(B.commits, 1);
+
+	/* In place: guest 0 at host 8192. */
+	B.wmap = (struct img_map){ .flags = data, .file_off = 8192 };
 	CHECK_OK(img_write(img, buf, 0, sizeof(buf), 0));
-	B.ret = 0;
-	B.n_vecs = 0;
-	B.flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	/* A plan: guest 4096 at host 20480, in a region from guest 0 whose
+	 * head the core reads from the current contents (host 8192), then
+	 * one commit with 0. */
+	B.flags = data;
+	B.map = (struct img_map){ .file_off = 8192 };
+	B.wmap = (struct img_map){ .flags = data,
+				   .file_off = 20480,
+				   .region_off = 0,
+				   .region_len = 8192,
+				   .plan = (struct img_plan *)&plan_token };
+	B.commits = 0;
+	memset(buf, 0x5a, sizeof(buf));
+	CHECK_OK(img_write(img, buf, 4096, sizeof(buf), 0));
+	CHECK_EQ(B.commits, 1);
+	CHECK_EQ(B.commit_result, 0);
 	memset(buf, 0, sizeof(buf));
+	B.map = (struct img_map){ .file_off = 16384 };
 	CHECK_OK(img_read(img, buf, 0, sizeof(buf)));
+	CHECK_EQ(buf[0], 0xc3);
 	CHECK_EQ(buf[4095], 0xc3);
+	B.map = (struct img_map){ .file_off = 20480 };
+	CHECK_OK(img_read(img, buf, 0, sizeof(buf)));
+	CHECK_EQ(buf[0], 0x5a);
+	CHECK_EQ(buf[4095], 0x5a);
+	/* A failed commit fails the write. */
+	B.ret = -ENOSPC;
+	CHECK_ERR(img_write(img, buf, 4096, sizeof(buf), 0), -ENOSPC);
+	B.ret = 0;
+	B.map = (struct img_map){ .file_off = 0 };
 	B.flags = 0;
 	CHECK_OK(img_close(img));
 }
@@ -656,7 +689,7 @@ int main(void)
 	test_open_close();
 	test_returns();
 	test_extents();
-	test_map_direct();
+	test_map_write();
 	test_info_check();
 	test_lists();
 	test_compress_crypt();
