@@ -854,9 +854,33 @@ int img_block_status(struct img *img, uint64_t off, uint64_t len,
 	return 0;
 }
 
+/*
+ * After growing: what the layer holds past the old end in the block that
+ * straddled it (data copied from a backing file, or left by a shrink) must
+ * not show, so that block's tail is zeroed (img_set_zero_align's block).
+ */
+static int zero_old_tail(struct img *img, uint64_t old)
+{
+	uint64_t g = img->zero_align ? img->zero_align : 1;
+	uint64_t end = img_min(img->size, img_align_up(old, g));
+	struct img_map m;
+	int ret;
+
+	if (end <= old || !old)
+		return 0;
+	lock(img);
+	ret = map_checked(img, old - 1, 1, true, &m);
+	unlock(img);
+	if (ret < 0 || !(m.flags & IMG_EXT_ALLOCATED) ||
+	    (m.flags & IMG_EXT_ZERO))
+		return ret < 0 ? ret : 0;
+	return img_zero(img, old, end - old, 0);
+}
+
 int img_resize(struct img *img, uint64_t size, unsigned flags,
 	       enum img_prealloc prealloc)
 {
+	uint64_t old;
 	int ret;
 
 	if (!img->drv->resize)
@@ -876,9 +900,12 @@ int img_resize(struct img *img, uint64_t size, unsigned flags,
 	if (size == img->size)
 		return 0;
 	img_lock_whole(img);
+	old = img->size;
 	ret = backend_resize(img, size, flags, prealloc);
 	if (ret >= 0)
 		img->size = size;
 	pthread_mutex_unlock(&img->lock);
-	return ret < 0 ? ret : 0;
+	if (ret < 0)
+		return ret;
+	return size > old ? zero_old_tail(img, old) : 0;
 }

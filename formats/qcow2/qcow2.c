@@ -706,24 +706,6 @@ static int qcow2_resize(struct img *img, uint64_t size, unsigned flags,
 		return ret;
 	}
 
-	if (old % s->cluster_size) {
-		/* Data past the old end in its last cluster (copied from a
-		 * backing file, or left by a shrink) must not show. */
-		struct img_extent ext;
-		uint64_t tail =
-			img_min(size, img_align_up(old, s->cluster_size));
-
-		ret = qcow2_block_status(img, old - 1, 1, &ext);
-		if (ret < 0)
-			return ret;
-		if (ext.flags & IMG_EXT_ALLOCATED) {
-			img_set_size(img, size);
-			ret = qcow2_zero(img, old, tail - old, 0);
-			img_set_size(img, old);
-			if (ret < 0)
-				return ret;
-		}
-	}
 	ret = qcow2_grow_l1(s, l1_entries_for(s, size));
 	if (ret < 0)
 		return ret;

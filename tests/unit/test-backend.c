@@ -427,7 +427,7 @@ static void test_extents(void)
 {
 	struct img *img = open_bad();
 	struct img_extent ext;
-	struct img_map m;
+	struct img_map m = { .write = IMG_MAP_NO_WRITE };
 
 	B.len = 8192;
 	CHECK_BUG(img_block_status(img, 0, 4096, 0, &ext),

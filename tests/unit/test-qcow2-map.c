@@ -95,7 +95,7 @@ static int walk(struct img *img, uint64_t start, uint64_t step, uint8_t *buf,
 	while (off < size) {
 		uint64_t want = step ? img_min(step, size - off) : size - off;
 		struct img_extent ext;
-		struct img_map m;
+		struct img_map m = { .write = IMG_MAP_NO_WRITE };
 		int ret = qcow2_map(img, off, want, &m);
 
 		if (ret < 0 || m.len == 0 || m.len > want) {
