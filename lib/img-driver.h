@@ -31,6 +31,8 @@
 
 /* img_io_zero() flags */
 #define IMG_IO_ZERO_PUNCH (1u << 0) /* may deallocate (punch a hole) */
+/* only where the backend zeroes without writing; else -ENOTSUP, no message */
+#define IMG_IO_ZERO_NO_WRITE (1u << 1)
 
 struct img_io;
 

@@ -381,7 +381,8 @@ int img_io_zero(struct img_io *io, uint64_t file_off, uint64_t len,
 	if (ret < 0)
 		return ret;
 	if (io->ops->zero) {
-		ret = io->ops->zero(io, file_off, len, flags);
+		ret = io->ops->zero(io, file_off, len,
+				    flags & IMG_IO_ZERO_PUNCH);
 		if (ret != -ENOTSUP) {
 			if (ret < 0)
 				return io_fail(io, ret, "zero", len, file_off);
@@ -396,6 +397,8 @@ int img_io_zero(struct img_io *io, uint64_t file_off, uint64_t len,
 				return io_fail(io, ret, "zero", len, file_off);
 		}
 	}
+	if (flags & IMG_IO_ZERO_NO_WRITE)
+		return -ENOTSUP;
 	return io_write_zeroes(io, file_off, len);
 }
 

@@ -491,18 +491,32 @@ static int write_region(struct img *img, const uint8_t *buf, uint64_t off,
 		free(p);
 		return ret < 0 ? ret : 0;
 	}
-	if (head) {
+	if (head)
 		ret = read_current(img, p, m->region_off, head);
-		v[n++] = (struct img_io_vec){ p, head, host, true };
-	}
-	v[n++] = (struct img_io_vec){ (void *)buf, m->len, host + head, true };
-	if (tail && ret >= 0) {
+	if (tail && ret >= 0)
 		ret = read_current(img, p + head, off + m->len, tail);
+	if (ret < 0)
+		goto out;
+	/* Edges of zeroes (a new cluster over a hole): the host zeroes the
+	 * region without moving them (fallocate), and only the data goes
+	 * out, as QEMU does. */
+	if (img_is_zero(p, head + tail)) {
+		ret = img_io_zero(m->io, host, m->region_len,
+				  IMG_IO_ZERO_NO_WRITE);
+		if (ret == 0)
+			ret = img_io_pwrite(m->io, buf, m->len, host + head);
+		if (ret != -ENOTSUP)
+			goto out;
+		ret = 0;
+	}
+	if (head)
+		v[n++] = (struct img_io_vec){ p, head, host, true };
+	v[n++] = (struct img_io_vec){ (void *)buf, m->len, host + head, true };
+	if (tail)
 		v[n++] = (struct img_io_vec){ p + head, tail,
 					      host + head + m->len, true };
-	}
-	if (ret >= 0)
-		ret = img_io_submit(m->io, v, n);
+	ret = img_io_submit(m->io, v, n);
+out:
 	free(p);
 	return ret < 0 ? ret : 0;
 }
