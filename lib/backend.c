@@ -212,8 +212,7 @@ static int check_write_map(struct img *img, uint64_t off, struct img_map *m)
 	if (m->region_off > off || m->region_len > UINT64_MAX - m->region_off ||
 	    m->region_off + m->region_len < end ||
 	    m->file_off < off - m->region_off ||
-	    m->file_off - (off - m->region_off) >
-		    UINT64_MAX - m->region_len)
+	    m->file_off - (off - m->region_off) > UINT64_MAX - m->region_len)
 		return bug(drv, "map",
 			   "for a write at offset %" PRIu64 " length %" PRIu64
 			   " returned region %" PRIu64 "+%" PRIu64
@@ -221,10 +220,9 @@ static int check_write_map(struct img *img, uint64_t off, struct img_map *m)
 			   off, m->len, m->region_off, m->region_len,
 			   m->file_off);
 	if ((m->flags & IMG_EXT_ENCRYPTED) &&
-	    (!m->cipher ||
-	     (m->region_off | m->region_len |
-	      (m->file_off - (off - m->region_off))) %
-		     IMG_CRYPT_SECTOR))
+	    (!m->cipher || (m->region_off | m->region_len |
+			    (m->file_off - (off - m->region_off))) %
+				   IMG_CRYPT_SECTOR))
 		return bug(drv, "map",
 			   "for a write at offset %" PRIu64
 			   " returned an encrypted region of partial sectors",
@@ -251,9 +249,8 @@ static int check_write_map(struct img *img, uint64_t off, struct img_map *m)
 	    m->lock_len > UINT64_MAX - m->lock_off ||
 	    m->lock_off + m->lock_len < m->region_off + m->region_len)
 		return bug(drv, "map",
-			   "for a write at offset %" PRIu64
-			   " locked %" PRIu64 "+%" PRIu64
-			   ", less than its region",
+			   "for a write at offset %" PRIu64 " locked %" PRIu64
+			   "+%" PRIu64 ", less than its region",
 			   off, m->lock_off, m->lock_len);
 	if (!m->io)
 		m->io = img_file(img);

@@ -279,8 +279,7 @@ struct img_write_lock {
 	struct img_write_lock *next;
 };
 
-static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b,
-			   uint64_t blen)
+static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
 {
 	return a < b + blen && b < a + alen;
 }
@@ -479,8 +478,8 @@ static int write_region(struct img *img, const uint8_t *buf, uint64_t off,
 	if (m->flags & IMG_EXT_ENCRYPTED) {
 		ret = read_current(img, p, m->region_off, head);
 		if (ret >= 0)
-			ret = read_current(img, p + head + m->len,
-					   off + m->len, tail);
+			ret = read_current(img, p + head + m->len, off + m->len,
+					   tail);
 		memcpy(p + head, buf, m->len);
 		if (ret >= 0)
 			ret = img_cipher_run(m->cipher, true, p, p,

@@ -459,8 +459,8 @@ static int wmap_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
 }
 
 /* The planned clusters get their host clusters, and the plan its copy. */
-static int plan_make(struct qcow2 *s, const struct wmap_ctx *c,
-		     uint64_t l1_idx, struct img_plan **out)
+static int plan_make(struct qcow2 *s, const struct wmap_ctx *c, uint64_t l1_idx,
+		     struct img_plan **out)
 {
 	struct img_plan *plan;
 	uint64_t base = 0, k_alloc = 0;
@@ -516,9 +516,8 @@ static int wmap_fill(struct qcow2 *s, const struct wmap_ctx *c, uint64_t off,
 				return 0;
 			}
 			m->region_off = off & ~(uint64_t)(sector - 1);
-			m->region_len =
-				img_align_up(off + c->len, sector) -
-				m->region_off;
+			m->region_len = img_align_up(off + c->len, sector) -
+					m->region_off;
 		}
 	} else if (c->peek) {
 		m->flags = 0;
@@ -543,7 +542,8 @@ static int wmap_fill(struct qcow2 *s, const struct wmap_ctx *c, uint64_t off,
 		m->flags |= IMG_EXT_ENCRYPTED;
 		m->cipher = qcow2_crypt_cipher(s);
 	}
-	region_host = m->file_off - (off - (m->region_len ? m->region_off : off));
+	region_host =
+		m->file_off - (off - (m->region_len ? m->region_off : off));
 	if (!qcow2_has_data_file(s)) {
 		ret = qcow2_overlap_check(s, 0, region_host,
 					  m->region_len ? m->region_len :
@@ -593,8 +593,8 @@ static int qcow2_map_write(struct qcow2 *s, uint64_t off, uint64_t len,
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
 	len = img_min(len, ((l1_idx + 1) << cover) - off);
-	if (c.peek && (l1_idx >= s->l1_size ||
-		       !(s->l1[l1_idx] & QCOW2_OFLAG_COPIED))) {
+	if (c.peek &&
+	    (l1_idx >= s->l1_size || !(s->l1[l1_idx] & QCOW2_OFLAG_COPIED))) {
 		m->len = len;
 		m->flags = 0;
 		return 0;
@@ -615,7 +615,8 @@ int qcow2_commit(struct img *img, struct img_plan *plan, int result)
 		/* No table names the new clusters: give them back. */
 		if (plan->n_alloc)
 			ret = qcow2_free_clusters_now(
-				s, plan->base, plan->n_alloc << s->cluster_bits);
+				s, plan->base,
+				plan->n_alloc << s->cluster_bits);
 		free(plan);
 		return ret;
 	}
@@ -704,10 +705,11 @@ static int zero_run(struct qcow2 *s, const struct qcow2_run *r, void *opaque)
 	/* Part of a compressed cluster: real zeroes, which the core writes
 	 * (through a copy-on-write). */
 	if ((l2e & QCOW2_OFLAG_COMPRESSED) && !whole)
-		return img_error(-ENOTSUP,
-				 "qcow2: zeroing part of the compressed cluster "
-				 "at %#" PRIx64 " needs data writes",
-				 cstart);
+		return img_error(
+			-ENOTSUP,
+			"qcow2: zeroing part of the compressed cluster "
+			"at %#" PRIx64 " needs data writes",
+			cstart);
 	if (s->extended_l2 && !whole) {
 		uint64_t m = qcow2_l2_subcluster_mask(s, r->off - cstart,
 						      r->off - cstart + r->len);
