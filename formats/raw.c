@@ -35,30 +35,6 @@ static void raw_close(struct img *img)
 {
 }
 
-static int raw_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
-{
-	struct img_io *io = img_file(img);
-	unsigned io_flags = (flags & IMG_ZERO_MAY_UNMAP) ? IMG_IO_ZERO_PUNCH :
-							   0;
-	int ret;
-
-	if (!(flags & IMG_ZERO_FAST))
-		return img_io_zero(io, off, len, io_flags);
-	/* Fast zeroing only when the backend zeroes without writing. */
-	ret = io->ops->zero ? io->ops->zero(io, off, len, io_flags) : -ENOTSUP;
-	if (ret == -ENOTSUP && io_flags && io->ops->zero)
-		ret = io->ops->zero(io, off, len, 0);
-	if (ret == -ENOTSUP)
-		return img_error(-ENOTSUP, "raw: '%s' cannot zero quickly",
-				 io->path ? io->path : io->ops->name);
-	if (ret < 0)
-		return img_error(ret,
-				 "raw: zeroing %" PRIu64 " bytes at %" PRIu64
-				 " failed: %s",
-				 len, off, strerror(-ret));
-	return 0;
-}
-
 static int raw_discard(struct img *img, uint64_t off, uint64_t len)
 {
 	struct img_io *io = img_file(img);
@@ -77,6 +53,33 @@ static int raw_discard(struct img *img, uint64_t off, uint64_t len)
 				 len, off, strerror(-ret));
 	return 0;
 }
+
+static int raw_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
+{
+	struct img_io *io = img_file(img);
+	unsigned io_flags = (flags & IMG_ZERO_MAY_UNMAP) ? IMG_IO_ZERO_PUNCH :
+							   0;
+	int ret;
+
+	if (flags & IMG_ZERO_DISCARD)
+		return raw_discard(img, off, len);
+	if (!(flags & IMG_ZERO_FAST))
+		return img_io_zero(io, off, len, io_flags);
+	/* Fast zeroing only when the backend zeroes without writing. */
+	ret = io->ops->zero ? io->ops->zero(io, off, len, io_flags) : -ENOTSUP;
+	if (ret == -ENOTSUP && io_flags && io->ops->zero)
+		ret = io->ops->zero(io, off, len, 0);
+	if (ret == -ENOTSUP)
+		return img_error(-ENOTSUP, "raw: '%s' cannot zero quickly",
+				 io->path ? io->path : io->ops->name);
+	if (ret < 0)
+		return img_error(ret,
+				 "raw: zeroing %" PRIu64 " bytes at %" PRIu64
+				 " failed: %s",
+				 len, off, strerror(-ret));
+	return 0;
+}
+
 
 /* The file at the same offset; its holes read as zeroes. */
 static int raw_map(struct img *img, uint64_t off, uint64_t len,
@@ -222,6 +225,11 @@ static const struct img_create_ops raw_create_ops = {
 	.measure = raw_measure,
 };
 
+/* raw has no options to amend; it only changes size. */
+static const struct img_amend_ops raw_amend_ops = {
+	.resize = raw_resize,
+};
+
 const struct img_driver raw_driver = {
 	.name = "raw",
 	.priv_size = 0,
@@ -230,8 +238,7 @@ const struct img_driver raw_driver = {
 	.open = raw_open,
 	.close = raw_close,
 	.zero = raw_zero,
-	.discard = raw_discard,
 	.map = raw_map,
 	.create = &raw_create_ops,
-	.resize = raw_resize,
+	.amend = &raw_amend_ops,
 };

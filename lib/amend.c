@@ -25,7 +25,7 @@ int img_amend(struct img *img, const struct img_kv *opts, size_t n_opts,
 	size_t n = 0;
 	int ret;
 
-	if (!img->drv->amend)
+	if (!img->drv->amend || !img->drv->amend->amend)
 		return img_error(
 			-ENOTSUP,
 			"Format driver '%s' does not support option amendment",

@@ -109,9 +109,17 @@ int backend_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 
 int backend_discard(struct img *img, uint64_t off, uint64_t len)
 {
-	if (!img->drv->discard)
+	int ret;
+
+	if (!img->drv->zero)
 		return 0;
-	return status(img->drv, "discard", img->drv->discard(img, off, len));
+	ret = img->drv->zero(img, off, len, IMG_ZERO_DISCARD);
+	/* Discard is advisory: what cannot be deallocated keeps its data. */
+	if (ret == -ENOTSUP) {
+		img_clear_error();
+		return 0;
+	}
+	return status(img->drv, "discard", ret);
 }
 
 int backend_flush(struct img *img)
@@ -377,10 +385,10 @@ int backend_check(struct img *img, unsigned flags, struct img_check *res)
 int backend_resize(struct img *img, uint64_t size, unsigned flags,
 		   enum img_prealloc prealloc)
 {
-	if (!img->drv->resize)
+	if (!img->drv->amend || !img->drv->amend->resize)
 		return missing(img->drv, "resizing");
 	return status(img->drv, "resize",
-		      img->drv->resize(img, size, flags, prealloc));
+		      img->drv->amend->resize(img, size, flags, prealloc));
 }
 
 /* ---- internal snapshots ---- */

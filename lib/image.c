@@ -492,7 +492,7 @@ int img_amend_help(const char *format, char *buf, size_t buf_size)
 
 	if (!drv)
 		return -EINVAL;
-	if (!drv->amend)
+	if (!drv->amend || !drv->amend->amend)
 		return img_error(
 			-ENOTSUP,
 			"Format driver '%s' does not support option amendment",

@@ -297,11 +297,12 @@ struct img_driver {
 	 * driver writes the data itself, under the image's lock. */
 	int (*write)(struct img *img, const void *buf, uint64_t off,
 		     uint64_t len, unsigned flags);
-	/* NULL: the core writes zero buffers (or -ENOTSUP for IMG_ZERO_FAST). */
+	/* Zero [off, off + len) by changing tables only (flags IMG_ZERO_*),
+	 * or with IMG_ZERO_DISCARD deallocate what can be. -ENOTSUP: what
+	 * that cannot do, where the core writes zeroes (a discard does
+	 * nothing). NULL: the core writes zeroes, and discard does nothing. */
 	int (*zero)(struct img *img, uint64_t off, uint64_t len,
 		    unsigned flags);
-	/* NULL: discard succeeds doing nothing. */
-	int (*discard)(struct img *img, uint64_t off, uint64_t len);
 	/* Write back cached metadata and flush the host file(s). NULL: flush
 	 * the host file. */
 	int (*flush)(struct img *img);
@@ -329,8 +330,6 @@ struct img_driver {
 	 * core fills the generic ones first). */
 	int (*info)(struct img *img, struct img_info *info);
 	int (*check)(struct img *img, unsigned flags, struct img_check *res);
-	int (*resize)(struct img *img, uint64_t size, unsigned flags,
-		      enum img_prealloc prealloc);
 
 	/* Optional op tables: a NULL table (or member) means the format does
 	 * not support it, and the core answers -ENOTSUP as documented in
@@ -382,6 +381,10 @@ struct img_amend_ops {
 	/* Make every range unallocated so the backing shows through (after a
 	 * commit). NULL: the image is left as it is, as qemu-img does. */
 	int (*make_empty)(struct img *img);
+	/* img_resize (the core checks read-only, shrinking, and zeroes what
+	 * the old last block held past the old end). */
+	int (*resize)(struct img *img, uint64_t size, unsigned flags,
+		      enum img_prealloc prealloc);
 };
 
 /* Compressed clusters (img_compress_params, img_write_compressed in img.h;
@@ -429,6 +432,9 @@ extern const struct img_driver *const img_format_table[];
 void *img_priv(struct img *img);
 struct img_io *img_file(struct img *img);
 void img_set_size(struct img *img, uint64_t size);
+/* .zero for a discard: the range need not read as zeroes afterwards. */
+#define IMG_ZERO_DISCARD (1u << 30)
+
 /* The alignment .zero works at (a power of 2; default 1): the core sends
  * the unaligned head and tail of a zero request separately, and writes
  * zeroes where .zero answers -ENOTSUP. */

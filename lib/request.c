@@ -761,7 +761,7 @@ int img_discard(struct img *img, uint64_t off, uint64_t len)
 	ret = check_request(img, REQ_DISCARD, off, len);
 	if (ret < 0)
 		return ret;
-	if (!img->drv->discard)
+	if (!img->drv->zero)
 		return 0;
 	while (len) {
 		uint64_t n = img_min(len, IMG_MAX_REQUEST);
@@ -896,7 +896,7 @@ int img_resize(struct img *img, uint64_t size, unsigned flags,
 	uint64_t old;
 	int ret;
 
-	if (!img->drv->resize)
+	if (!img->drv->amend || !img->drv->amend->resize)
 		return img_error(-ENOTSUP,
 				 "%s: format does not support resizing",
 				 img->drv->name);

@@ -781,6 +781,37 @@ static int zero_entries(struct qcow2 *s, uint64_t off, uint64_t len,
 	return 0;
 }
 
+static int qcow2_discard(struct img *img, uint64_t off, uint64_t len)
+{
+	struct qcow2 *s = img_priv(img);
+	uint64_t cs = s->cluster_size, end = off + len, a, b;
+
+	if (s->corrupt)
+		return img_error(
+			-IMG_ECORRUPT,
+			"qcow2: image is marked corrupt; writes are refused");
+	int ret = qcow2_bitmap_mark(s, off, len);
+
+	if (ret < 0)
+		return ret;
+	a = img_align_up(off, cs);
+	b = end & ~(cs - 1);
+	if (end == img_size(img))
+		b = img_align_up(end, cs);
+	if (b <= a)
+		return 0;
+	if (s->data_file_raw) {
+		/* As QEMU, the clusters become zero clusters; the raw data
+		 * file must then read zeroes too. */
+		ret = img_io_zero(s->data_file, a,
+				  img_min(b, img_size(img)) - a,
+				  IMG_IO_ZERO_PUNCH);
+		if (ret < 0)
+			return ret;
+	}
+	return zero_entries(s, a, b - a, ZM_DISCARD);
+}
+
 /*
  * Zero by changing entries only. What that cannot do (partial subclusters,
  * part of a compressed cluster, a v2 image without the zero flag) is
@@ -794,6 +825,8 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 	enum zero_mode mode;
 	int ret;
 
+	if (flags & IMG_ZERO_DISCARD)
+		return qcow2_discard(img, off, len);
 	if (s->corrupt)
 		return img_error(
 			-IMG_ECORRUPT,
@@ -827,36 +860,6 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 	return zero_entries(s, off, b - off, mode);
 }
 
-int qcow2_discard(struct img *img, uint64_t off, uint64_t len)
-{
-	struct qcow2 *s = img_priv(img);
-	uint64_t cs = s->cluster_size, end = off + len, a, b;
-
-	if (s->corrupt)
-		return img_error(
-			-IMG_ECORRUPT,
-			"qcow2: image is marked corrupt; writes are refused");
-	int ret = qcow2_bitmap_mark(s, off, len);
-
-	if (ret < 0)
-		return ret;
-	a = img_align_up(off, cs);
-	b = end & ~(cs - 1);
-	if (end == img_size(img))
-		b = img_align_up(end, cs);
-	if (b <= a)
-		return 0;
-	if (s->data_file_raw) {
-		/* As QEMU, the clusters become zero clusters; the raw data
-		 * file must then read zeroes too. */
-		ret = img_io_zero(s->data_file, a,
-				  img_min(b, img_size(img)) - a,
-				  IMG_IO_ZERO_PUNCH);
-		if (ret < 0)
-			return ret;
-	}
-	return zero_entries(s, a, b - a, ZM_DISCARD);
-}
 
 /* ---- preallocation ---- */
 

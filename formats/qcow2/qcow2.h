@@ -385,7 +385,6 @@ int qcow2_walk(struct qcow2 *s, uint64_t off, uint64_t len,
 int qcow2_l2_check(struct qcow2 *s, uint64_t l2e, uint64_t bitmap,
 		   uint64_t guest_off);
 int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
-int qcow2_discard(struct img *img, uint64_t off, uint64_t len);
 /* The driver's .map and .commit (lib/img-driver.h, struct img_map): reads,
  * block status, and writes as planned by qcow2-map.c. */
 int qcow2_map(struct img *img, uint64_t off, uint64_t len, struct img_map *m);

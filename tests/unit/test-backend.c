@@ -61,11 +61,6 @@ static int bad_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 	return B.ret;
 }
 
-static int bad_discard(struct img *img, uint64_t off, uint64_t len)
-{
-	return B.ret;
-}
-
 static int bad_flush(struct img *img)
 {
 	return B.ret;
@@ -255,6 +250,7 @@ static const struct img_snapshot_ops bad_snapshot_ops = {
 
 static const struct img_amend_ops bad_amend_ops = {
 	.amend = bad_amend,
+	.resize = bad_resize,
 	.set_backing = bad_set_backing,
 	.make_empty = bad_make_empty,
 };
@@ -285,13 +281,11 @@ static const struct img_driver bad_driver = {
 	.close = bad_close,
 	.commit = bad_commit,
 	.zero = bad_zero,
-	.discard = bad_discard,
 	.flush = bad_flush,
 	.map = bad_map,
 	.create = &bad_create_ops,
 	.info = bad_info,
 	.check = bad_check,
-	.resize = bad_resize,
 	.snapshot = &bad_snapshot_ops,
 	.amend = &bad_amend_ops,
 	.compress = &bad_compress_ops,
