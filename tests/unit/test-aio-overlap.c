@@ -86,6 +86,7 @@ struct round {
 	uint8_t *cov; /* per window byte: a write or zero covers it */
 	uint8_t *pat; /* what writes store, per window byte */
 	uint8_t *old; /* the model's window before the round */
+	uint64_t seg_end[10]; /* the segments: ends, ascending, last = len */
 	struct treq reqs[MAX_REQS];
 	void *readbuf[MAX_REQS];
 	unsigned n;
@@ -189,15 +190,28 @@ static void pick_range(struct qt_rng *r, uint64_t s, uint64_t e, uint64_t *a,
 	*b += *a;
 }
 
-/* The run of role role containing window byte p: [*s, *e). */
+/* Where the segment holding window byte p starts and ends. */
+static void seg_at(uint64_t p, uint64_t *s, uint64_t *e)
+{
+	unsigned i = 0;
+
+	while (rd.seg_end[i] <= p)
+		i++;
+	*s = i ? rd.seg_end[i - 1] : 0;
+	*e = rd.seg_end[i];
+}
+
+/* The run of role role containing window byte p: [*s, *e), whole
+ * neighbouring segments of that role included. */
 static void run_at(uint64_t p, uint8_t role, uint64_t *s, uint64_t *e)
 {
-	*s = p;
-	*e = p;
+	uint64_t a, b;
+
+	seg_at(p, s, e);
 	while (*s > 0 && rd.role[*s - 1] == role)
-		(*s)--;
+		seg_at(*s - 1, s, &b);
 	while (*e < rd.len && rd.role[*e] == role)
-		(*e)++;
+		seg_at(*e, &a, e);
 }
 
 /* A window of w clusters, untouched ones three times in four if there are. */
@@ -244,6 +258,7 @@ static void assign_roles(struct ctx *c, struct qt_rng *r, bool hot)
 			cuts[j - 1] = t;
 		}
 	cuts[ncuts] = rd.len;
+	memcpy(rd.seg_end, cuts, sizeof(cuts));
 	for (uint64_t i = 0; i <= ncuts; i++) {
 		unsigned k = (unsigned)qt_below(r, 20);
 		uint8_t role = hot || k < 10 ? R_WRITE :
@@ -266,9 +281,8 @@ static void submit_writes(struct ctx *c, struct qt_rng *r, unsigned nwrites)
 
 		if (qt_below(r, 4) == 0 && rd.len > c->v->cs) {
 			/* Across a cluster boundary. */
-			uint64_t bnd = c->v->cs * (1 + qt_below(r, rd.len /
-									   c->v->cs -
-								   1));
+			uint64_t bnd = c->v->cs *
+				       (1 + qt_below(r, rd.len / c->v->cs - 1));
 
 			if (rd.role[bnd - 1] != R_WRITE ||
 			    rd.role[bnd] != R_WRITE)
