@@ -8,15 +8,18 @@
  * discards and zeroes next to allocations.
  *
  * Overlapping in-flight writes have no defined order, so a round only asks
- * for what is determined: the round draws one random pattern for its window
- * (1-8 neighbouring clusters) and every write in it stores the pattern's
- * bytes for its own range, so writes that overlap store identical bytes and
- * writes that do not overlap store different ones. The window is cut into
+ * for what is determined: the round draws 1-3 random patterns for its
+ * window (1-8 neighbouring clusters) and every write in it stores one
+ * pattern's bytes for its own range. Where only writes of one pattern cover
+ * a byte, its value is determined (overlapping writes store identical
+ * bytes, neighbouring ones different bytes); where writes of several
+ * patterns overlap, the byte must come from one of them, never from the old
+ * contents or a copy-on-write fill. The window is cut into
  * segments that are written (many writes of random sub-ranges, from one
  * byte to the whole run, sector-aligned or not, across cluster boundaries),
  * zeroed, discarded, read or left alone; segments never share a byte, but
  * they share clusters and subclusters. After img_aio_drain every byte of the
- * window must hold the pattern (written), zero (zeroed), its old value
+ * window must hold a pattern of a write covering it, zero (zeroed), its old value
  * (read or untouched; reads in flight must return it too), or for discarded
  * bytes the old value, zero or the backing file's byte. Every request must
  * complete exactly once, successfully.
@@ -39,6 +42,8 @@
 #define MAX_REQS 512
 #define ROUNDS 24
 #define AIO_THREADS 16
+#define MAX_PATS 3
+#define COV_ZERO 0x80 /* in struct round.cov: a zero covers the byte */
 
 enum role { R_NONE, R_WRITE, R_ZERO, R_DISCARD, R_READ };
 
@@ -83,8 +88,10 @@ struct ctx {
 struct round {
 	uint64_t off, len; /* the window, guest bytes */
 	uint8_t *role; /* per window byte */
-	uint8_t *cov; /* per window byte: a write or zero covers it */
-	uint8_t *pat; /* what writes store, per window byte */
+	/* Per window byte: bit k, a write of pattern k covers it; COV_ZERO. */
+	uint8_t *cov;
+	uint8_t *pat[MAX_PATS]; /* what writes store, per window byte */
+	unsigned npat;
 	uint8_t *old; /* the model's window before the round */
 	uint64_t seg_end[10]; /* the segments: ends, ascending, last = len */
 	struct treq reqs[MAX_REQS];
@@ -112,8 +119,9 @@ static void on_done(struct img_aio_req *req, int ret)
 		t->bad_read = true;
 }
 
+/* A request on window bytes [a, b); a write stores pattern pat. */
 static void submit(struct ctx *c, enum img_aio_op op, uint64_t a, uint64_t b,
-		   unsigned flags)
+		   unsigned flags, unsigned pat)
 {
 	struct treq *t;
 
@@ -131,10 +139,12 @@ static void submit(struct ctx *c, enum img_aio_op op, uint64_t a, uint64_t b,
 	t->expect = NULL;
 	if (op == IMG_AIO_WRITE) {
 		/* The pattern outlives the round's requests. */
-		t->req.buf = rd.pat + a;
-		memset(rd.cov + a, 1, b - a);
+		t->req.buf = rd.pat[pat] + a;
+		for (uint64_t i = a; i < b; i++)
+			rd.cov[i] |= 1u << pat;
 	} else if (op == IMG_AIO_ZERO) {
-		memset(rd.cov + a, 1, b - a);
+		for (uint64_t i = a; i < b; i++)
+			rd.cov[i] |= COV_ZERO;
 	} else if (op == IMG_AIO_READ) {
 		rd.readbuf[rd.n] = malloc(b - a);
 		if (!rd.readbuf[rd.n]) {
@@ -290,14 +300,16 @@ static void submit_writes(struct ctx *c, struct qt_rng *r, unsigned nwrites)
 			run_at(bnd, R_WRITE, &s, &e);
 			a = bnd - 1 - qt_below(r, img_min(bnd - s, 8192));
 			b = bnd + 1 + qt_below(r, img_min(e - bnd, 8192));
-			submit(c, IMG_AIO_WRITE, a, b, 0);
+			submit(c, IMG_AIO_WRITE, a, b, 0,
+			       (unsigned)qt_below(r, rd.npat));
 			continue;
 		}
 		if (rd.role[p] != R_WRITE)
 			continue;
 		run_at(p, R_WRITE, &s, &e);
 		pick_range(r, s, e, &a, &b);
-		submit(c, IMG_AIO_WRITE, a, b, 0);
+		submit(c, IMG_AIO_WRITE, a, b, 0,
+		       (unsigned)qt_below(r, rd.npat));
 	}
 }
 
@@ -312,20 +324,21 @@ static void submit_others(struct ctx *c, struct qt_rng *r)
 		case R_ZERO:
 			/* The whole segment, then overlapping pieces. */
 			submit(c, IMG_AIO_ZERO, s, e,
-			       qt_below(r, 2) ? IMG_ZERO_MAY_UNMAP : 0);
+			       qt_below(r, 2) ? IMG_ZERO_MAY_UNMAP : 0, 0);
 			for (int k = (int)qt_below(r, 3); k > 0; k--) {
 				pick_range(r, s, e, &a, &b);
 				submit(c, IMG_AIO_ZERO, a, b,
-				       qt_below(r, 2) ? IMG_ZERO_MAY_UNMAP : 0);
+				       qt_below(r, 2) ? IMG_ZERO_MAY_UNMAP : 0,
+				       0);
 			}
 			break;
 		case R_DISCARD:
-			submit(c, IMG_AIO_DISCARD, s, e, 0);
+			submit(c, IMG_AIO_DISCARD, s, e, 0, 0);
 			break;
 		case R_READ:
 			for (int k = 1 + (int)qt_below(r, 6); k > 0; k--) {
 				pick_range(r, s, e, &a, &b);
-				submit(c, IMG_AIO_READ, a, b, 0);
+				submit(c, IMG_AIO_READ, a, b, 0, 0);
 			}
 			break;
 		default:
@@ -368,9 +381,16 @@ static bool settle(struct ctx *c, unsigned roundno)
 
 		if (rd.role[i] == R_ZERO && rd.cov[i])
 			want = 0;
-		else if (rd.role[i] == R_WRITE && rd.cov[i])
-			want = rd.pat[i];
 		good = g == want;
+		if (rd.role[i] == R_WRITE && rd.cov[i]) {
+			/* Any pattern that covers it; the first to print. */
+			good = false;
+			for (int k = MAX_PATS - 1; k >= 0; k--)
+				if (rd.cov[i] & (1u << k)) {
+					want = rd.pat[k][i];
+					good |= g == want;
+				}
+		}
 		if (rd.role[i] == R_DISCARD)
 			good |= g == 0 || g == c->back[rd.off + i];
 		if (!good && bad++ < 5)
@@ -400,7 +420,9 @@ static bool run_round(struct ctx *c, struct qt_rng *r, unsigned roundno)
 	rd.n = 0;
 	memcpy(rd.old, c->model + rd.off, rd.len);
 	memset(rd.cov, 0, rd.len);
-	qt_fill(r, rd.pat, rd.len);
+	rd.npat = 1 + (unsigned)qt_below(r, MAX_PATS);
+	for (unsigned k = 0; k < rd.npat; k++)
+		qt_fill(r, rd.pat[k], rd.len);
 	assign_roles(c, r, hot);
 	/* Interleave: the other requests go in among the writes. */
 	submit_writes(c, r, 60 + (unsigned)qt_below(r, 120));
@@ -446,10 +468,11 @@ static void run_variant(const struct variant *v, struct qt_rng *r)
 	c.touched = calloc(v->nclusters, sizeof(bool));
 	rd.role = malloc(8 * v->cs);
 	rd.cov = malloc(8 * v->cs);
-	rd.pat = malloc(8 * v->cs);
+	for (unsigned k = 0; k < MAX_PATS; k++)
+		rd.pat[k] = malloc(8 * v->cs);
 	rd.old = malloc(8 * v->cs);
 	if (!c.model || !c.back || !c.touched || !rd.role || !rd.cov ||
-	    !rd.pat || !rd.old) {
+	    !rd.pat[0] || !rd.pat[1] || !rd.pat[2] || !rd.old) {
 		CHECK(0);
 		goto out;
 	}
@@ -492,7 +515,8 @@ out:
 	free(c.touched);
 	free(rd.role);
 	free(rd.cov);
-	free(rd.pat);
+	for (unsigned k = 0; k < MAX_PATS; k++)
+		free(rd.pat[k]);
 	free(rd.old);
 }
 
