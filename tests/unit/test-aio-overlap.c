@@ -43,7 +43,7 @@
 #define ROUNDS 24
 #define AIO_THREADS 16
 #define MAX_PATS 3
-#define COV_ZERO 0x80 /* in struct round.cov: a zero covers the byte */
+#define COV_ZERO MAX_PATS /* struct round.cov[COV_ZERO]: zeroes */
 
 enum role { R_NONE, R_WRITE, R_ZERO, R_DISCARD, R_READ };
 
@@ -88,8 +88,9 @@ struct ctx {
 struct round {
 	uint64_t off, len; /* the window, guest bytes */
 	uint8_t *role; /* per window byte */
-	/* Per window byte: bit k, a write of pattern k covers it; COV_ZERO. */
-	uint8_t *cov;
+	/* Per window byte: cov[k][i], a write of pattern k (or a zero, for
+	 * COV_ZERO) covers byte i. */
+	uint8_t *cov[MAX_PATS + 1];
 	uint8_t *pat[MAX_PATS]; /* what writes store, per window byte */
 	unsigned npat;
 	uint8_t *old; /* the model's window before the round */
@@ -140,11 +141,9 @@ static void submit(struct ctx *c, enum img_aio_op op, uint64_t a, uint64_t b,
 	if (op == IMG_AIO_WRITE) {
 		/* The pattern outlives the round's requests. */
 		t->req.buf = rd.pat[pat] + a;
-		for (uint64_t i = a; i < b; i++)
-			rd.cov[i] |= 1u << pat;
+		memset(rd.cov[pat] + a, 1, b - a);
 	} else if (op == IMG_AIO_ZERO) {
-		for (uint64_t i = a; i < b; i++)
-			rd.cov[i] |= COV_ZERO;
+		memset(rd.cov[COV_ZERO] + a, 1, b - a);
 	} else if (op == IMG_AIO_READ) {
 		rd.readbuf[rd.n] = malloc(b - a);
 		if (!rd.readbuf[rd.n]) {
@@ -347,6 +346,23 @@ static void submit_others(struct ctx *c, struct qt_rng *r)
 	}
 }
 
+/* Written window byte i holds g: the pattern of a write that covers it,
+ * else (*want on entry) its old value. *want: a value it may have. */
+static bool written_ok(uint64_t i, uint8_t g, uint8_t *want)
+{
+	bool covered = false, ok = false;
+
+	for (unsigned k = 0; k < MAX_PATS; k++) {
+		if (!rd.cov[k][i])
+			continue;
+		if (!covered)
+			*want = rd.pat[k][i];
+		covered = true;
+		ok |= g == rd.pat[k][i];
+	}
+	return covered ? ok : g == *want;
+}
+
 /* Check the round's requests and the window, and update the model. */
 static bool settle(struct ctx *c, unsigned roundno)
 {
@@ -379,18 +395,10 @@ static bool settle(struct ctx *c, unsigned roundno)
 		uint8_t want = rd.old[i], g = got[i];
 		bool good;
 
-		if (rd.role[i] == R_ZERO && rd.cov[i])
+		if (rd.role[i] == R_ZERO && rd.cov[COV_ZERO][i])
 			want = 0;
-		good = g == want;
-		if (rd.role[i] == R_WRITE && rd.cov[i]) {
-			/* Any pattern that covers it; the first to print. */
-			good = false;
-			for (int k = MAX_PATS - 1; k >= 0; k--)
-				if (rd.cov[i] & (1u << k)) {
-					want = rd.pat[k][i];
-					good |= g == want;
-				}
-		}
+		good = rd.role[i] == R_WRITE ? written_ok(i, g, &want) :
+					       g == want;
 		if (rd.role[i] == R_DISCARD)
 			good |= g == 0 || g == c->back[rd.off + i];
 		if (!good && bad++ < 5)
@@ -419,7 +427,8 @@ static bool run_round(struct ctx *c, struct qt_rng *r, unsigned roundno)
 	rd.len = w * c->v->cs;
 	rd.n = 0;
 	memcpy(rd.old, c->model + rd.off, rd.len);
-	memset(rd.cov, 0, rd.len);
+	for (unsigned k = 0; k <= MAX_PATS; k++)
+		memset(rd.cov[k], 0, rd.len);
 	rd.npat = 1 + (unsigned)qt_below(r, MAX_PATS);
 	for (unsigned k = 0; k < rd.npat; k++)
 		qt_fill(r, rd.pat[k], rd.len);
@@ -467,12 +476,14 @@ static void run_variant(const struct variant *v, struct qt_rng *r)
 	c.back = calloc(1, c.size);
 	c.touched = calloc(v->nclusters, sizeof(bool));
 	rd.role = malloc(8 * v->cs);
-	rd.cov = malloc(8 * v->cs);
+	for (unsigned k = 0; k <= MAX_PATS; k++)
+		rd.cov[k] = malloc(8 * v->cs);
 	for (unsigned k = 0; k < MAX_PATS; k++)
 		rd.pat[k] = malloc(8 * v->cs);
 	rd.old = malloc(8 * v->cs);
-	if (!c.model || !c.back || !c.touched || !rd.role || !rd.cov ||
-	    !rd.pat[0] || !rd.pat[1] || !rd.pat[2] || !rd.old) {
+	if (!c.model || !c.back || !c.touched || !rd.role || !rd.cov[0] ||
+	    !rd.cov[1] || !rd.cov[2] || !rd.cov[3] || !rd.pat[0] ||
+	    !rd.pat[1] || !rd.pat[2] || !rd.old) {
 		CHECK(0);
 		goto out;
 	}
@@ -514,7 +525,8 @@ out:
 	free(c.back);
 	free(c.touched);
 	free(rd.role);
-	free(rd.cov);
+	for (unsigned k = 0; k <= MAX_PATS; k++)
+		free(rd.cov[k]);
 	for (unsigned k = 0; k < MAX_PATS; k++)
 		free(rd.pat[k]);
 	free(rd.old);
