@@ -14,15 +14,18 @@
  * a byte, its value is determined (overlapping writes store identical
  * bytes, neighbouring ones different bytes); where writes of several
  * patterns overlap, the byte must come from one of them, never from the old
- * contents or a copy-on-write fill. The window is cut into
- * segments that are written (many writes of random sub-ranges, from one
- * byte to the whole run, sector-aligned or not, across cluster boundaries),
- * zeroed, discarded, read or left alone; segments never share a byte, but
- * they share clusters and subclusters. After img_aio_drain every byte of the
- * window must hold a pattern of a write covering it, zero (zeroed), its old value
- * (read or untouched; reads in flight must return it too), or for discarded
- * bytes the old value, zero or the backing file's byte. Every request must
- * complete exactly once, successfully.
+ * contents or a copy-on-write fill. The window is cut into segments that
+ * are written (many writes of random sub-ranges, from one byte to the whole
+ * run, sector-aligned or not, across cluster boundaries), zeroed, discarded,
+ * read or left alone; segments never share a byte, but they share clusters
+ * and subclusters. After img_aio_drain every byte of the window must hold a
+ * pattern of a write covering it, zero (zeroed), its old value (read or
+ * untouched; reads in flight must return it too), or for discarded bytes
+ * the old value, zero or the backing file's byte. Every request must
+ * complete exactly once, successfully. With qcow2's allocating writes
+ * moving their data outside the image lock and nothing else ordering them
+ * (as if per-cluster wait lists were missing), every variant fails within a
+ * few rounds: lost writes, leaked clusters.
  *
  * Variants: 64 KiB clusters, 512-byte clusters, extended_l2=on, and 64 KiB
  * clusters (plain and extended L2) over a raw backing file of random data,
