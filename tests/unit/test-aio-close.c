@@ -6,7 +6,9 @@
  * - every request's done() runs exactly once, on the polling thread, with 0
  *   or, for a request of the cancelled owner only, -ECANCELED; as many
  *   -ECANCELED as img_aio_cancel() returned; start() at most once, and
- *   exactly once for a request that completed;
+ *   exactly once for a request that completed (on a1ce951 a cancelled one
+ *   may have had it: a request mapped for the ring that found the ring full
+ *   gets start() on the submitting thread, then waits in the pool's queue);
  * - a cancelled request never ran: a cancelled write or zero left its range
  *   as it was, byte for byte; a completed one wrote all of it (requests of
  *   a round never share a byte, so the model is exact);
