@@ -80,7 +80,6 @@ static int raw_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 	return 0;
 }
 
-
 /* The file at the same offset; its holes read as zeroes. */
 static int raw_map(struct img *img, uint64_t off, uint64_t len,
 		   struct img_map *m)

@@ -150,8 +150,41 @@ static int io_bounce_read(struct img_io *io, void *buf, uint64_t len,
  * blocks at either end. Writing whole blocks may extend the file past the
  * end of the data; the size is then cut back to what a plain write leaves.
  */
+/*
+ * Bounced writes read the aligned blocks around them, patch and write them
+ * back: two at once in one block would lose one another's bytes, so the
+ * bounced writes of one file take turns (a stripe of these locks per file;
+ * aligned writes never bounce).
+ */
+static pthread_mutex_t bounce_locks[16] = {
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+	PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER,
+};
+
+static int io_bounce_write_locked(struct img_io *io, const void *buf,
+				  uint64_t len, uint64_t file_off);
+
 static int io_bounce_write(struct img_io *io, const void *buf, uint64_t len,
 			   uint64_t file_off)
+{
+	pthread_mutex_t *l = &bounce_locks[((uintptr_t)io >> 6) %
+					   IMG_ARRAY_SIZE(bounce_locks)];
+	int ret;
+
+	pthread_mutex_lock(l);
+	ret = io_bounce_write_locked(io, buf, len, file_off);
+	pthread_mutex_unlock(l);
+	return ret;
+}
+
+static int io_bounce_write_locked(struct img_io *io, const void *buf,
+				  uint64_t len, uint64_t file_off)
 {
 	const uint64_t a = IO_DIRECT_ALIGN;
 	uint64_t end = file_off + len, old_size = UINT64_MAX, cap;
@@ -197,9 +230,17 @@ static int io_bounce_write(struct img_io *io, const void *buf, uint64_t len,
 	free(bounce);
 	if (ret < 0)
 		return ret;
+	/* The last block went out whole: cut what it added past end, unless
+	 * another write has made the file longer since. */
 	if (old_size != UINT64_MAX && old_size < img_align_up(end, a) &&
-	    io->ops->truncate)
-		ret = io->ops->truncate(io, old_size > end ? old_size : end);
+	    io->ops->truncate) {
+		uint64_t now;
+
+		ret = io->ops->get_size(io, &now);
+		if (ret >= 0 && now == img_align_up(end, a))
+			ret = io->ops->truncate(io, old_size > end ? old_size :
+								     end);
+	}
 	return ret;
 }
 

@@ -860,7 +860,6 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 	return zero_entries(s, off, b - off, mode);
 }
 
-
 /* ---- preallocation ---- */
 
 struct prealloc_ctx {

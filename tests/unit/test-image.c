@@ -88,7 +88,6 @@ static int fake_zero(struct img *img, uint64_t off, uint64_t len,
 	return 0;
 }
 
-
 static int fake_flush(struct img *img)
 {
 	F(img)->flushes++;
