@@ -200,7 +200,7 @@ int img_commit(struct img *top, struct img *base, unsigned flags,
 	if (ret < 0 || (flags & IMG_COMMIT_KEEP) || !top->drv->amend ||
 	    !top->drv->amend->make_empty)
 		return ret < 0 ? ret : 0;
-	pthread_mutex_lock(&top->lock);
+	img_lock_whole(top);
 	ret = backend_make_empty(top);
 	pthread_mutex_unlock(&top->lock);
 	if (ret < 0)
