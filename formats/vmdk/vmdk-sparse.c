@@ -108,8 +108,8 @@ static int vmdk_wbuf_io_pread(struct img_io *io, void *buf, uint64_t len,
 	return 0;
 }
 
-static int vmdk_wbuf_io_pwrite(struct img_io *io, const void *buf,
-			       uint64_t len, uint64_t file_off)
+static int vmdk_wbuf_io_pwrite(struct img_io *io, const void *buf, uint64_t len,
+			       uint64_t file_off)
 {
 	struct vmdk_extent *e = vmdk_of_wbuf_io(io);
 
@@ -514,8 +514,7 @@ static int vmdk_grain_unwritten(struct vmdk_extent *e, uint64_t off,
 	ret = vmdk_gte(e, off, gte);
 	if (ret < 0)
 		return ret;
-	if (*gte > 1 || (*gte == 1 && !e->zero_grain) ||
-	    e->wbuf_idx == grain)
+	if (*gte > 1 || (*gte == 1 && !e->zero_grain) || e->wbuf_idx == grain)
 		return img_error(-ENOTSUP,
 				 "vmdk: grain %" PRIu64
 				 " of streamOptimized '%s' is already written",
@@ -557,8 +556,8 @@ struct img_plan {
 	struct img_io io;
 };
 
-static int vmdk_plan_io_pwrite(struct img_io *io, const void *buf,
-			       uint64_t len, uint64_t file_off)
+static int vmdk_plan_io_pwrite(struct img_io *io, const void *buf, uint64_t len,
+			       uint64_t file_off)
 {
 	struct img_plan *p =
 		(struct img_plan *)((char *)io - offsetof(struct img_plan, io));
@@ -615,12 +614,11 @@ static int vmdk_gte_writable(const struct vmdk_extent *e, uint64_t grain,
 				 " of '%s' points at the header",
 				 grain, e->file);
 	if (gte > 1 && gte < e->h.overhead)
-		return img_error(-IMG_ECORRUPT,
-				 "vmdk: grain %" PRIu64
-				 " of '%s' at sector %" PRIu32
-				 " lies in the metadata (before sector %" PRIu64
-				 ")",
-				 grain, e->file, gte, e->h.overhead);
+		return img_error(
+			-IMG_ECORRUPT,
+			"vmdk: grain %" PRIu64 " of '%s' at sector %" PRIu32
+			" lies in the metadata (before sector %" PRIu64 ")",
+			grain, e->file, gte, e->h.overhead);
 	return 0;
 }
 
@@ -748,8 +746,8 @@ static int vmdk_map_write_stream(struct img *img, struct vmdk_extent *e,
 	return 0;
 }
 
-int vmdk_sparse_map_write(struct img *img, struct vmdk_extent *e,
-			  uint64_t off, uint64_t len, struct img_map *m)
+int vmdk_sparse_map_write(struct img *img, struct vmdk_extent *e, uint64_t off,
+			  uint64_t len, struct img_map *m)
 {
 	if (e->compressed)
 		return vmdk_map_write_stream(img, e, off, len, m);
@@ -795,14 +793,16 @@ int vmdk_sparse_commit(struct img *img, struct img_plan *p, int result)
 
 		ret = vmdk_gte(e, grain * e->grain_size, &gte);
 		if (ret >= 0 && gte > 1)
-			ret = img_error(-EIO,
-					"vmdk: grain %" PRIu64
-					" of '%s' was allocated under a write in flight",
-					grain, e->file);
+			ret = img_error(
+				-EIO,
+				"vmdk: grain %" PRIu64
+				" of '%s' was allocated under a write in flight",
+				grain, e->file);
 		if (ret >= 0)
 			ret = vmdk_set_gte(
 				e, grain,
-				p->sector0 + (uint32_t)(k * e->h.grain_sectors));
+				p->sector0 +
+					(uint32_t)(k * e->h.grain_sectors));
 		if (ret < 0)
 			break;
 	}

@@ -366,7 +366,8 @@ static int vmdk_zero(struct img *img, uint64_t off, uint64_t len,
 
 			if (e->read_only || e->type == VMDK_EXT_ZERO)
 				return img_error(
-					-EROFS, "vmdk: extent '%s' is read-only",
+					-EROFS,
+					"vmdk: extent '%s' is read-only",
 					e->file ? e->file : "ZERO");
 			if (e->type == VMDK_EXT_FLAT)
 				return img_error(

@@ -142,8 +142,8 @@ void vmdk_sparse_close(struct vmdk_extent *e);
 int vmdk_sparse_map(struct img *img, struct vmdk_extent *e, uint64_t off,
 		    uint64_t len, struct img_map *m);
 /* .map for a write (m->write set): in place, or a plan for .commit. */
-int vmdk_sparse_map_write(struct img *img, struct vmdk_extent *e,
-			  uint64_t off, uint64_t len, struct img_map *m);
+int vmdk_sparse_map_write(struct img *img, struct vmdk_extent *e, uint64_t off,
+			  uint64_t len, struct img_map *m);
 /* .commit of a plan vmdk_sparse_map_write made (it knows its extent). */
 int vmdk_sparse_commit(struct img *img, struct img_plan *plan, int result);
 /* Zero [off, off + len) by metadata alone (zeroed grains, or grains that
