@@ -442,11 +442,6 @@ static int vmdk_map(struct img *img, uint64_t off, uint64_t len,
 	return ret;
 }
 
-static int vmdk_commit(struct img *img, struct img_plan *plan, int result)
-{
-	return vmdk_sparse_commit(img, plan, result);
-}
-
 static void vmdk_field(struct img_info *info, const char *key,
 		       enum img_value_type type, const char *str, uint64_t v)
 {
@@ -801,7 +796,7 @@ const struct img_driver vmdk_driver = {
 	.zero = vmdk_zero,
 	.flush = vmdk_flush,
 	.map = vmdk_map,
-	.commit = vmdk_commit,
+	.commit = vmdk_sparse_commit,
 	.create = &vmdk_create_ops,
 	.info = vmdk_info,
 	.check = vmdk_check,
