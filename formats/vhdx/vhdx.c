@@ -16,9 +16,11 @@
  * writes. Created images are fixed or dynamic with an empty log.
  *
  * Writes (MS-VHDX 2.2.2.1, 2.3): before the first write after open both
- * headers are updated with a new FileWriteGuid and DataWriteGuid. A new
- * block is placed at the end of the file (MiB aligned) and its data written
- * there. Its BAT entry changes only in memory until a flush, which then:
+ * headers are updated with a new FileWriteGuid and DataWriteGuid. Writes
+ * are planned through .map (the core moves the data): a new block is
+ * reserved at the end of the file (MiB aligned), the core writes the data
+ * there, and the commit sets its BAT entry, in memory only until a flush,
+ * which then:
  * extends the file and flushes the data; sets a new log GUID in both
  * headers (each header write flushed); writes one log entry holding the
  * changed 4 KiB BAT sectors at the start of the log and flushes it; writes
@@ -112,7 +114,7 @@ struct vhdx {
 	uint64_t *bat;
 	uint64_t dirty_lo, dirty_hi;
 	uint64_t next_free; /* MiB aligned */
-	uint64_t meta_off;
+	uint64_t meta_off, meta_len;
 	struct vhdx_patch *patches;
 	size_t n_patches;
 	/* The file as the replay left it, for the core's data reads. */
@@ -834,6 +836,7 @@ static int vhdx_open(struct img *img, unsigned flags)
 		ret = vhdx_replay_log(s, !(flags & IMG_OPEN_RDONLY));
 	if (ret >= 0)
 		ret = vhdx_read_regions(s, &meta_len);
+	s->meta_len = meta_len;
 	if (ret >= 0)
 		ret = vhdx_read_meta(s, meta_len);
 	if (ret >= 0)
@@ -900,51 +903,157 @@ out:
 	return 0;
 }
 
-static int vhdx_write(struct img *img, const void *buf, uint64_t off,
-		      uint64_t len, unsigned flags)
+/*
+ * A planned write (struct img_map.plan): n new blocks from guest block
+ * block0, placed one after another from host offset file_off, which the
+ * BAT names once their data is written.
+ */
+struct img_plan {
+	uint64_t block0, n;
+	uint64_t file_off;
+};
+
+/*
+ * Refuse a block whose host range overlaps the headers, the log, the BAT
+ * or the metadata region: a guest write there would destroy them.
+ */
+static int vhdx_block_check(const struct vhdx *s, uint64_t block, uint64_t host)
 {
-	struct vhdx *s = img_priv(img);
-	const uint8_t *p = buf;
+	const struct {
+		const char *what;
+		uint64_t off, len;
+	} r[] = {
+		{ "headers", 0, MIB },
+		{ "log", img_le64(s->header + 72), img_le32(s->header + 68) },
+		{ "BAT", s->bat_off, s->bat_len },
+		{ "metadata region", s->meta_off, s->meta_len },
+	};
+
+	/* Without sums: the offsets come from the image. */
+	for (size_t i = 0; i < IMG_ARRAY_SIZE(r); i++)
+		if (host >= r[i].off ? host - r[i].off < r[i].len :
+				       r[i].off - host < s->block_size)
+			return img_error(-IMG_ECORRUPT,
+					 "vhdx: block %" PRIu64 " at %#" PRIx64
+					 " overlaps the %s",
+					 block, host, r[i].what);
+	return 0;
+}
+
+static bool vhdx_present(uint64_t e)
+{
+	return (e & 7) == PAYLOAD_FULLY_PRESENT ||
+	       (e & 7) == PAYLOAD_PARTIALLY_PRESENT;
+}
+
+/*
+ * .map for a write. Blocks the BAT names are overwritten in place, as long
+ * a run as lies contiguous on the host. Other blocks get new space at the
+ * end of the file, a run of them together: the space past next_free has
+ * never been written (a failed write leaks what it reserved), so the bytes
+ * of a new block outside the write read as zeroes without being written.
+ * The plan names them in the BAT at commit.
+ */
+static int vhdx_map_write(struct vhdx *s, uint64_t off, uint64_t len,
+			  struct img_map *m)
+{
+	bool peek = m->write == IMG_MAP_WRITE_IN_PLACE;
+	uint64_t block = off / s->block_size, in = off % s->block_size;
+	uint64_t last = (off + len - 1) / s->block_size;
+	uint64_t e = s->bat[vhdx_bat_idx(s, block)], b, host;
 	int ret;
 
 	if (s->has_parent)
 		return img_error(
 			-ENOTSUP,
 			"vhdx: writing to a differencing disk is not supported");
+	m->len = img_min(len, s->block_size - in);
 	if (!s->data_guid_new) {
+		/* Two header writes and flushes: not on the ring's thread. */
+		if (peek) {
+			m->flags = 0;
+			return 0;
+		}
 		ret = vhdx_update_headers(s, true, NULL);
 		if (ret < 0)
 			return ret;
 	}
-	while (len) {
-		uint64_t block = off / s->block_size, in = off % s->block_size;
-		uint64_t n = img_min(len, s->block_size - in);
-		uint64_t idx = vhdx_bat_idx(s, block);
-		uint64_t state = s->bat[idx] & 7;
+	if (vhdx_present(e)) {
+		host = (e >> 20) * MIB;
+		ret = vhdx_block_check(s, block, host);
+		for (b = block + 1; ret >= 0 && b <= last; b++) {
+			uint64_t next = s->bat[vhdx_bat_idx(s, b)];
 
-		if (state != PAYLOAD_FULLY_PRESENT &&
-		    state != PAYLOAD_PARTIALLY_PRESENT) {
-			/* New block past the end: unwritten bytes read 0. */
-			if (s->next_free / MIB >= (1ull << 44))
-				return img_error(-ENOSPC, "vhdx: file full");
-			s->bat[idx] = (s->next_free / MIB) << 20 |
-				      PAYLOAD_FULLY_PRESENT;
-			s->next_free += s->block_size;
-			if (idx < s->dirty_lo)
-				s->dirty_lo = idx;
-			if (idx + 1 > s->dirty_hi)
-				s->dirty_hi = idx + 1;
+			if (!vhdx_present(next) ||
+			    (next >> 20) * MIB !=
+				    host + (b - block) * s->block_size)
+				break;
+			ret = vhdx_block_check(s, b, (next >> 20) * MIB);
 		}
-		ret = img_io_pwrite(img_file(img), p, n,
-				    (s->bat[idx] >> 20) * MIB + in);
 		if (ret < 0)
 			return ret;
-		p += n;
-		off += n;
-		len -= n;
+		m->len = img_min(len, (b - block) * s->block_size - in);
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		m->io = img_file(s->img);
+		m->file_off = host + in;
+		return 0;
 	}
-	/* IMG_FUA never reaches a driver: the core flushes after the write. */
+	if (peek) {
+		m->flags = 0;
+		return 0;
+	}
+	for (b = block + 1;
+	     b <= last && !vhdx_present(s->bat[vhdx_bat_idx(s, b)]); b++)
+		;
+	if (s->next_free / MIB + (b - block) * (s->block_size / MIB) >
+	    (1ull << 44))
+		return img_error(-ENOSPC, "vhdx: file full");
+	m->plan = malloc(sizeof(*m->plan));
+	if (!m->plan)
+		return img_error(-ENOMEM, "vhdx: out of memory");
+	*m->plan = (struct img_plan){ .block0 = block,
+				      .n = b - block,
+				      .file_off = s->next_free };
+	s->next_free += (b - block) * s->block_size;
+	m->len = img_min(len, (b - block) * s->block_size - in);
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	m->io = img_file(s->img);
+	m->file_off = m->plan->file_off + in;
+	m->lock_off = block * s->block_size;
+	m->lock_len = (b - block) * s->block_size;
 	return 0;
+}
+
+/* The BAT names the new blocks of a written plan; it changes in memory
+ * only, and reaches the file through the log at the next flush. */
+static int vhdx_commit(struct img *img, struct img_plan *plan, int result)
+{
+	struct vhdx *s = img_priv(img);
+	int ret = 0;
+
+	/* A failed write leaks the space: it may hold part of the data. */
+	for (uint64_t k = 0; result >= 0 && k < plan->n; k++) {
+		uint64_t idx = vhdx_bat_idx(s, plan->block0 + k);
+
+		if (vhdx_present(s->bat[idx])) {
+			ret = img_error(
+				-EIO,
+				"vhdx: block %" PRIu64
+				" was allocated under a write in flight",
+				plan->block0 + k);
+			break;
+		}
+		s->bat[idx] = ((plan->file_off + k * s->block_size) / MIB)
+				      << 20 |
+			      PAYLOAD_FULLY_PRESENT;
+		if (idx < s->dirty_lo)
+			s->dirty_lo = idx;
+		if (idx + 1 > s->dirty_hi)
+			s->dirty_hi = idx + 1;
+	}
+	free(plan);
+	return ret;
 }
 
 /*
@@ -1125,6 +1234,8 @@ static int vhdx_map(struct img *img, uint64_t off, uint64_t len,
 	uint64_t block = off / s->block_size, in = off % s->block_size;
 	uint64_t e = s->bat[vhdx_bat_idx(s, block)];
 
+	if (m->write != IMG_MAP_NO_WRITE)
+		return vhdx_map_write(s, off, len, m);
 	m->len = img_min(len, s->block_size - in);
 	switch (e & 7) {
 	case PAYLOAD_PARTIALLY_PRESENT:
@@ -1384,9 +1495,9 @@ const struct img_driver vhdx_driver = {
 	.probe = vhdx_probe,
 	.open = vhdx_open,
 	.close = vhdx_close,
-	.write = vhdx_write,
 	.flush = vhdx_flush,
 	.map = vhdx_map,
+	.commit = vhdx_commit,
 	.create = &vhdx_create_ops,
 	.info = vhdx_info,
 	.check = vhdx_check,

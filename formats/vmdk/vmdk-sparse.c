@@ -10,9 +10,14 @@
  * and end-of-stream markers follow the grains, and the footer (a copy of
  * the header with the real gdOffset) sits 1536 bytes before the end.
  *
- * GTs are loaded into memory on first use. Plain and in-place compressed
- * extents append new grains (and GTs where the GD has none) at the end of
- * the file and write the dirty GTs, the GD and the RGD at flush, after the
+ * GTs are loaded into memory on first use. Writes are planned through .map
+ * and the core moves the data: plain extents overwrite allocated grains in
+ * place and reserve new grains (and GTs where the GD has none) at the end
+ * of the file, which the core writes whole (the backing file's bytes or
+ * zeroes around the request) before the commit points the GT entry at
+ * them; compressed grains are assembled in memory (see
+ * vmdk_map_write_stream) and appended at commit or when the next grain
+ * starts. Dirty GTs, the GD and the RGD are written at flush, after the
  * data has been flushed, so a crash leaves at worst unreferenced grains.
  * Stream extents with the metadata at the end accept grains only while
  * appendable (no grain yet when opened) and each grain once; flush writes
@@ -103,16 +108,27 @@ static int vmdk_wbuf_io_pread(struct img_io *io, void *buf, uint64_t len,
 	return 0;
 }
 
+static int vmdk_wbuf_io_pwrite(struct img_io *io, const void *buf, uint64_t len,
+			       uint64_t file_off)
+{
+	struct vmdk_extent *e = vmdk_of_wbuf_io(io);
+
+	memcpy(e->wbuf + file_off, buf, len);
+	return 0;
+}
+
 static int vmdk_wbuf_io_size(struct img_io *io, uint64_t *size)
 {
 	*size = vmdk_of_wbuf_io(io)->grain_size;
 	return 0;
 }
 
-/* The grain being assembled, for the core to read as plain data. */
+/* The grain being assembled, for the core to read and write as plain
+ * data (its offsets are within the grain: .map says so). */
 static const struct img_io_ops vmdk_wbuf_io_ops = {
 	.name = "vmdk-grain",
 	.pread = vmdk_wbuf_io_pread,
+	.pwrite = vmdk_wbuf_io_pwrite,
 	.get_size = vmdk_wbuf_io_size,
 };
 
@@ -293,7 +309,7 @@ int vmdk_sparse_open(struct img *img, struct vmdk_extent *e, bool writable)
 			return img_error(-ENOMEM, "vmdk: out of memory");
 		e->wbuf_io.ops = &vmdk_wbuf_io_ops;
 		e->wbuf_io.path = e->file;
-		e->wbuf_io.flags = IMG_IO_RDONLY;
+		e->wbuf_io.flags = writable ? 0 : IMG_IO_RDONLY;
 	}
 	return 0;
 }
@@ -410,21 +426,6 @@ static int vmdk_set_gte(struct vmdk_extent *e, uint64_t grain, uint32_t s)
 	return 0;
 }
 
-/* The guest bytes of a whole grain before a partial write: backing or 0. */
-static int vmdk_grain_base(struct img *img, struct vmdk_extent *e,
-			   uint64_t grain, uint32_t gte, uint8_t *buf)
-{
-	uint64_t goff = grain * e->grain_size;
-	uint64_t n = img_min(e->grain_size, e->len - goff);
-
-	memset(buf + n, 0, e->grain_size - n);
-	if (gte == 1 && e->zero_grain) {
-		memset(buf, 0, n);
-		return 0;
-	}
-	return img_read_backing(img, buf, e->start + goff, n);
-}
-
 /* Append a grain's deflate (zlib) stream of clen bytes behind a marker. */
 static int vmdk_append_grain(struct vmdk_extent *e, uint64_t grain,
 			     const void *cdata, size_t clen)
@@ -496,12 +497,11 @@ static int vmdk_put_wbuf(struct img *img, struct vmdk_extent *e)
 }
 
 /*
- * Before writing grain (at extent offset off) of a compressed extent: it
- * must still be unwritten (grains are appended once); the grain being
- * assembled, if another, is stored. *gte gets the grain's entry.
+ * Whether grain (at extent offset off) of a compressed extent may still be
+ * written: grains are appended once. *gte gets the grain's entry.
  */
-static int vmdk_new_grain(struct img *img, struct vmdk_extent *e, uint64_t off,
-			  uint32_t *gte)
+static int vmdk_grain_unwritten(struct vmdk_extent *e, uint64_t off,
+				uint32_t *gte)
 {
 	uint64_t grain = off / e->grain_size;
 	int ret;
@@ -514,12 +514,12 @@ static int vmdk_new_grain(struct img *img, struct vmdk_extent *e, uint64_t off,
 	ret = vmdk_gte(e, off, gte);
 	if (ret < 0)
 		return ret;
-	if (*gte > 1 || (*gte == 1 && !e->zero_grain))
+	if (*gte > 1 || (*gte == 1 && !e->zero_grain) || e->wbuf_idx == grain)
 		return img_error(-ENOTSUP,
 				 "vmdk: grain %" PRIu64
 				 " of streamOptimized '%s' is already written",
 				 grain, e->file);
-	return vmdk_put_wbuf(img, e);
+	return 0;
 }
 
 int vmdk_sparse_write_compressed(struct img *img, struct vmdk_extent *e,
@@ -532,137 +532,314 @@ int vmdk_sparse_write_compressed(struct img *img, struct vmdk_extent *e,
 		return img_error(
 			-ENOTSUP,
 			"vmdk: compressed writes need subformat=streamOptimized");
-	if (e->wbuf_idx == off / e->grain_size)
-		return img_error(-ENOTSUP,
-				 "vmdk: grain %" PRIu64
-				 " of streamOptimized '%s' is already written",
-				 off / e->grain_size, e->file);
-	ret = vmdk_new_grain(img, e, off, &gte);
+	ret = vmdk_grain_unwritten(e, off, &gte);
+	if (ret >= 0)
+		ret = vmdk_put_wbuf(img, e);
 	return ret < 0 ? ret :
 			 vmdk_append_grain(e, off / e->grain_size, cdata, clen);
 }
 
-static int vmdk_write_compressed_grain(struct img *img, struct vmdk_extent *e,
-				       const uint8_t *buf, uint64_t off,
-				       uint64_t n)
-{
-	uint64_t grain = off / e->grain_size, in = off % e->grain_size;
-	uint32_t gte;
-	int ret;
+/*
+ * A planned write (struct img_map.plan). Plain extents: n new grains from
+ * grain0, placed one after another from host sector sector0, which their
+ * GT names at commit. Compressed extents: one grain (n 1), whose region
+ * the core writes into buf through io; the commit stores it compressed
+ * (whole: the request covered the grain) or keeps it as the grain being
+ * assembled.
+ */
+struct img_plan {
+	struct vmdk_extent *e;
+	uint64_t grain0, n;
+	uint32_t sector0;
+	bool whole;
+	uint8_t *buf;
+	struct img_io io;
+};
 
-	if (e->wbuf_idx != grain) {
-		ret = vmdk_new_grain(img, e, off, &gte);
-		if (ret < 0)
-			return ret;
-		if (n == e->grain_size) {
-			if (img_is_zero(buf, n) && !img_has_backing(img))
-				return 0;
-			return vmdk_append_compressed(e, grain, buf, true);
-		}
-		ret = vmdk_grain_base(img, e, grain, gte, e->wbuf);
-		if (ret < 0)
-			return ret;
-		e->wbuf_idx = grain;
-	}
-	memcpy(e->wbuf + in, buf, n);
+static int vmdk_plan_io_pwrite(struct img_io *io, const void *buf, uint64_t len,
+			       uint64_t file_off)
+{
+	struct img_plan *p =
+		(struct img_plan *)((char *)io - offsetof(struct img_plan, io));
+
+	memcpy(p->buf + file_off, buf, len);
 	return 0;
 }
 
-static int vmdk_write_plain_grain(struct img *img, struct vmdk_extent *e,
-				  const uint8_t *buf, uint64_t off, uint64_t n)
+static int vmdk_plan_io_size(struct img_io *io, uint64_t *size)
+{
+	struct img_plan *p =
+		(struct img_plan *)((char *)io - offsetof(struct img_plan, io));
+
+	*size = p->e->grain_size;
+	return 0;
+}
+
+/* A new compressed grain as the core writes it. */
+static const struct img_io_ops vmdk_plan_io_ops = {
+	.name = "vmdk-new-grain",
+	.pwrite = vmdk_plan_io_pwrite,
+	.get_size = vmdk_plan_io_size,
+};
+
+static void vmdk_plan_free(struct img_plan *p)
+{
+	free(p->buf);
+	free(p);
+}
+
+/*
+ * The end (extent offset) of the region of new grains ending at grain end:
+ * whole grains, except where the last one runs past the end of an extent
+ * that another follows (past the disk's end the core writes zeroes).
+ */
+static uint64_t vmdk_region_end(struct img *img, const struct vmdk_extent *e,
+				uint64_t end)
+{
+	uint64_t off = end * e->grain_size;
+
+	if (off > e->len && e->start + e->len < img_size(img))
+		off = e->len;
+	return off;
+}
+
+/* A grain entry a write may follow: not into the header, descriptor and
+ * tables (the read map lets those be read). */
+static int vmdk_gte_writable(const struct vmdk_extent *e, uint64_t grain,
+			     uint32_t gte)
+{
+	if (gte == 1 && !e->zero_grain)
+		return img_error(-IMG_ECORRUPT,
+				 "vmdk: grain %" PRIu64
+				 " of '%s' points at the header",
+				 grain, e->file);
+	if (gte > 1 && gte < e->h.overhead)
+		return img_error(
+			-IMG_ECORRUPT,
+			"vmdk: grain %" PRIu64 " of '%s' at sector %" PRIu32
+			" lies in the metadata (before sector %" PRIu64 ")",
+			grain, e->file, gte, e->h.overhead);
+	return 0;
+}
+
+/*
+ * Plain extents: allocated grains are overwritten in place, as long a run
+ * as is contiguous in the file; unallocated and zeroed grains get new
+ * grains at the end of the file (a run of them within one GT, the GT made
+ * first since it may take that space too), written whole: the core fills
+ * what the request does not cover from the backing file or zeroes.
+ */
+static int vmdk_map_write_plain(struct img *img, struct vmdk_extent *e,
+				uint64_t off, uint64_t len, struct img_map *m)
 {
 	uint64_t grain = off / e->grain_size, in = off % e->grain_size;
-	uint8_t *full = NULL;
-	uint64_t file_off;
-	uint32_t gte;
+	uint64_t n = img_min(len, e->grain_size - in), g, last;
+	uint32_t gte, next, *gt;
+	struct img_plan *p;
 	int ret;
 
 	ret = vmdk_gte(e, off, &gte);
+	if (ret >= 0)
+		ret = vmdk_gte_writable(e, grain, gte);
 	if (ret < 0)
 		return ret;
-	if (gte > 1)
-		return img_io_pwrite(e->io, buf, n,
-				     (uint64_t)gte * VMDK_SECTOR + in);
-	if ((e->next_free + e->grain_size) / VMDK_SECTOR > UINT32_MAX)
-		return img_error(-ENOSPC, "vmdk: '%s' is full", e->file);
-	/* Make sure the GT exists first: it may take the space at the end. */
-	ret = vmdk_set_gte(e, grain, gte);
-	if (ret < 0)
-		return ret;
-	file_off = e->next_free;
-	if (n < e->grain_size) {
-		full = malloc(e->grain_size);
-		if (!full)
-			return img_error(-ENOMEM, "vmdk: out of memory");
-		ret = vmdk_grain_base(img, e, grain, gte, full);
-		if (ret < 0) {
-			free(full);
-			return ret;
+	m->len = n;
+	if (gte > 1) {
+		while (n < len) {
+			ret = vmdk_gte(e, off + n, &next);
+			if (ret < 0)
+				return ret;
+			if (next != gte + (in + n) / VMDK_SECTOR)
+				break;
+			n = img_min(len, n + e->grain_size);
 		}
-		memcpy(full + in, buf, n);
-		buf = full;
+		m->len = n;
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		m->io = e->io;
+		m->file_off = (uint64_t)gte * VMDK_SECTOR + in;
+		return 0;
 	}
-	ret = img_io_pwrite(e->io, buf, e->grain_size, file_off);
-	free(full);
+	if (m->write == IMG_MAP_WRITE_IN_PLACE) {
+		m->flags = 0;
+		return 0;
+	}
+	last = img_min((off + len - 1) / e->grain_size,
+		       (grain / e->h.gtes_per_gt + 1) * e->h.gtes_per_gt - 1);
+	for (g = grain + 1; g <= last; g++) {
+		ret = vmdk_gte(e, g * e->grain_size, &next);
+		if (ret < 0)
+			return ret;
+		if (next > 1 || (next == 1 && !e->zero_grain))
+			break;
+	}
+	ret = vmdk_gt(e, (uint32_t)(grain / e->h.gtes_per_gt), true, &gt);
 	if (ret < 0)
 		return ret;
-	e->next_free += e->grain_size;
-	return vmdk_set_gte(e, grain, (uint32_t)(file_off / VMDK_SECTOR));
+	if ((e->next_free + (g - grain) * e->grain_size) / VMDK_SECTOR >
+	    UINT32_MAX)
+		return img_error(-ENOSPC, "vmdk: '%s' is full", e->file);
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return img_error(-ENOMEM, "vmdk: out of memory");
+	*p = (struct img_plan){ .e = e,
+				.grain0 = grain,
+				.n = g - grain,
+				.sector0 = (uint32_t)(e->next_free /
+						      VMDK_SECTOR) };
+	e->next_free += p->n * e->grain_size;
+	m->plan = p;
+	m->len = img_min(len, p->n * e->grain_size - in);
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	m->io = e->io;
+	m->file_off = (uint64_t)p->sector0 * VMDK_SECTOR + in;
+	m->region_off = grain * e->grain_size;
+	m->region_len = vmdk_region_end(img, e, g) - m->region_off;
+	return 0;
 }
 
-int vmdk_sparse_write(struct img *img, struct vmdk_extent *e,
-		      const uint8_t *buf, uint64_t off, uint64_t len)
+/*
+ * Compressed extents: the grain being assembled takes writes in place (in
+ * memory); a grain not yet written gets a plan with a buffer of its own,
+ * which the core fills (the rest of the grain from the backing file or
+ * zeroes) and the commit then stores.
+ */
+static int vmdk_map_write_stream(struct img *img, struct vmdk_extent *e,
+				 uint64_t off, uint64_t len, struct img_map *m)
+{
+	uint64_t grain = off / e->grain_size, in = off % e->grain_size;
+	struct img_plan *p;
+	uint32_t gte;
+	int ret;
+
+	m->len = img_min(len, e->grain_size - in);
+	if (m->write == IMG_MAP_WRITE_IN_PLACE) {
+		m->flags = 0;
+		return 0;
+	}
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	m->file_off = in;
+	if (e->wbuf_idx == grain) {
+		m->io = &e->wbuf_io;
+		return 0;
+	}
+	ret = vmdk_grain_unwritten(e, off, &gte);
+	if (ret < 0)
+		return ret;
+	p = calloc(1, sizeof(*p));
+	if (p)
+		p->buf = calloc(1, e->grain_size);
+	if (!p || !p->buf) {
+		free(p);
+		return img_error(-ENOMEM, "vmdk: out of memory");
+	}
+	p->e = e;
+	p->grain0 = grain;
+	p->n = 1;
+	p->whole = m->len == e->grain_size;
+	p->io.ops = &vmdk_plan_io_ops;
+	p->io.path = e->file;
+	m->plan = p;
+	m->io = &p->io;
+	m->region_off = grain * e->grain_size;
+	m->region_len = vmdk_region_end(img, e, grain + 1) - m->region_off;
+	return 0;
+}
+
+int vmdk_sparse_map_write(struct img *img, struct vmdk_extent *e, uint64_t off,
+			  uint64_t len, struct img_map *m)
+{
+	if (e->compressed)
+		return vmdk_map_write_stream(img, e, off, len, m);
+	return vmdk_map_write_plain(img, e, off, len, m);
+}
+
+/* A compressed grain written into its plan's buffer. */
+static int vmdk_commit_stream(struct img *img, struct img_plan *p)
+{
+	struct vmdk_extent *e = p->e;
+	uint8_t *old;
+	uint32_t gte;
+	int ret;
+
+	ret = vmdk_grain_unwritten(e, p->grain0 * e->grain_size, &gte);
+	if (ret >= 0)
+		ret = vmdk_put_wbuf(img, e);
+	if (ret < 0)
+		return ret;
+	if (p->whole) {
+		if (img_is_zero(p->buf, e->grain_size) && !img_has_backing(img))
+			return 0;
+		return vmdk_append_compressed(e, p->grain0, p->buf, true);
+	}
+	old = e->wbuf;
+	e->wbuf = p->buf;
+	p->buf = old;
+	e->wbuf_idx = p->grain0;
+	return 0;
+}
+
+int vmdk_sparse_commit(struct img *img, struct img_plan *p, int result)
+{
+	struct vmdk_extent *e = p->e;
+	int ret = 0;
+
+	/* A failed write leaks its grains: they may hold part of it. */
+	if (result >= 0 && e->compressed)
+		ret = vmdk_commit_stream(img, p);
+	for (uint64_t k = 0; result >= 0 && !e->compressed && k < p->n; k++) {
+		uint64_t grain = p->grain0 + k;
+		uint32_t gte;
+
+		ret = vmdk_gte(e, grain * e->grain_size, &gte);
+		if (ret >= 0 && gte > 1)
+			ret = img_error(
+				-EIO,
+				"vmdk: grain %" PRIu64
+				" of '%s' was allocated under a write in flight",
+				grain, e->file);
+		if (ret >= 0)
+			ret = vmdk_set_gte(
+				e, grain,
+				p->sector0 +
+					(uint32_t)(k * e->h.grain_sectors));
+		if (ret < 0)
+			break;
+	}
+	vmdk_plan_free(p);
+	return ret;
+}
+
+int vmdk_sparse_zero(struct img *img, struct vmdk_extent *e, uint64_t off,
+		     uint64_t len, bool apply)
 {
 	while (len) {
 		uint64_t n = img_min(len, e->grain_size - off % e->grain_size);
+		uint64_t grain = off / e->grain_size;
+		uint32_t gte;
 		int ret;
 
-		if (e->compressed)
-			ret = vmdk_write_compressed_grain(img, e, buf, off, n);
-		else
-			ret = vmdk_write_plain_grain(img, e, buf, off, n);
+		ret = vmdk_gte(e, off, &gte);
 		if (ret < 0)
 			return ret;
-		buf += n;
+		if (n == e->grain_size && e->zero_grain && !e->compressed) {
+			/* The data of an allocated grain is leaked. */
+			if (apply) {
+				ret = vmdk_set_gte(e, grain, 1);
+				if (ret < 0)
+					return ret;
+			}
+		} else if (gte || img_has_backing(img) ||
+			   e->wbuf_idx == grain) {
+			return img_error(-ENOTSUP,
+					 "vmdk: grain %" PRIu64
+					 " of '%s' needs zeroes written",
+					 grain, e->file);
+		}
 		off += n;
 		len -= n;
 	}
 	return 0;
-}
-
-int vmdk_sparse_zero(struct img *img, struct vmdk_extent *e, uint64_t off,
-		     uint64_t len)
-{
-	uint8_t *zeroes = NULL;
-	int ret = 0;
-
-	while (len && ret >= 0) {
-		uint64_t n = img_min(len, e->grain_size - off % e->grain_size);
-		uint64_t grain = off / e->grain_size;
-		uint32_t gte;
-
-		ret = vmdk_gte(e, off, &gte);
-		if (ret < 0)
-			break;
-		if (n == e->grain_size && e->zero_grain && !e->compressed) {
-			/* The data of an allocated grain is leaked. */
-			ret = vmdk_set_gte(e, grain, 1);
-		} else if (!gte && !img_has_backing(img) &&
-			   e->wbuf_idx != grain) {
-			ret = 0; /* reads zero already */
-		} else {
-			if (!zeroes)
-				zeroes = calloc(1, e->grain_size);
-			ret = zeroes ?
-				      vmdk_sparse_write(img, e, zeroes, off,
-							n) :
-				      img_error(-ENOMEM, "vmdk: out of memory");
-		}
-		off += n;
-		len -= n;
-	}
-	free(zeroes);
-	return ret;
 }
 
 static int vmdk_write_gt(struct vmdk_extent *e, uint32_t i, uint64_t off)

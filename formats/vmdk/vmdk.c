@@ -198,6 +198,7 @@ static int vmdk_open(struct img *img, unsigned flags)
 	struct vmdk *s = img_priv(img);
 	bool writable = !(flags & IMG_OPEN_RDONLY), sparse;
 	bool any_path = flags & IMG_OPEN_ANY_EXTENT_PATH;
+	uint64_t zero_align = 1;
 	char *text;
 	int ret;
 
@@ -267,6 +268,13 @@ static int vmdk_open(struct img *img, unsigned flags)
 			goto fail;
 	}
 	img_set_size(img, s->size);
+	/* Whole grains zero by metadata: the core sends the rest alone. */
+	for (unsigned i = 0; i < s->n_ext; i++)
+		if (s->ext[i].type == VMDK_EXT_SPARSE)
+			zero_align = s->ext[i].grain_size > zero_align ?
+					     s->ext[i].grain_size :
+					     zero_align;
+	img_set_zero_align(img, zero_align);
 	return 0;
 fail:
 	vmdk_free_extents(s);
@@ -295,53 +303,6 @@ static struct vmdk_extent *vmdk_find(struct vmdk *s, uint64_t off)
 	while (lo + 1 < s->n_ext && s->ext[lo].start + s->ext[lo].len <= off)
 		lo++;
 	return &s->ext[lo];
-}
-
-enum vmdk_op { VMDK_WRITE, VMDK_ZERO };
-
-static int vmdk_extent_io(struct img *img, struct vmdk_extent *e,
-			  enum vmdk_op op, uint8_t *buf, uint64_t off,
-			  uint64_t n)
-{
-	if (e->read_only || e->type == VMDK_EXT_ZERO)
-		return img_error(-EROFS, "vmdk: extent '%s' is read-only",
-				 e->file ? e->file : "ZERO");
-	if (e->type == VMDK_EXT_FLAT)
-		return op == VMDK_ZERO ?
-			       img_io_zero(e->io, e->flat_off + off, n, 0) :
-			       img_io_pwrite(e->io, buf, n, e->flat_off + off);
-	if (op == VMDK_ZERO)
-		return vmdk_sparse_zero(img, e, off, n);
-	return vmdk_sparse_write(img, e, buf, off, n);
-}
-
-static int vmdk_rw(struct img *img, enum vmdk_op op, uint8_t *buf, uint64_t off,
-		   uint64_t len)
-{
-	struct vmdk *s = img_priv(img);
-
-	while (len) {
-		struct vmdk_extent *e = vmdk_find(s, off);
-		uint64_t in = off - e->start;
-		uint64_t n = img_min(len, e->len - in);
-		int ret;
-
-		ret = vmdk_extent_io(img, e, op, buf, in, n);
-		if (ret < 0)
-			return ret;
-		if (buf)
-			buf += n;
-		off += n;
-		len -= n;
-	}
-	return 0;
-}
-
-static int vmdk_write(struct img *img, const void *buf, uint64_t off,
-		      uint64_t len, unsigned flags)
-{
-	/* IMG_FUA never reaches a driver: the core flushes after the write. */
-	return vmdk_rw(img, VMDK_WRITE, (uint8_t *)buf, off, len);
 }
 
 /*
@@ -378,6 +339,12 @@ static int vmdk_write_compressed(struct img *img,
 	return ret;
 }
 
+/*
+ * Zeroing is metadata only (zeroed grains, or grains that read as zeroes
+ * already): everything or nothing, so that a range the driver cannot do
+ * (flat extents, partial grains with data) is left to the core, which
+ * writes zeroes through the write map.
+ */
 static int vmdk_zero(struct img *img, uint64_t off, uint64_t len,
 		     unsigned flags)
 {
@@ -390,7 +357,30 @@ static int vmdk_zero(struct img *img, uint64_t off, uint64_t len,
 				return img_error(
 					-ENOTSUP,
 					"vmdk: no fast zeroing without zeroed grains");
-	return vmdk_rw(img, VMDK_ZERO, NULL, off, len);
+	for (int apply = 0; apply < 2; apply++) {
+		for (uint64_t pos = off; pos < off + len;) {
+			struct vmdk_extent *e = vmdk_find(s, pos);
+			uint64_t in = pos - e->start;
+			uint64_t n = img_min(off + len - pos, e->len - in);
+			int ret;
+
+			if (e->read_only || e->type == VMDK_EXT_ZERO)
+				return img_error(
+					-EROFS,
+					"vmdk: extent '%s' is read-only",
+					e->file ? e->file : "ZERO");
+			if (e->type == VMDK_EXT_FLAT)
+				return img_error(
+					-ENOTSUP,
+					"vmdk: zeroing flat extent '%s' writes zeroes",
+					e->file);
+			ret = vmdk_sparse_zero(img, e, in, n, apply);
+			if (ret < 0)
+				return ret;
+			pos += n;
+		}
+	}
+	return 0;
 }
 
 static int vmdk_flush(struct img *img)
@@ -422,8 +412,13 @@ static int vmdk_map(struct img *img, uint64_t off, uint64_t len,
 	struct vmdk *s = img_priv(img);
 	struct vmdk_extent *e = vmdk_find(s, off);
 	uint64_t in = off - e->start;
+	int ret;
 
 	len = img_min(len, e->len - in);
+	if (m->write != IMG_MAP_NO_WRITE &&
+	    (e->read_only || e->type == VMDK_EXT_ZERO))
+		return img_error(-EROFS, "vmdk: extent '%s' is read-only",
+				 e->file ? e->file : "ZERO");
 	switch (e->type) {
 	case VMDK_EXT_ZERO:
 		m->len = len;
@@ -439,7 +434,12 @@ static int vmdk_map(struct img *img, uint64_t off, uint64_t len,
 	case VMDK_EXT_SPARSE:
 		break;
 	}
-	return vmdk_sparse_map(img, e, in, len, m);
+	if (m->write == IMG_MAP_NO_WRITE)
+		return vmdk_sparse_map(img, e, in, len, m);
+	ret = vmdk_sparse_map_write(img, e, in, len, m);
+	if (ret >= 0 && m->region_len)
+		m->region_off += e->start;
+	return ret;
 }
 
 static void vmdk_field(struct img_info *info, const char *key,
@@ -793,10 +793,10 @@ const struct img_driver vmdk_driver = {
 	.probe = vmdk_probe,
 	.open = vmdk_open,
 	.close = vmdk_close,
-	.write = vmdk_write,
 	.zero = vmdk_zero,
 	.flush = vmdk_flush,
 	.map = vmdk_map,
+	.commit = vmdk_sparse_commit,
 	.create = &vmdk_create_ops,
 	.info = vmdk_info,
 	.check = vmdk_check,

@@ -137,13 +137,20 @@ struct vmdk_extent {
  * take the header's capacity). */
 int vmdk_sparse_open(struct img *img, struct vmdk_extent *e, bool writable);
 void vmdk_sparse_close(struct vmdk_extent *e);
-/* .map and writes within one extent; off is extent-relative. */
+/* .map within one extent, for a read or block status; off (and the
+ * region a write map returns) is extent-relative. */
 int vmdk_sparse_map(struct img *img, struct vmdk_extent *e, uint64_t off,
 		    uint64_t len, struct img_map *m);
-int vmdk_sparse_write(struct img *img, struct vmdk_extent *e,
-		      const uint8_t *buf, uint64_t off, uint64_t len);
+/* .map for a write (m->write set): in place, or a plan for .commit. */
+int vmdk_sparse_map_write(struct img *img, struct vmdk_extent *e, uint64_t off,
+			  uint64_t len, struct img_map *m);
+/* .commit of a plan vmdk_sparse_map_write made (it knows its extent). */
+int vmdk_sparse_commit(struct img *img, struct img_plan *plan, int result);
+/* Zero [off, off + len) by metadata alone (zeroed grains, or grains that
+ * read as zeroes already): -ENOTSUP where that cannot be done; apply false
+ * only says whether it can. */
 int vmdk_sparse_zero(struct img *img, struct vmdk_extent *e, uint64_t off,
-		     uint64_t len);
+		     uint64_t len, bool apply);
 /* Append the grain at extent offset off (grain aligned, not yet written)
  * given as a zlib stream of clen bytes (streamOptimized extents only). */
 int vmdk_sparse_write_compressed(struct img *img, struct vmdk_extent *e,

@@ -47,4 +47,24 @@ int ft_exercise(const uint8_t *buf, size_t len, const char *fmt, char *msg,
 bool ft_invalid_case(const char *name, const uint8_t *buf, size_t len,
 		     const char *fmt, bool at_open, int err, const char *msg);
 
+/*
+ * Allocation races through one async engine (img_aio) on the image of
+ * format fmt at path, created and closed. Round r takes the three
+ * neighbouring units (blocks, grains: unit bytes) from (3r + 1) * unit,
+ * which must still be unallocated, and puts up to 48 requests on distinct
+ * sector runs in them in flight at once: writes (two of them across the
+ * units' boundaries) and some zeroes, so that several requests allocate the
+ * same unit and its neighbours together; with them a flush and reads of
+ * settled data elsewhere, checked in done(). After the rounds, rounds of
+ * 4 KiB overwrites and reads in the allocated units (in place: on the ring
+ * where the engine has one). ref (the image's size) is the model: it must
+ * hold the image's contents on entry and is updated with every write and
+ * zero. The image must then read as ref says, before and after reopening,
+ * pass qemu-img check and equal ref by qemu-img compare (skipped with a
+ * note without qemu-img). Returns the number of failed requests, wrong
+ * reads and mismatches (0: all good); prints what went wrong.
+ */
+int ft_aio_races(const char *fmt, const char *path, uint8_t *ref, uint64_t unit,
+		 unsigned rounds, uint64_t seed);
+
 #endif
