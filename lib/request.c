@@ -670,7 +670,16 @@ int img_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
 	return ret;
 }
 
-/* The default for drivers without .zero: write zero buffers. */
+/* Does a block-status map of this layer say the range reads as zeroes? */
+static bool map_reads_zero(const struct img *img, const struct img_map *m)
+{
+	if (m->flags & IMG_EXT_ALLOCATED)
+		return m->flags & IMG_EXT_ZERO;
+	return !img_has_backing(img);
+}
+
+/* Where .zero cannot: write zero buffers, except over what already reads
+ * as zeroes (no allocation for a range that needs none). */
 static int zero_by_writing(struct img *img, uint64_t off, uint64_t len)
 {
 	uint64_t buf_len = img_min(len, 1u << 20);
@@ -680,11 +689,20 @@ static int zero_by_writing(struct img *img, uint64_t off, uint64_t len)
 	if (!zeroes)
 		return img_error(-ENOMEM, "out of memory");
 	while (len) {
-		uint64_t n = img_min(len, buf_len);
+		struct img_map m;
+		uint64_t n;
 
-		ret = write_chunk(img, zeroes, off, n);
+		lock(img);
+		ret = map_checked(img, off, len, true, &m);
+		unlock(img);
 		if (ret < 0)
 			break;
+		n = img_min(m.len, buf_len);
+		if (!map_reads_zero(img, &m)) {
+			ret = write_chunk(img, zeroes, off, n);
+			if (ret < 0)
+				break;
+		}
 		off += n;
 		len -= n;
 	}

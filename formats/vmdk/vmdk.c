@@ -350,6 +350,9 @@ static int vmdk_zero(struct img *img, uint64_t off, uint64_t len,
 {
 	struct vmdk *s = img_priv(img);
 
+	/* As QEMU's vmdk: discard keeps the data. */
+	if (flags & IMG_ZERO_DISCARD)
+		return 0;
 	if (flags & IMG_ZERO_FAST)
 		for (unsigned i = 0; i < s->n_ext; i++)
 			if (s->ext[i].type == VMDK_EXT_SPARSE &&
