@@ -831,10 +831,12 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 		return img_error(
 			-IMG_ECORRUPT,
 			"qcow2: image is marked corrupt; writes are refused");
+	/* Dirty bitmaps see the request even where the core writes the
+	 * zeroes, or finds nothing to write. */
+	ret = qcow2_bitmap_mark(s, off, len);
+	if (ret < 0)
+		return ret;
 	if (s->data_file_raw) {
-		ret = qcow2_bitmap_mark(s, off, len);
-		if (ret < 0)
-			return ret;
 		return img_io_zero(
 			s->data_file, off, len,
 			(flags & IMG_ZERO_MAY_UNMAP) ? IMG_IO_ZERO_PUNCH : 0);
@@ -854,9 +856,6 @@ int qcow2_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 				 "qcow2: zeroing %#" PRIx64 "+%#" PRIx64
 				 " would need data writes",
 				 off, len);
-	ret = qcow2_bitmap_mark(s, off, len);
-	if (ret < 0)
-		return ret;
 	return zero_entries(s, off, b - off, mode);
 }
 

@@ -16,6 +16,7 @@
 
 struct fake {
 	unsigned reads, writes, zeroes, discards, flushes;
+	bool says_data; /* block status: data (else zeroes) */
 	uint64_t max_len;
 	int flush_ret;
 	uint64_t bs_len; /* what block_status claims; 0 = the asked length */
@@ -56,6 +57,11 @@ static int fake_map(struct img *img, uint64_t off, uint64_t len,
 		/* Writes go to the same offset of the (mem) file. */
 		f->reads--;
 		f->writes++;
+		m->len = len;
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		m->file_off = off;
+	} else if (m->want_zero && f->says_data) {
 		m->len = len;
 		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
 			   IMG_EXT_OFFSET_VALID;
@@ -204,14 +210,19 @@ static void test_defaults(void)
 	size_t data_len;
 	uint8_t ones[65536];
 
-	/* No .zero: the core writes zeroes over what was there. */
+	/* No .zero: the core writes zeroes over what was there, and nothing
+	 * where the layer already reads as zeroes. */
 	memset(ones, 0xff, sizeof(ones));
 	CHECK_OK(img_write(img, ones, 0, sizeof(ones), 0));
 	F(img)->writes = 0;
+	F(img)->says_data = true;
 	CHECK_OK(img_zero(img, 0, 65536, 0));
 	CHECK_EQ(F(img)->writes, 1);
 	img_io_mem_data(img->file, &data, &data_len);
 	CHECK(data_len == 65536 && img_is_zero(data, data_len));
+	F(img)->says_data = false;
+	CHECK_OK(img_zero(img, 0, 65536, 0));
+	CHECK_EQ(F(img)->writes, 1);
 	CHECK_ERR(img_zero(img, 0, 65536, IMG_ZERO_FAST), -ENOTSUP);
 	CHECK_OK(img_discard(img, 0, 65536));
 	CHECK_OK(img_flush(img));
@@ -233,6 +244,9 @@ static void test_defaults(void)
 	img = fake_image(&ro_driver, 1 << 20, 0);
 	CHECK_ERR(img_write(img, "x", 0, 1, 0), -ENOTSUP);
 	CHECK_STR_HAS(img_last_error(), "fakero: format is read-only");
+	/* Zeroes over zeroes need no write; data would. */
+	CHECK_OK(img_zero(img, 0, 1, 0));
+	F(img)->says_data = true;
 	CHECK_ERR(img_zero(img, 0, 1, 0), -ENOTSUP);
 	/* Nothing to deallocate: a discard does nothing. */
 	CHECK_OK(img_discard(img, 0, 1));
