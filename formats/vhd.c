@@ -542,8 +542,8 @@ static int vhd_reserve(struct vhd *s, uint64_t in_block, uint64_t len,
 
 /* Whether the sector of a differencing block holding in_block is present;
  * *len is cut to the run of sectors in the same state. */
-static int vhd_present_run(struct vhd *s, uint64_t block_off,
-			   uint64_t in_block, uint64_t *len, bool *present)
+static int vhd_present_run(struct vhd *s, uint64_t block_off, uint64_t in_block,
+			   uint64_t *len, bool *present)
 {
 	uint64_t sec = in_block / VHD_SECTOR, n;
 	uint8_t *bm;
@@ -648,9 +648,9 @@ static int vhd_commit(struct img *img, struct img_plan *plan, int result)
 		}
 	}
 	if (result < 0) {
-		if (plan->new_block &&
-		    s->next_free == plan->block_off + s->bitmap_size +
-					     s->block_size)
+		if (plan->new_block && s->next_free == plan->block_off +
+							       s->bitmap_size +
+							       s->block_size)
 			s->next_free = plan->block_off;
 		free(plan);
 		return result;
