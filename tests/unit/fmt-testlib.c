@@ -3,11 +3,14 @@
  * Helpers for the VHD, VHDX, VDI and VMDK unit tests (see fmt-testlib.h).
  */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "fmt-testlib.h"
+#include "qcow2-testlib.h"
 #include "img-driver.h"
 #include "internal.h"
 
@@ -186,4 +189,253 @@ bool ft_invalid_case(const char *name, const uint8_t *buf, size_t len,
 		return false;
 	}
 	return true;
+}
+
+/* ---- many writes in flight (ft_aio_writes) ---- */
+
+#define FA_SLOTS 32
+
+struct fa_slot {
+	struct img_aio_req req;
+	uint8_t *expect; /* a read: the model's bytes at submission */
+	bool busy;
+};
+
+struct fa_run {
+	struct fa_slot slot[FA_SLOTS];
+	unsigned bad;
+	uint64_t rng;
+};
+
+static uint64_t fa_below(struct fa_run *r, uint64_t n)
+{
+	r->rng ^= r->rng << 13;
+	r->rng ^= r->rng >> 7;
+	r->rng ^= r->rng << 17;
+	return r->rng % n;
+}
+
+static void fa_done(struct img_aio_req *req, int ret)
+{
+	struct fa_slot *t = (struct fa_slot *)req;
+	struct fa_run *r = req->opaque;
+
+	if (ret < 0) {
+		printf("# aio op %d at %" PRIu64 "+%" PRIu64 " failed: %s\n",
+		       req->op, req->off, req->len,
+		       req->error ? req->error : "?");
+		r->bad++;
+	} else if (req->op == IMG_AIO_READ &&
+		   memcmp(req->buf, t->expect, req->len)) {
+		uint64_t i = 0;
+
+		while (((uint8_t *)req->buf)[i] == t->expect[i])
+			i++;
+		printf("# aio read at %" PRIu64 "+%" PRIu64
+		       ": byte %#" PRIx64 " is %#x, expected %#x\n",
+		       req->off, req->len, req->off + i,
+		       ((uint8_t *)req->buf)[i], t->expect[i]);
+		r->bad++;
+	}
+	free(req->buf);
+	free(t->expect);
+	t->expect = NULL;
+	t->busy = false;
+}
+
+/* Whether [off, off + len) overlaps a request in flight (writes and zeroes
+ * only, unless all). */
+static bool fa_conflict(const struct fa_run *r, uint64_t off, uint64_t len,
+			bool all)
+{
+	for (int i = 0; i < FA_SLOTS; i++) {
+		const struct img_aio_req *q = &r->slot[i].req;
+
+		if (!r->slot[i].busy || q->op == IMG_AIO_FLUSH ||
+		    (!all && q->op == IMG_AIO_READ))
+			continue;
+		if (off < q->off + q->len && q->off < off + len)
+			return true;
+	}
+	return false;
+}
+
+/* A range near block hot: a small unaligned piece, a piece of whole
+ * sectors, a whole block, or a run across the block's end. */
+static void fa_range(struct fa_run *r, uint64_t size, uint64_t bs,
+		     uint64_t hot, uint64_t *off, uint64_t *len)
+{
+	uint64_t kind = fa_below(r, 10), base;
+
+	base = (hot ? hot - 1 : 0) * bs;
+	if (kind < 4) {
+		*len = 1 + fa_below(r, 8192);
+		*off = base + fa_below(r, 3 * bs);
+	} else if (kind < 7) {
+		*len = 512 * (1 + fa_below(r, 128));
+		*off = base + 512 * fa_below(r, 3 * bs / 512);
+	} else if (kind < 8) {
+		*len = bs;
+		*off = (hot + fa_below(r, 2)) * bs;
+	} else {
+		*len = 1 + fa_below(r, bs);
+		*off = (hot + 1) * bs - fa_below(r, *len);
+	}
+	if (*off >= size)
+		*off = size - 1;
+	*len = img_min(*len, size - *off);
+}
+
+/* Deliver completions; block for one if wait. */
+static void fa_reap(struct img_aio *aio, bool wait)
+{
+	if (img_aio_poll(aio) == 0 && wait)
+		img_aio_wait(aio);
+}
+
+int ft_aio_writes(struct img *img, uint8_t *ref, uint64_t size,
+		  uint64_t block_size, unsigned n_ops, uint64_t seed)
+{
+	uint64_t n_blocks = (size + block_size - 1) / block_size, hot = 1;
+	struct fa_run *r = calloc(1, sizeof(*r));
+	struct img_aio *aio;
+	unsigned done = 0;
+	int ret;
+
+	if (!r)
+		return -ENOMEM;
+	r->rng = seed | 1;
+	ret = img_aio_new(4, &aio);
+	if (ret < 0) {
+		free(r);
+		return ret;
+	}
+	while (done < n_ops) {
+		struct fa_slot *t = NULL;
+		uint64_t kind = fa_below(r, 100), off = 0, len = 0;
+		bool write = kind < 70;
+
+		for (int i = 0; i < FA_SLOTS && !t; i++)
+			if (!r->slot[i].busy)
+				t = &r->slot[i];
+		if (!t) {
+			fa_reap(aio, true);
+			continue;
+		}
+		/* Every 64 requests the hot block moves on, in a scattered
+		 * order that visits every block before it comes back. */
+		if (done % 64 == 63)
+			hot = (hot * 5 + 3) % n_blocks;
+		memset(&t->req, 0, sizeof(t->req));
+		t->req.opaque = r;
+		t->req.done = fa_done;
+		if (kind >= 95) {
+			t->req.op = IMG_AIO_FLUSH;
+		} else {
+			fa_range(r, size, block_size, hot, &off, &len);
+			if (fa_conflict(r, off, len, write)) {
+				fa_reap(aio, false);
+				continue;
+			}
+			t->req.off = off;
+			t->req.len = len;
+			t->req.buf = malloc(len);
+			if (!t->req.buf) {
+				ret = -ENOMEM;
+				break;
+			}
+		}
+		if (kind < 60) {
+			t->req.op = IMG_AIO_WRITE;
+			for (uint64_t i = 0; i < len; i++)
+				((uint8_t *)t->req.buf)[i] =
+					(uint8_t)(done + i / 512 + 1);
+			memcpy(ref + off, t->req.buf, len);
+		} else if (kind < 70) {
+			t->req.op = IMG_AIO_ZERO;
+			memset(ref + off, 0, len);
+		} else if (kind < 95) {
+			t->req.op = IMG_AIO_READ;
+			t->expect = malloc(len);
+			if (!t->expect) {
+				ret = -ENOMEM;
+				break;
+			}
+			memcpy(t->expect, ref + off, len);
+		}
+		t->busy = true;
+		ret = img_aio_submit(aio, img, &t->req);
+		if (ret < 0) {
+			printf("# aio submit failed: %s\n", img_last_error());
+			t->busy = false;
+			r->bad++;
+			break;
+		}
+		done++;
+	}
+	img_aio_free(aio);
+	if (ret != -ENOMEM)
+		ret = (int)r->bad;
+	free(r);
+	return ret;
+}
+
+/* ---- a host file whose writes are delayed at random ---- */
+
+static struct img_io_ops fs_base, fs_slow;
+static atomic_uint fs_seq;
+
+/* Sleep 0-500 us on about one write in four, so that planned writes, their
+ * commits and the transfers around them interleave. */
+static void fs_jitter(void)
+{
+	uint64_t h = (atomic_fetch_add(&fs_seq, 1) + 1) * 0x9e3779b97f4a7c15ull;
+	struct timespec ts = { 0, (long)((h >> 20) % 500) * 1000 };
+
+	if ((h >> 62) == 0)
+		nanosleep(&ts, NULL);
+}
+
+static int fs_pwrite(struct img_io *io, const void *buf, uint64_t len,
+		     uint64_t off)
+{
+	fs_jitter();
+	return fs_base.pwrite(io, buf, len, off);
+}
+
+static int fs_submit(struct img_io *io, struct img_io_vec *v, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (v[i].write) {
+			fs_jitter();
+			break;
+		}
+	return fs_base.submit(io, v, n);
+}
+
+int ft_open_slow(const char *path, const char *fmt, struct img_io **file,
+		 struct img **out)
+{
+	struct img_open_opts o = { .format = fmt };
+	struct img_io *b;
+	int ret;
+
+	ret = img_io_open(path, 0, IMG_IO_AUTO, file);
+	if (ret < 0)
+		return ret;
+	ret = qt_io_borrow(*file, &b);
+	if (ret < 0) {
+		img_io_close(*file);
+		return ret;
+	}
+	fs_base = *b->ops;
+	fs_slow = fs_base;
+	fs_slow.pwrite = fs_pwrite;
+	if (fs_base.submit)
+		fs_slow.submit = fs_submit;
+	b->ops = &fs_slow;
+	ret = img_open_io(b, path, &o, out);
+	if (ret < 0)
+		img_io_close(*file);
+	return ret;
 }

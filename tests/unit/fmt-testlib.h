@@ -5,7 +5,8 @@
  * format on the mem backend, and run an invalid-field case: the image must
  * fail to open, or fail on a full read, block status walk, check or write,
  * always with a clean -errno and a one-line message that starts with the
- * format's name; it must never crash or return wrong success.
+ * format's name; it must never crash or return wrong success. And a run of
+ * many writes in flight through one async engine, checked against a model.
  */
 #ifndef FMT_TESTLIB_H
 #define FMT_TESTLIB_H
@@ -15,6 +16,8 @@
 #include <stdint.h>
 
 #include "img.h"
+
+struct img_io;
 
 /* A pattern write applied after create: len bytes of val at off. */
 struct ft_write {
@@ -46,5 +49,27 @@ int ft_exercise(const uint8_t *buf, size_t len, const char *fmt, char *msg,
  */
 bool ft_invalid_case(const char *name, const uint8_t *buf, size_t len,
 		     const char *fmt, bool at_open, int err, const char *msg);
+
+/*
+ * Many writes in flight through one img_aio engine on img, whose contents
+ * are ref (size bytes; the model, kept up to date): n_ops writes, zeroes,
+ * reads and flushes of random length and alignment, crowded around a hot
+ * block of block_size bytes that moves on to a block never written before
+ * (pieces of the same new block and of its neighbours, whole blocks, writes
+ * across a block boundary). A write or zero never overlaps a request in
+ * flight, a read never overlaps a write or zero in flight; every read is
+ * checked against the model when it completes. Returns the number of
+ * failures (each printed), or -errno if the engine could not start.
+ */
+int ft_aio_writes(struct img *img, uint8_t *ref, uint64_t size,
+		  uint64_t block_size, unsigned n_ops, uint64_t seed);
+/*
+ * Open path as fmt (read-write, with its backing chain) through a wrapper of
+ * its host file that delays about one write in four by up to half a
+ * millisecond. *file is the host file, which the caller closes after the
+ * image.
+ */
+int ft_open_slow(const char *path, const char *fmt, struct img_io **file,
+		 struct img **out);
 
 #endif
