@@ -297,6 +297,7 @@ int ft_aio_writes(struct img *img, uint8_t *ref, uint64_t size,
 		  uint64_t block_size, unsigned n_ops, uint64_t seed)
 {
 	uint64_t n_blocks = (size + block_size - 1) / block_size, hot = 1;
+	uint64_t epoch = 0;
 	struct fa_run *r = calloc(1, sizeof(*r));
 	struct img_aio *aio;
 	unsigned done = 0;
@@ -323,16 +324,34 @@ int ft_aio_writes(struct img *img, uint8_t *ref, uint64_t size,
 			continue;
 		}
 		/* Every 64 requests the hot block moves on, in a scattered
-		 * order that visits every block before it comes back. */
-		if (done % 64 == 63)
+		 * order that visits every block before it comes back, and
+		 * starts with a small write near its start: the rest of a
+		 * new block must read as zeroes while it is partly written. */
+		if (done / 64 != epoch) {
+			epoch = done / 64;
 			hot = (hot * 5 + 3) % n_blocks;
+		}
 		memset(&t->req, 0, sizeof(t->req));
 		t->req.opaque = r;
 		t->req.done = fa_done;
-		if (kind >= 95) {
+		if (kind >= 95 && done % 64) {
 			t->req.op = IMG_AIO_FLUSH;
+		} else if (!(done % 64)) {
+			kind = 0;
+			write = true;
+			off = img_min(hot * block_size + fa_below(r, 65536),
+				      size - 1);
+			len = img_min(1 + fa_below(r, 8192), size - off);
+		} else if (kind >= 85) {
+			/* The end of the hot block, which writes reach last. */
+			len = 1 + fa_below(r, 4096);
+			off = (hot + 1) * block_size - len;
+			if (off + len > size)
+				off = size - len;
 		} else {
 			fa_range(r, size, block_size, hot, &off, &len);
+		}
+		if (len) {
 			if (fa_conflict(r, off, len, write)) {
 				fa_reap(aio, false);
 				continue;
