@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include "fmt-testlib.h"
@@ -231,8 +232,8 @@ static void fa_done(struct img_aio_req *req, int ret)
 
 		while (((uint8_t *)req->buf)[i] == t->expect[i])
 			i++;
-		printf("# aio read at %" PRIu64 "+%" PRIu64
-		       ": byte %#" PRIx64 " is %#x, expected %#x\n",
+		printf("# aio read at %" PRIu64 "+%" PRIu64 ": byte %#" PRIx64
+		       " is %#x, expected %#x\n",
 		       req->off, req->len, req->off + i,
 		       ((uint8_t *)req->buf)[i], t->expect[i]);
 		r->bad++;
@@ -262,8 +263,8 @@ static bool fa_conflict(const struct fa_run *r, uint64_t off, uint64_t len,
 
 /* A range near block hot: a small unaligned piece, a piece of whole
  * sectors, a whole block, or a run across the block's end. */
-static void fa_range(struct fa_run *r, uint64_t size, uint64_t bs,
-		     uint64_t hot, uint64_t *off, uint64_t *len)
+static void fa_range(struct fa_run *r, uint64_t size, uint64_t bs, uint64_t hot,
+		     uint64_t *off, uint64_t *len)
 {
 	uint64_t kind = fa_below(r, 10), base;
 
@@ -293,8 +294,9 @@ static void fa_reap(struct img_aio *aio, bool wait)
 		img_aio_wait(aio);
 }
 
-int ft_aio_writes(struct img *img, uint8_t *ref, uint64_t size,
-		  uint64_t block_size, unsigned n_ops, uint64_t seed)
+/* The run itself (ft_aio_run): failures, or -errno. */
+static int fa_writes(struct img *img, uint8_t *ref, uint64_t size,
+		     uint64_t block_size, unsigned n_ops, uint64_t seed)
 {
 	uint64_t n_blocks = (size + block_size - 1) / block_size, hot = 1;
 	uint64_t epoch = 0;
@@ -432,8 +434,10 @@ static int fs_submit(struct img_io *io, struct img_io_vec *v, unsigned n)
 	return fs_base.submit(io, v, n);
 }
 
-int ft_open_slow(const char *path, const char *fmt, struct img_io **file,
-		 struct img **out)
+/* Open path as fmt through a wrapper of its host file *file (closed by the
+ * caller after the image) whose writes fs_jitter delays. */
+static int fa_open_slow(const char *path, const char *fmt, struct img_io **file,
+			struct img **out)
 {
 	struct img_open_opts o = { .format = fmt };
 	struct img_io *b;
@@ -457,4 +461,69 @@ int ft_open_slow(const char *path, const char *fmt, struct img_io **file,
 	if (ret < 0)
 		img_io_close(*file);
 	return ret;
+}
+
+int ft_aio_run(const char *path, const char *fmt, uint8_t *ref, uint64_t size,
+	       uint64_t block_size, unsigned n_ops, uint64_t seed)
+{
+	struct img_open_opts o = { .format = fmt };
+	struct img_check res = { 0 };
+	struct img_io *file;
+	struct img *img;
+	int ret, bad;
+
+	ret = fa_open_slow(path, fmt, &file, &img);
+	if (ret < 0) {
+		printf("# open %s: %s\n", path, img_last_error());
+		return 1;
+	}
+	bad = fa_writes(img, ref, size, block_size, n_ops, seed);
+	if (bad < 0) {
+		printf("# the run could not start: %s\n", strerror(-bad));
+		bad = 1;
+	}
+	bad += !qt_compare(img, ref, 0, size, "after the run");
+	if (img_close(img) < 0) {
+		printf("# close: %s\n", img_last_error());
+		bad++;
+	}
+	img_io_close(file);
+	if (img_open(path, &o, &img) < 0) {
+		printf("# reopen %s: %s\n", path, img_last_error());
+		return bad + 1;
+	}
+	bad += !qt_compare(img, ref, 0, size, "after reopening");
+	ret = qt_check(img, &res, "# ");
+	if (ret < 0 || res.corruptions || res.leaks) {
+		printf("# check: %d, %" PRIu64 " corruptions, %" PRIu64
+		       " leaks\n",
+		       ret, res.corruptions, res.leaks);
+		bad++;
+	}
+	img_close(img);
+	return bad;
+}
+
+int ft_qemu_compare(const uint8_t *ref, uint64_t size, const char *fmt,
+		    const char *path)
+{
+	char ref_path[4096], cmd[8400];
+	FILE *f;
+	int st;
+
+	if (!qt_have_qemu_img())
+		return 77;
+	snprintf(ref_path, sizeof(ref_path), "%s.ref.raw", path);
+	f = fopen(ref_path, "wb");
+	if (!f)
+		return -1;
+	st = fwrite(ref, 1, size, f) == size ? 0 : -1;
+	if (fclose(f) != 0 || st < 0)
+		return -1;
+	fflush(stdout);
+	snprintf(cmd, sizeof(cmd), "qemu-img compare -q -f raw -F %s '%s' '%s'",
+		 fmt, ref_path, path);
+	st = system(cmd);
+	remove(ref_path);
+	return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
 }

@@ -17,8 +17,6 @@
 
 #include "img.h"
 
-struct img_io;
-
 /* A pattern write applied after create: len bytes of val at off. */
 struct ft_write {
 	uint64_t off;
@@ -51,25 +49,28 @@ bool ft_invalid_case(const char *name, const uint8_t *buf, size_t len,
 		     const char *fmt, bool at_open, int err, const char *msg);
 
 /*
- * Many writes in flight through one img_aio engine on img, whose contents
- * are ref (size bytes; the model, kept up to date): n_ops writes, zeroes,
- * reads and flushes of random length and alignment, crowded around a hot
- * block of block_size bytes that moves on to a block never written before
- * (pieces of the same new block and of its neighbours, whole blocks, writes
- * across a block boundary). A write or zero never overlaps a request in
- * flight, a read never overlaps a write or zero in flight; every read is
- * checked against the model when it completes. Returns the number of
- * failures (each printed), or -errno if the engine could not start.
- */
-int ft_aio_writes(struct img *img, uint8_t *ref, uint64_t size,
-		  uint64_t block_size, unsigned n_ops, uint64_t seed);
-/*
- * Open path as fmt (read-write, with its backing chain) through a wrapper of
+ * Many writes in flight through one img_aio engine on the image at path,
+ * opened read-write as fmt (with its backing chain) through a wrapper of
  * its host file that delays about one write in four by up to half a
- * millisecond. *file is the host file, which the caller closes after the
- * image.
+ * millisecond. ref holds its contents (size bytes), the model, kept up to
+ * date: n_ops writes, zeroes, reads and flushes of random length and
+ * alignment, crowded around a hot block of block_size bytes that moves on
+ * in a scattered order (pieces of the same new block and of its
+ * neighbours, whole blocks, writes across a block boundary, reads of the
+ * end of a block being written). A write or zero never overlaps a request
+ * in flight, a read never overlaps a write or zero in flight; every read is
+ * checked against the model when it completes, the whole image after the
+ * run and after reopening, then img_check. Returns the number of failures
+ * (each printed).
  */
-int ft_open_slow(const char *path, const char *fmt, struct img_io **file,
-		 struct img **out);
+int ft_aio_run(const char *path, const char *fmt, uint8_t *ref, uint64_t size,
+	       uint64_t block_size, unsigned n_ops, uint64_t seed);
+/*
+ * qemu-img compare of the fmt image at path with the size bytes of ref
+ * (written next to it as a raw file): its exit status (0: identical), 77
+ * without qemu-img, -1 if it could not run.
+ */
+int ft_qemu_compare(const uint8_t *ref, uint64_t size, const char *fmt,
+		    const char *path);
 
 #endif
