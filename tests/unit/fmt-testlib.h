@@ -72,5 +72,14 @@ int ft_aio_run(const char *path, const char *fmt, uint8_t *ref, uint64_t size,
  */
 int ft_qemu_compare(const uint8_t *ref, uint64_t size, const char *fmt,
 		    const char *path);
+/*
+ * A fixed workload of writes and a flush on a new fmt image (-o opts; 8
+ * blocks of bs bytes) on the mem backend, run once with each of its host
+ * ops failing with EIO in turn (the faulty backend, not sticky): the image
+ * must then reopen, read every byte a successful write wrote (zeroes where
+ * none did, unless the write there failed) and check clean. Returns the
+ * number of failures (each printed).
+ */
+unsigned ft_fault_run(const char *fmt, const char *opts, uint64_t bs);
 
 #endif
