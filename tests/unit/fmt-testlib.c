@@ -655,3 +655,59 @@ unsigned ft_fault_run(const char *fmt, const char *opts, uint64_t bs)
 	free(fb.buf);
 	return bad;
 }
+
+int ft_stale_run(const char *fmt, const char *opts, uint64_t bs,
+		 uint64_t keep_tail)
+{
+	static const struct ft_write w = { 100, 1000, 0x11 };
+	uint8_t *img_bytes, *file, *buf = malloc(bs), pat[1000];
+	uint64_t stale = 3 * bs;
+	size_t len;
+	struct img *img;
+	int ret, bad = 0;
+
+	if (!buf || ft_build(fmt, 8 * bs, opts, &w, 1, &img_bytes, &len) < 0) {
+		printf("# %s: create: %s\n", fmt, img_last_error());
+		free(buf);
+		return 1;
+	}
+	/* The file as a crash leaves it: blocks written past the end of the
+	 * used area that no table names yet. */
+	len -= keep_tail;
+	file = malloc(len + stale);
+	if (!file) {
+		free(buf);
+		free(img_bytes);
+		return 1;
+	}
+	memcpy(file, img_bytes, len);
+	memset(file + len, 0xee, stale);
+	memset(pat, 0x22, sizeof(pat));
+	ret = ft_open(file, len + stale, fmt, 0, &img);
+	if (ret >= 0) {
+		ret = img_write(img, pat, 2 * bs + 5000, sizeof(pat), 0);
+		if (ret >= 0)
+			ret = img_read(img, buf, 2 * bs, bs);
+		img_close(img);
+	}
+	if (ret < 0) {
+		printf("# %s: %s\n", fmt, img_last_error());
+		bad++;
+	}
+	for (uint64_t i = 0; ret >= 0 && i < bs; i++) {
+		uint8_t want = i >= 5000 && i < 5000 + sizeof(pat) ? 0x22 : 0;
+
+		if (buf[i] != want) {
+			printf("# %s: byte %#" PRIx64
+			       " of a new block placed over a lost one is %#x, "
+			       "expected %#x\n",
+			       fmt, 2 * bs + i, buf[i], want);
+			bad++;
+			break;
+		}
+	}
+	free(file);
+	free(img_bytes);
+	free(buf);
+	return bad;
+}

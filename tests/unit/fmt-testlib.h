@@ -81,5 +81,14 @@ int ft_qemu_compare(const uint8_t *ref, uint64_t size, const char *fmt,
  * number of failures (each printed).
  */
 unsigned ft_fault_run(const char *fmt, const char *opts, uint64_t bs);
+/*
+ * A fmt image (-o opts; 8 blocks of bs bytes, a write in block 0) whose
+ * file loses its last keep_tail bytes (a trailing footer) and gains three
+ * blocks of 0xee, as a crash after writing blocks that no table names
+ * leaves it: a small write into block 2 must get a block that reads as
+ * zeroes around the write. Returns the number of failures (printed).
+ */
+int ft_stale_run(const char *fmt, const char *opts, uint64_t bs,
+		 uint64_t keep_tail);
 
 #endif
