@@ -9,10 +9,21 @@
  * Differencing (non-null parent or link UUID), undo and fixed-geometry-only
  * images and block sizes other than 1 MiB are refused, as QEMU does.
  *
+ * Writes are planned (struct img_map, lib/request.c moves the data): an
+ * allocated run of blocks contiguous in the file is overwritten in place; a
+ * run of unallocated blocks the write reaches gets as many new blocks at
+ * the end of the data area, contiguous, reserved at map time (the file is
+ * extended over them, so the part of a block the write leaves out reads as
+ * zeroes), and vdi_commit enters them in the block map once their data is
+ * written. QEMU allocates block number blocks_allocated next, so the blocks
+ * in use must stay dense: a reservation whose write failed is handed back,
+ * or kept for the next allocation when later ones are still in flight.
+ *
  * Crash consistency: a new block's data is written first; the block map
  * entries and the header's allocated-block count are written at flush after
  * the data has been flushed, so a crash loses at worst unreferenced blocks
- * at the end of the file (open places new blocks after the furthest one).
+ * at the end of the file (open places new blocks after the furthest one,
+ * and bytes such a block left behind are zeroed when its space is reused).
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -61,7 +72,13 @@ struct vdi {
 	uint32_t n_blocks;
 	uint32_t *bmap; /* host endian */
 	uint32_t next_block; /* index of the next new block */
-	uint64_t file_end; /* bytes of data area in use, from data_off */
+	/* Bytes of data area the file holds, from data_off: what lies there
+	 * beyond the blocks in use is left over from a lost allocation. */
+	uint64_t file_end;
+	/* Blocks reserved for writes that failed, reused first (QEMU wants
+	 * the blocks in use dense). */
+	uint32_t *spare;
+	uint32_t n_spare, spare_cap;
 	uint32_t dirty_lo, dirty_hi;
 	bool header_dirty;
 };
@@ -243,81 +260,18 @@ static void vdi_close(struct img *img)
 	struct vdi *s = img_priv(img);
 
 	free(s->bmap);
-}
-
-static int vdi_alloc_block(struct vdi *s, uint32_t idx, bool full_write)
-{
-	uint64_t start, end;
-	int ret;
-
-	if (s->next_block >= s->n_blocks)
-		return img_error(-IMG_ECORRUPT,
-				 "vdi: no free block left (%" PRIu32
-				 " of %" PRIu32 " in use)",
-				 s->next_block, s->n_blocks);
-	start = (uint64_t)s->next_block * VDI_BLOCK_SIZE;
-	end = start + VDI_BLOCK_SIZE;
-	/* Bytes left in the file from a lost allocation must read zero. */
-	if (!full_write && s->file_end > start) {
-		ret = img_io_zero(img_file(s->img), s->data_off + start,
-				  img_min(s->file_end, end) - start, 0);
-		if (ret < 0)
-			return ret;
-	}
-	s->bmap[idx] = s->next_block++;
-	if (idx < s->dirty_lo)
-		s->dirty_lo = idx;
-	if (idx + 1 > s->dirty_hi)
-		s->dirty_hi = idx + 1;
-	s->header_dirty = true;
-	if (end > s->file_end)
-		s->file_end = end;
-	return 0;
-}
-
-static int vdi_write(struct img *img, const void *buf, uint64_t off,
-		     uint64_t len, unsigned flags)
-{
-	struct vdi *s = img_priv(img);
-	const uint8_t *p = buf;
-	int ret;
-
-	while (len) {
-		uint32_t idx = (uint32_t)(off / VDI_BLOCK_SIZE);
-		uint64_t in_block = off % VDI_BLOCK_SIZE;
-		uint64_t n = img_min(len, VDI_BLOCK_SIZE - in_block);
-
-		if (!vdi_allocated(s->bmap[idx])) {
-			ret = vdi_alloc_block(s, idx, n == VDI_BLOCK_SIZE);
-			if (ret < 0)
-				return ret;
-		}
-		ret = img_io_pwrite(img_file(img), p, n,
-				    vdi_block_off(s, s->bmap[idx]) + in_block);
-		if (ret < 0)
-			return ret;
-		p += n;
-		off += n;
-		len -= n;
-	}
-	return (flags & IMG_FUA) ? img_io_flush(img_file(img)) : 0;
+	free(s->spare);
 }
 
 static int vdi_flush(struct img *img)
 {
 	struct vdi *s = img_priv(img);
 	struct img_io *io = img_file(img);
-	uint64_t size;
 	int ret;
 
 	if (!s->header_dirty && s->dirty_lo >= s->dirty_hi)
 		return img_io_flush(io);
-	/* A partly written last block: the file still holds it whole. */
-	ret = img_io_size(io, &size);
-	if (ret >= 0 && size < s->data_off + s->file_end)
-		ret = img_io_truncate(io, s->data_off + s->file_end);
-	if (ret >= 0)
-		ret = img_io_flush(io);
+	ret = img_io_flush(io);
 	if (ret < 0)
 		return ret;
 	if (s->dirty_lo < s->dirty_hi) {
@@ -342,29 +296,175 @@ static int vdi_flush(struct img *img)
 	return img_io_flush(io);
 }
 
-/* Runs of unallocated blocks, or of blocks contiguous in the file. */
+/* Whether block idx's run is allocated; *n: the bytes of [off, off + len)
+ * in the run of unallocated blocks, or of blocks contiguous in the file,
+ * that off starts. */
+static bool vdi_run(const struct vdi *s, uint64_t off, uint64_t len,
+		    uint64_t *n)
+{
+	uint32_t idx = (uint32_t)(off / VDI_BLOCK_SIZE);
+	uint32_t e = s->bmap[idx];
+	bool alloc = vdi_allocated(e);
+	uint64_t run = VDI_BLOCK_SIZE - off % VDI_BLOCK_SIZE;
+
+	for (uint32_t i = idx + 1; i < s->n_blocks && run < len; i++) {
+		if (vdi_allocated(s->bmap[i]) != alloc ||
+		    (alloc && s->bmap[i] != e + (i - idx)))
+			break;
+		run += VDI_BLOCK_SIZE;
+	}
+	*n = img_min(run, len);
+	return alloc;
+}
+
+/* A planned write (struct img_map.plan): guest blocks idx.. get the n
+ * blocks first.. of the data area, reserved for them. */
+struct img_plan {
+	uint32_t idx, first, n;
+};
+
+/* Zero what a lost allocation left in [from, to) of the data area. */
+static int vdi_zero_stale(struct vdi *s, uint64_t from, uint64_t to)
+{
+	to = img_min(to, s->file_end);
+	if (from >= to)
+		return 0;
+	return img_io_zero(img_file(s->img), s->data_off + from, to - from, 0);
+}
+
+/*
+ * Reserve blocks for the len bytes at off, all in unallocated blocks: a
+ * spare block, else as many blocks from next_block as the write reaches.
+ * The file is extended over them and leftovers of a lost allocation
+ * around the write zeroed, so that the blocks read as zeroes but for the
+ * data the core writes.
+ */
+static int vdi_plan(struct vdi *s, uint64_t off, uint64_t len,
+		    struct img_map *m)
+{
+	uint32_t idx = (uint32_t)(off / VDI_BLOCK_SIZE);
+	uint64_t in_block = off % VDI_BLOCK_SIZE, start, end;
+	uint32_t first, n;
+	struct img_plan *plan;
+	int ret;
+
+	if (s->n_spare) {
+		first = s->spare[s->n_spare - 1];
+		n = 1;
+	} else {
+		if (s->next_block >= s->n_blocks)
+			return img_error(-IMG_ECORRUPT,
+					 "vdi: no free block left (%" PRIu32
+					 " of %" PRIu32 " in use)",
+					 s->next_block, s->n_blocks);
+		first = s->next_block;
+		n = (uint32_t)img_min(s->n_blocks - s->next_block,
+				      (in_block + len + VDI_BLOCK_SIZE - 1) /
+					      VDI_BLOCK_SIZE);
+	}
+	len = img_min(len, (uint64_t)n * VDI_BLOCK_SIZE - in_block);
+	start = (uint64_t)first * VDI_BLOCK_SIZE;
+	end = start + (uint64_t)n * VDI_BLOCK_SIZE;
+	ret = vdi_zero_stale(s, start, start + in_block);
+	if (ret >= 0)
+		ret = vdi_zero_stale(s, start + in_block + len, end);
+	if (ret >= 0 && end > s->file_end) {
+		ret = img_io_truncate(img_file(s->img), s->data_off + end);
+		if (ret >= 0)
+			s->file_end = end;
+	}
+	if (ret < 0)
+		return ret;
+	plan = malloc(sizeof(*plan));
+	if (!plan)
+		return img_error(-ENOMEM, "vdi: out of memory");
+	*plan = (struct img_plan){ .idx = idx, .first = first, .n = n };
+	if (s->n_spare)
+		s->n_spare--;
+	else
+		s->next_block += n;
+	m->len = len;
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	m->file_off = vdi_block_off(s, first) + in_block;
+	m->plan = plan;
+	m->lock_off = (uint64_t)idx * VDI_BLOCK_SIZE;
+	m->lock_len = (uint64_t)n * VDI_BLOCK_SIZE;
+	return 0;
+}
+
+/*
+ * Runs of unallocated blocks (zeroes), or of blocks contiguous in the file.
+ * For a write, an allocated run is overwritten in place and an unallocated
+ * one planned (vdi_plan).
+ */
 static int vdi_map(struct img *img, uint64_t off, uint64_t len,
 		   struct img_map *m)
 {
 	struct vdi *s = img_priv(img);
 	uint32_t idx = (uint32_t)(off / VDI_BLOCK_SIZE);
-	uint64_t n = VDI_BLOCK_SIZE - off % VDI_BLOCK_SIZE;
-	uint32_t e = s->bmap[idx];
-	bool alloc = vdi_allocated(e);
 
-	for (uint32_t i = idx + 1; i < s->n_blocks && n < len; i++) {
-		if (vdi_allocated(s->bmap[i]) != alloc ||
-		    (alloc && s->bmap[i] != e + (i - idx)))
-			break;
-		n += VDI_BLOCK_SIZE;
-	}
-	m->len = img_min(n, len);
-	if (!alloc) {
-		m->flags = IMG_EXT_ZERO;
+	if (vdi_run(s, off, len, &m->len)) {
+		m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED |
+			   IMG_EXT_OFFSET_VALID;
+		m->file_off =
+			vdi_block_off(s, s->bmap[idx]) + off % VDI_BLOCK_SIZE;
 		return 0;
 	}
-	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
-	m->file_off = vdi_block_off(s, e) + off % VDI_BLOCK_SIZE;
+	switch (m->write) {
+	case IMG_MAP_NO_WRITE:
+		m->flags = IMG_EXT_ZERO;
+		return 0;
+	case IMG_MAP_WRITE_IN_PLACE:
+		m->flags = 0;
+		return 0;
+	case IMG_MAP_WRITE:
+		break;
+	}
+	return vdi_plan(s, off, m->len, m);
+}
+
+/* Give reserved blocks back: to the end of the data area when they are
+ * the last ones reserved, else to the spares. */
+static void vdi_release(struct vdi *s, const struct img_plan *plan)
+{
+	if (plan->first + plan->n == s->next_block) {
+		s->next_block = plan->first;
+		return;
+	}
+	for (uint32_t i = 0; i < plan->n; i++) {
+		if (s->n_spare == s->spare_cap) {
+			uint32_t cap = s->spare_cap ? 2 * s->spare_cap : 8;
+			uint32_t *p = realloc(s->spare, cap * sizeof(*p));
+
+			/* Without memory the blocks stay unused. */
+			if (!p)
+				return;
+			s->spare = p;
+			s->spare_cap = cap;
+		}
+		s->spare[s->n_spare++] = plan->first + i;
+	}
+}
+
+/* Enter a planned write's blocks in the block map (written at flush, after
+ * their data), or give them back. */
+static int vdi_commit(struct img *img, struct img_plan *plan, int result)
+{
+	struct vdi *s = img_priv(img);
+
+	if (result < 0) {
+		vdi_release(s, plan);
+		free(plan);
+		return 0;
+	}
+	for (uint32_t i = 0; i < plan->n; i++)
+		s->bmap[plan->idx + i] = plan->first + i;
+	if (plan->idx < s->dirty_lo)
+		s->dirty_lo = plan->idx;
+	if (plan->idx + plan->n > s->dirty_hi)
+		s->dirty_hi = plan->idx + plan->n;
+	s->header_dirty = true;
+	free(plan);
 	return 0;
 }
 
@@ -503,9 +603,9 @@ const struct img_driver vdi_driver = {
 	.probe = vdi_probe,
 	.open = vdi_open,
 	.close = vdi_close,
-	.write = vdi_write,
 	.flush = vdi_flush,
 	.map = vdi_map,
+	.commit = vdi_commit,
 	.create = &vdi_create_ops,
 	.info = vdi_info,
 	.check = vdi_check,

@@ -17,11 +17,20 @@
  * disks are written all-ones and ignored on reads (as QEMU does); those of
  * differencing disks are honoured and maintained sector by sector.
  *
+ * Writes are planned (struct img_map, lib/request.c moves the data): data
+ * in an allocated block (on a differencing disk, in present sectors) is
+ * overwritten in place; a write into an unallocated block reserves a new
+ * block at the end of the used area at map time (the file extended over
+ * it), and vhd_commit enters it in the BAT once the data is written. On a
+ * differencing disk the plan also sets the present bits of the sectors
+ * written, whose partial edges the core completes from the parent.
+ *
  * Crash consistency: a new block is placed at the end of the used area and
  * its data written first; the BAT entries, the differencing bitmaps and the
  * footer at the new end of file are written at flush, after the data has
  * been flushed. A crash before that leaves an unreferenced block at the end
- * (the footer copy at offset 0 still describes the image).
+ * (the footer copy at offset 0 still describes the image); a new block
+ * placed over it zeroes what it left around the data written.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -462,6 +471,201 @@ static bool bit_is_set(const uint8_t *bm, uint64_t i)
 	return bm[i / 8] & (0x80u >> (i % 8));
 }
 
+/* A planned write (struct img_map.plan): block idx gets the new block at
+ * host offset block_off (new_block), and on a differencing disk the
+ * sectors of [in_block, in_block + len) become present. */
+struct img_plan {
+	uint32_t idx;
+	bool new_block;
+	uint64_t block_off;
+	uint64_t in_block, len;
+};
+
+/*
+ * Reserve a block at the end of the used area for the len bytes at
+ * in_block of a write, and extend the file over it so that the bytes the
+ * write leaves out read as zeroes. Bytes the file already holds there (an
+ * old footer, a lost allocation) are zeroed around the write on a dynamic
+ * disk, whose bitmap (all ones: QEMU ignores it) is written now; on a
+ * differencing disk sectors are present only once written.
+ */
+static int vhd_reserve(struct vhd *s, uint64_t in_block, uint64_t len,
+		       uint64_t *block_off)
+{
+	struct img_io *io = img_file(s->img);
+	uint64_t file_off = s->next_free;
+	uint64_t data_off = file_off + s->bitmap_size;
+	uint64_t end = data_off + s->block_size, size;
+	uint8_t *bm;
+	int ret;
+
+	if (file_off / VHD_SECTOR > UINT32_MAX - 1 || end > (uint64_t)INT64_MAX)
+		return img_error(-ENOSPC,
+				 "vpc: the file is full (%" PRIu64 " bytes)",
+				 file_off);
+	ret = img_io_size(io, &size);
+	if (ret < 0)
+		return ret;
+	if (s->type == VHD_TYPE_DYNAMIC) {
+		uint64_t stale = img_min(size, end), from = data_off + in_block;
+
+		if (stale > data_off)
+			ret = img_io_zero(io, data_off,
+					  img_min(stale, from) - data_off, 0);
+		if (ret >= 0 && stale > from + len)
+			ret = img_io_zero(io, from + len, stale - from - len,
+					  0);
+		if (ret < 0)
+			return ret;
+		bm = malloc(s->bitmap_size);
+		if (!bm)
+			return img_error(-ENOMEM, "vpc: out of memory");
+		memset(bm, 0xff, s->bitmap_size);
+		ret = img_io_pwrite(io, bm, s->bitmap_size, file_off);
+		free(bm);
+		if (ret < 0)
+			return ret;
+	}
+	if (size < end) {
+		ret = img_io_truncate(io, end);
+		if (ret < 0)
+			return ret;
+	}
+	s->next_free = end;
+	if (end > s->file_end) {
+		s->file_end = end;
+		s->footer_dirty = true;
+	}
+	*block_off = file_off;
+	return 0;
+}
+
+/* Whether the sector of a differencing block holding in_block is present;
+ * *len is cut to the run of sectors in the same state. */
+static int vhd_present_run(struct vhd *s, uint64_t block_off, uint64_t in_block,
+			   uint64_t *len, bool *present)
+{
+	uint64_t sec = in_block / VHD_SECTOR, n;
+	uint8_t *bm;
+	int ret;
+
+	ret = img_cache_get(s->bitmaps, block_off, (void **)&bm);
+	if (ret < 0)
+		return ret;
+	*present = bit_is_set(bm, sec);
+	n = (sec + 1) * VHD_SECTOR - in_block;
+	for (uint64_t i = sec + 1; i < s->block_size / VHD_SECTOR && n < *len &&
+				   bit_is_set(bm, i) == *present;
+	     i++)
+		n += VHD_SECTOR;
+	img_cache_put(s->bitmaps, bm);
+	*len = img_min(*len, n);
+	return 0;
+}
+
+/*
+ * .map for a write, within one block: in place where the block is there
+ * (on a differencing disk, a run of present sectors); otherwise a plan: a
+ * new block, or present bits to set on a differencing disk, whose partial
+ * sectors the core completes with what the disk reads there now.
+ */
+static int vhd_map_write(struct vhd *s, uint64_t off, uint64_t len,
+			 struct img_map *m)
+{
+	uint32_t idx = (uint32_t)(off / s->block_size);
+	uint64_t in_block = off % s->block_size;
+	uint64_t block_off = (uint64_t)s->bat[idx] * VHD_SECTOR, a;
+	bool new_block = s->bat[idx] == VHD_UNALLOCATED, present = true;
+	struct img_plan *plan;
+	int ret;
+
+	m->len = img_min(len, s->block_size - in_block);
+	if (!new_block && s->type == VHD_TYPE_DIFF) {
+		ret = vhd_present_run(s, block_off, in_block, &m->len,
+				      &present);
+		if (ret < 0)
+			return ret;
+	}
+	if (new_block || !present) {
+		if (m->write == IMG_MAP_WRITE_IN_PLACE) {
+			m->flags = 0;
+			return 0;
+		}
+		plan = malloc(sizeof(*plan));
+		if (!plan)
+			return img_error(-ENOMEM, "vpc: out of memory");
+		ret = new_block ? vhd_reserve(s, in_block, m->len, &block_off) :
+				  0;
+		if (ret < 0) {
+			free(plan);
+			return ret;
+		}
+		*plan = (struct img_plan){ .idx = idx,
+					   .new_block = new_block,
+					   .block_off = block_off,
+					   .in_block = in_block,
+					   .len = m->len };
+		m->plan = plan;
+		if (s->type == VHD_TYPE_DIFF) {
+			a = in_block / VHD_SECTOR * VHD_SECTOR;
+			m->region_off = off - (in_block - a);
+			m->region_len =
+				img_align_up(in_block + m->len, VHD_SECTOR) - a;
+		}
+		if (new_block) {
+			m->lock_off = off - in_block;
+			m->lock_len = s->block_size;
+		}
+	}
+	m->flags = IMG_EXT_DATA | IMG_EXT_ALLOCATED | IMG_EXT_OFFSET_VALID;
+	m->file_off = block_off + s->bitmap_size + in_block;
+	return 0;
+}
+
+/* Make the tables name a planned write's data (the BAT and differencing
+ * bitmaps are written at flush, after the data), or give a new block back
+ * when it is the last one reserved (else its space stays unused). */
+static int vhd_commit(struct img *img, struct img_plan *plan, int result)
+{
+	struct vhd *s = img_priv(img);
+	uint8_t *bm;
+
+	if (result >= 0 && s->type == VHD_TYPE_DIFF) {
+		uint64_t first = plan->in_block / VHD_SECTOR;
+		uint64_t last = (plan->in_block + plan->len - 1) / VHD_SECTOR;
+
+		result = plan->new_block ?
+				 img_cache_get_empty(s->bitmaps,
+						     plan->block_off,
+						     (void **)&bm) :
+				 img_cache_get(s->bitmaps, plan->block_off,
+					       (void **)&bm);
+		if (result >= 0) {
+			for (uint64_t i = first; i <= last; i++)
+				bm[i / 8] |= (uint8_t)(0x80u >> (i % 8));
+			img_cache_mark_dirty(s->bitmaps, bm);
+			img_cache_put(s->bitmaps, bm);
+		}
+	}
+	if (result < 0) {
+		if (plan->new_block && s->next_free == plan->block_off +
+							       s->bitmap_size +
+							       s->block_size)
+			s->next_free = plan->block_off;
+		free(plan);
+		return result;
+	}
+	if (plan->new_block) {
+		s->bat[plan->idx] = (uint32_t)(plan->block_off / VHD_SECTOR);
+		if (plan->idx < s->dirty_lo)
+			s->dirty_lo = plan->idx;
+		if (plan->idx + 1 > s->dirty_hi)
+			s->dirty_hi = plan->idx + 1;
+	}
+	free(plan);
+	return 0;
+}
+
 /*
  * A fixed disk is the file; a dynamic disk maps block by block (the bitmap
  * in front of each block breaks host contiguity), runs of unallocated
@@ -483,6 +687,8 @@ static int vhd_map(struct img *img, uint64_t off, uint64_t len,
 		m->file_off = off;
 		return 0;
 	}
+	if (m->write != IMG_MAP_NO_WRITE)
+		return vhd_map_write(s, off, len, m);
 	idx = (uint32_t)(off / s->block_size);
 	in_block = off % s->block_size;
 	alloc = s->bat[idx] != VHD_UNALLOCATED;
@@ -519,161 +725,6 @@ static int vhd_map(struct img *img, uint64_t off, uint64_t len,
 	m->file_off =
 		(uint64_t)s->bat[idx] * VHD_SECTOR + s->bitmap_size + in_block;
 	return 0;
-}
-
-/* One sector as the disk reads it now (a differencing disk's partial
- * sector writes complete it). */
-static int vhd_read_sector(struct img *img, uint8_t *buf, uint64_t off)
-{
-	struct img_map m = { 0 };
-	int ret = vhd_map(img, off, VHD_SECTOR, &m);
-
-	if (ret < 0)
-		return ret;
-	if (!(m.flags & IMG_EXT_ALLOCATED))
-		return img_read_backing(img, buf, off, VHD_SECTOR);
-	return img_data_read(img, img_file(img), buf, VHD_SECTOR, m.file_off,
-			     off);
-}
-
-/* Give block idx a host block at the end of the used area. */
-static int vhd_alloc_block(struct vhd *s, uint32_t idx, bool full_write)
-{
-	struct img_io *io = img_file(s->img);
-	uint64_t file_off = s->next_free;
-	uint64_t data_off = file_off + s->bitmap_size;
-	uint64_t end = data_off + s->block_size;
-	uint8_t *bm;
-	int ret;
-
-	if (file_off / VHD_SECTOR > UINT32_MAX - 1 || end > (uint64_t)INT64_MAX)
-		return img_error(-ENOSPC,
-				 "vpc: the file is full (%" PRIu64 " bytes)",
-				 file_off);
-	/* Stale bytes (an old footer) inside the new data must read zero. */
-	if (!full_write && s->file_end > data_off) {
-		ret = img_io_zero(io, data_off,
-				  img_min(s->file_end, end) - data_off, 0);
-		if (ret < 0)
-			return ret;
-	}
-	if (s->type == VHD_TYPE_DIFF) {
-		ret = img_cache_get_empty(s->bitmaps, file_off, (void **)&bm);
-		if (ret < 0)
-			return ret;
-		img_cache_mark_dirty(s->bitmaps, bm);
-		img_cache_put(s->bitmaps, bm);
-	} else {
-		bm = malloc(s->bitmap_size);
-		if (!bm)
-			return img_error(-ENOMEM, "vpc: out of memory");
-		memset(bm, 0xff, s->bitmap_size);
-		ret = img_io_pwrite(io, bm, s->bitmap_size, file_off);
-		free(bm);
-		if (ret < 0)
-			return ret;
-	}
-	s->bat[idx] = (uint32_t)(file_off / VHD_SECTOR);
-	if (idx < s->dirty_lo)
-		s->dirty_lo = idx;
-	if (idx + 1 > s->dirty_hi)
-		s->dirty_hi = idx + 1;
-	s->next_free = end;
-	if (end > s->file_end) {
-		s->file_end = end;
-		s->footer_dirty = true;
-	}
-	return 0;
-}
-
-/* Mark the sectors of [in_block, in_block + len) present. */
-static int vhd_set_bits(struct vhd *s, uint64_t block_off, uint64_t in_block,
-			uint64_t len)
-{
-	uint64_t first = in_block / VHD_SECTOR;
-	uint64_t last = (in_block + len - 1) / VHD_SECTOR;
-	uint8_t *bm;
-	int ret;
-
-	ret = img_cache_get(s->bitmaps, block_off, (void **)&bm);
-	if (ret < 0)
-		return ret;
-	for (uint64_t i = first; i <= last; i++)
-		bm[i / 8] |= (uint8_t)(0x80u >> (i % 8));
-	img_cache_mark_dirty(s->bitmaps, bm);
-	img_cache_put(s->bitmaps, bm);
-	return 0;
-}
-
-static int vhd_write_block(struct vhd *s, const uint8_t *p, uint64_t off,
-			   uint64_t n)
-{
-	uint32_t idx = (uint32_t)(off / s->block_size);
-	uint64_t in_block = off % s->block_size;
-	uint64_t block_off;
-	int ret;
-
-	if (s->bat[idx] == VHD_UNALLOCATED) {
-		ret = vhd_alloc_block(s, idx, n == s->block_size);
-		if (ret < 0)
-			return ret;
-	}
-	block_off = (uint64_t)s->bat[idx] * VHD_SECTOR;
-	ret = img_io_pwrite(img_file(s->img), p, n,
-			    block_off + s->bitmap_size + in_block);
-	if (ret < 0 || s->type != VHD_TYPE_DIFF)
-		return ret;
-	return vhd_set_bits(s, block_off, in_block, n);
-}
-
-static int vhd_write(struct img *img, const void *buf, uint64_t off,
-		     uint64_t len, unsigned flags)
-{
-	struct vhd *s = img_priv(img);
-	const uint8_t *p = buf;
-	uint8_t *bounce = NULL;
-	int ret = 0;
-
-	if (s->type == VHD_TYPE_FIXED)
-		return img_io_pwrite(img_file(img), buf, len, off);
-	/* A differencing bitmap covers whole sectors: complete partial ones
-	 * with what the disk reads there now. */
-	if (s->type == VHD_TYPE_DIFF &&
-	    (off % VHD_SECTOR || len % VHD_SECTOR)) {
-		uint64_t a = off / VHD_SECTOR * VHD_SECTOR;
-		uint64_t b = img_align_up(off + len, VHD_SECTOR);
-
-		bounce = malloc(b - a);
-		if (!bounce)
-			return img_error(-ENOMEM, "vpc: out of memory");
-		ret = vhd_read_sector(img, bounce, a);
-		if (ret >= 0)
-			ret = vhd_read_sector(img,
-					      bounce + (b - a) - VHD_SECTOR,
-					      b - VHD_SECTOR);
-		if (ret < 0) {
-			free(bounce);
-			return ret;
-		}
-		memcpy(bounce + (off - a), buf, len);
-		p = bounce;
-		off = a;
-		len = b - a;
-	}
-	while (len) {
-		uint64_t n = img_min(len, s->block_size - off % s->block_size);
-
-		ret = vhd_write_block(s, p, off, n);
-		if (ret < 0)
-			break;
-		p += n;
-		off += n;
-		len -= n;
-	}
-	free(bounce);
-	if (ret >= 0 && (flags & IMG_FUA))
-		ret = img_io_flush(img_file(img));
-	return ret;
 }
 
 static void vhd_footer_checksum(uint8_t *f)
@@ -1061,9 +1112,9 @@ const struct img_driver vpc_driver = {
 	.probe = vhd_probe,
 	.open = vhd_open,
 	.close = vhd_close,
-	.write = vhd_write,
 	.flush = vhd_flush,
 	.map = vhd_map,
+	.commit = vhd_commit,
 	.create = &vhd_create_ops,
 	.info = vhd_info,
 	.check = vhd_check,

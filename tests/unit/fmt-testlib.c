@@ -3,10 +3,12 @@
  * Helpers for the VHD, VHDX, VDI and VMDK unit tests (see fmt-testlib.h).
  */
 #include <inttypes.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include "fmt-testlib.h"
 #include "img-driver.h"
@@ -421,4 +423,524 @@ int ft_aio_races(const char *fmt, const char *path, uint8_t *ref, uint64_t unit,
 	if (ret == 77)
 		printf("# qemu-img not installed: external checks skipped\n");
 	return bad + (ret == 1);
+}
+
+/* ---- many writes in flight (ft_aio_writes) ---- */
+
+#define FA_SLOTS 32
+
+struct fa_slot {
+	struct img_aio_req req;
+	uint8_t *expect; /* a read: the model's bytes at submission */
+	bool busy;
+};
+
+struct fa_run {
+	struct fa_slot slot[FA_SLOTS];
+	unsigned bad;
+	uint64_t rng;
+};
+
+static uint64_t fa_below(struct fa_run *r, uint64_t n)
+{
+	r->rng ^= r->rng << 13;
+	r->rng ^= r->rng >> 7;
+	r->rng ^= r->rng << 17;
+	return r->rng % n;
+}
+
+static void fa_done(struct img_aio_req *req, int ret)
+{
+	struct fa_slot *t = (struct fa_slot *)req;
+	struct fa_run *r = req->opaque;
+
+	if (ret < 0) {
+		printf("# aio op %d at %" PRIu64 "+%" PRIu64 " failed: %s\n",
+		       req->op, req->off, req->len,
+		       req->error ? req->error : "?");
+		r->bad++;
+	} else if (req->op == IMG_AIO_READ &&
+		   memcmp(req->buf, t->expect, req->len)) {
+		uint64_t i = 0;
+
+		while (((uint8_t *)req->buf)[i] == t->expect[i])
+			i++;
+		printf("# aio read at %" PRIu64 "+%" PRIu64 ": byte %#" PRIx64
+		       " is %#x, expected %#x\n",
+		       req->off, req->len, req->off + i,
+		       ((uint8_t *)req->buf)[i], t->expect[i]);
+		r->bad++;
+	}
+	free(req->buf);
+	free(t->expect);
+	t->expect = NULL;
+	t->busy = false;
+}
+
+/* Whether [off, off + len) overlaps a request in flight (writes and zeroes
+ * only, unless all). */
+static bool fa_conflict(const struct fa_run *r, uint64_t off, uint64_t len,
+			bool all)
+{
+	for (int i = 0; i < FA_SLOTS; i++) {
+		const struct img_aio_req *q = &r->slot[i].req;
+
+		if (!r->slot[i].busy || q->op == IMG_AIO_FLUSH ||
+		    (!all && q->op == IMG_AIO_READ))
+			continue;
+		if (off < q->off + q->len && q->off < off + len)
+			return true;
+	}
+	return false;
+}
+
+/* A range near block hot: a small unaligned piece, a piece of whole
+ * sectors, a whole block, or a run across the block's end. */
+static void fa_range(struct fa_run *r, uint64_t size, uint64_t bs, uint64_t hot,
+		     uint64_t *off, uint64_t *len)
+{
+	uint64_t kind = fa_below(r, 10), base;
+
+	base = (hot ? hot - 1 : 0) * bs;
+	if (kind < 4) {
+		*len = 1 + fa_below(r, 8192);
+		*off = base + fa_below(r, 3 * bs);
+	} else if (kind < 7) {
+		*len = 512 * (1 + fa_below(r, 128));
+		*off = base + 512 * fa_below(r, 3 * bs / 512);
+	} else if (kind < 8) {
+		*len = bs;
+		*off = (hot + fa_below(r, 2)) * bs;
+	} else {
+		*len = 1 + fa_below(r, bs);
+		*off = (hot + 1) * bs - fa_below(r, *len);
+	}
+	if (*off >= size)
+		*off = size - 1;
+	*len = img_min(*len, size - *off);
+}
+
+/* Deliver completions; block for one if wait. */
+static void fa_reap(struct img_aio *aio, bool wait)
+{
+	if (img_aio_poll(aio) == 0 && wait)
+		img_aio_wait(aio);
+}
+
+/* The run itself (ft_aio_run): failures, or -errno. */
+static int fa_writes(struct img *img, uint8_t *ref, uint64_t size,
+		     uint64_t block_size, unsigned n_ops, uint64_t seed)
+{
+	uint64_t n_blocks = (size + block_size - 1) / block_size, hot = 1;
+	uint64_t epoch = 0;
+	struct fa_run *r = calloc(1, sizeof(*r));
+	struct img_aio *aio;
+	unsigned done = 0;
+	int ret;
+
+	if (!r)
+		return -ENOMEM;
+	r->rng = seed | 1;
+	ret = img_aio_new(4, &aio);
+	if (ret < 0) {
+		free(r);
+		return ret;
+	}
+	while (done < n_ops) {
+		struct fa_slot *t = NULL;
+		uint64_t kind = fa_below(r, 100), off = 0, len = 0;
+		bool write = kind < 70;
+
+		for (int i = 0; i < FA_SLOTS && !t; i++)
+			if (!r->slot[i].busy)
+				t = &r->slot[i];
+		if (!t) {
+			fa_reap(aio, true);
+			continue;
+		}
+		/* Every 64 requests the hot block moves on, in a scattered
+		 * order that visits every block before it comes back, and
+		 * starts with a small write near its start: the rest of a
+		 * new block must read as zeroes while it is partly written. */
+		if (done / 64 != epoch) {
+			epoch = done / 64;
+			hot = (hot * 5 + 3) % n_blocks;
+		}
+		memset(&t->req, 0, sizeof(t->req));
+		t->req.opaque = r;
+		t->req.done = fa_done;
+		if (kind >= 95 && done % 64) {
+			t->req.op = IMG_AIO_FLUSH;
+		} else if (!(done % 64)) {
+			kind = 0;
+			write = true;
+			off = img_min(hot * block_size + fa_below(r, 65536),
+				      size - 1);
+			len = img_min(1 + fa_below(r, 8192), size - off);
+		} else if (kind >= 85) {
+			/* The end of the hot block, which writes reach last. */
+			len = 1 + fa_below(r, 4096);
+			off = (hot + 1) * block_size - len;
+			if (off + len > size)
+				off = size - len;
+		} else {
+			fa_range(r, size, block_size, hot, &off, &len);
+		}
+		if (len) {
+			if (fa_conflict(r, off, len, write)) {
+				fa_reap(aio, false);
+				continue;
+			}
+			t->req.off = off;
+			t->req.len = len;
+			t->req.buf = malloc(len);
+			if (!t->req.buf) {
+				ret = -ENOMEM;
+				break;
+			}
+		}
+		if (kind < 60) {
+			t->req.op = IMG_AIO_WRITE;
+			for (uint64_t i = 0; i < len; i++)
+				((uint8_t *)t->req.buf)[i] =
+					(uint8_t)(done + i / 512 + 1);
+			memcpy(ref + off, t->req.buf, len);
+		} else if (kind < 70) {
+			t->req.op = IMG_AIO_ZERO;
+			memset(ref + off, 0, len);
+		} else if (kind < 95) {
+			t->req.op = IMG_AIO_READ;
+			t->expect = malloc(len);
+			if (!t->expect) {
+				ret = -ENOMEM;
+				break;
+			}
+			memcpy(t->expect, ref + off, len);
+		}
+		t->busy = true;
+		ret = img_aio_submit(aio, img, &t->req);
+		if (ret < 0) {
+			printf("# aio submit failed: %s\n", img_last_error());
+			t->busy = false;
+			r->bad++;
+			break;
+		}
+		done++;
+	}
+	img_aio_free(aio);
+	if (ret != -ENOMEM)
+		ret = (int)r->bad;
+	free(r);
+	return ret;
+}
+
+/* ---- a host file whose writes are delayed at random ---- */
+
+static struct img_io_ops fs_base, fs_slow;
+static atomic_uint fs_seq;
+
+/* Sleep 0-500 us on about one write in four, so that planned writes, their
+ * commits and the transfers around them interleave. */
+static void fs_jitter(void)
+{
+	uint64_t h = (atomic_fetch_add(&fs_seq, 1) + 1) * 0x9e3779b97f4a7c15ull;
+	struct timespec ts = { 0, (long)((h >> 20) % 500) * 1000 };
+
+	if ((h >> 62) == 0)
+		nanosleep(&ts, NULL);
+}
+
+static int fs_pwrite(struct img_io *io, const void *buf, uint64_t len,
+		     uint64_t off)
+{
+	fs_jitter();
+	return fs_base.pwrite(io, buf, len, off);
+}
+
+static int fs_submit(struct img_io *io, struct img_io_vec *v, unsigned n)
+{
+	for (unsigned i = 0; i < n; i++)
+		if (v[i].write) {
+			fs_jitter();
+			break;
+		}
+	return fs_base.submit(io, v, n);
+}
+
+/* Open path as fmt through a wrapper of its host file *file (closed by the
+ * caller after the image) whose writes fs_jitter delays. */
+static int fa_open_slow(const char *path, const char *fmt, struct img_io **file,
+			struct img **out)
+{
+	struct img_open_opts o = { .format = fmt };
+	struct img_io *b;
+	int ret;
+
+	ret = img_io_open(path, 0, IMG_IO_AUTO, file);
+	if (ret < 0)
+		return ret;
+	ret = qt_io_borrow(*file, &b);
+	if (ret < 0) {
+		img_io_close(*file);
+		return ret;
+	}
+	fs_base = *b->ops;
+	fs_slow = fs_base;
+	fs_slow.pwrite = fs_pwrite;
+	if (fs_base.submit)
+		fs_slow.submit = fs_submit;
+	b->ops = &fs_slow;
+	ret = img_open_io(b, path, &o, out);
+	if (ret < 0)
+		img_io_close(*file);
+	return ret;
+}
+
+int ft_aio_run(const char *path, const char *fmt, uint8_t *ref, uint64_t size,
+	       uint64_t block_size, unsigned n_ops, uint64_t seed)
+{
+	struct img_open_opts o = { .format = fmt };
+	struct img_check res = { 0 };
+	struct img_io *file;
+	struct img *img;
+	int ret, bad;
+
+	ret = fa_open_slow(path, fmt, &file, &img);
+	if (ret < 0) {
+		printf("# open %s: %s\n", path, img_last_error());
+		return 1;
+	}
+	bad = fa_writes(img, ref, size, block_size, n_ops, seed);
+	if (bad < 0) {
+		printf("# the run could not start: %s\n", strerror(-bad));
+		bad = 1;
+	}
+	bad += !qt_compare(img, ref, 0, size, "after the run");
+	if (img_close(img) < 0) {
+		printf("# close: %s\n", img_last_error());
+		bad++;
+	}
+	img_io_close(file);
+	if (img_open(path, &o, &img) < 0) {
+		printf("# reopen %s: %s\n", path, img_last_error());
+		return bad + 1;
+	}
+	bad += !qt_compare(img, ref, 0, size, "after reopening");
+	ret = qt_check(img, &res, "# ");
+	if (ret < 0 || res.corruptions || res.leaks) {
+		printf("# check: %d, %" PRIu64 " corruptions, %" PRIu64
+		       " leaks\n",
+		       ret, res.corruptions, res.leaks);
+		bad++;
+	}
+	img_close(img);
+	return bad;
+}
+
+int ft_qemu_compare(const uint8_t *ref, uint64_t size, const char *fmt,
+		    const char *path)
+{
+	char ref_path[4096], cmd[8400];
+	FILE *f;
+	int st;
+
+	if (!qt_have_qemu_img())
+		return 77;
+	snprintf(ref_path, sizeof(ref_path), "%s.ref.raw", path);
+	f = fopen(ref_path, "wb");
+	if (!f)
+		return -1;
+	st = fwrite(ref, 1, size, f) == size ? 0 : -1;
+	if (fclose(f) != 0 || st < 0)
+		return -1;
+	fflush(stdout);
+	snprintf(cmd, sizeof(cmd), "qemu-img compare -q -f raw -F %s '%s' '%s'",
+		 fmt, ref_path, path);
+	st = system(cmd);
+	remove(ref_path);
+	return st == -1 || !WIFEXITED(st) ? -1 : WEXITSTATUS(st);
+}
+
+/* ---- a failing host op at every point of a workload (ft_fault_run) ---- */
+
+/* Writes in blocks of bs: new blocks partly and wholly written, a write
+ * across a block boundary, overwrites in place, a partial sector. */
+static void ff_workload(uint64_t bs, struct ft_write w[6])
+{
+	w[0] = (struct ft_write){ bs / 2 + 100, 5000, 0x11 };
+	w[1] = (struct ft_write){ 2 * bs - 4096, 8192, 0x22 };
+	w[2] = (struct ft_write){ 0, 3000, 0x33 };
+	w[3] = (struct ft_write){ 5 * bs, 2 * bs, 0x44 };
+	w[4] = (struct ft_write){ 3 * bs + 513, 1000, 0x55 };
+	w[5] = (struct ft_write){ bs / 2 + 50, 100, 0x66 };
+}
+
+/* One run with host op fail_at failing (0: none); the number of host ops
+ * in *n_ops, failures printed and counted. */
+struct ff_bufs {
+	uint8_t *ref, *known, *buf; /* 8 blocks each */
+};
+
+static unsigned ff_one(const uint8_t *init, size_t init_len, const char *fmt,
+		       uint64_t bs, uint64_t fail_at, uint64_t *n_ops,
+		       const struct ff_bufs *fb)
+{
+	struct img_open_opts o = { .format = fmt };
+	uint64_t size = 8 * bs;
+	uint8_t *ref = fb->ref, *known = fb->known, *buf = fb->buf;
+	struct img_io *mem = NULL, *b, *f;
+	struct img_check res = { 0 };
+	struct ft_write w[6];
+	struct img *img;
+	unsigned bad = 0;
+	bool closed_ok;
+	int ret;
+
+	ff_workload(bs, w);
+	memset(ref, 0, size);
+	if (img_io_mem_new(init, init_len, &mem) < 0 ||
+	    qt_io_borrow(mem, &b) < 0 || img_io_faulty_new(b, &f) < 0) {
+		printf("# out of memory\n");
+		bad = 1;
+		goto out;
+	}
+	memset(known, 1, size);
+	img_io_faulty_arm(f, fail_at, EIO, false);
+	if (img_open_io(f, "ft.img", &o, &img) < 0)
+		goto out; /* the failure hit open: nothing was written */
+	for (unsigned i = 0; i < 6; i++) {
+		uint8_t *p = malloc(w[i].len);
+
+		if (!p) {
+			bad++;
+			break;
+		}
+		memset(p, w[i].val, w[i].len);
+		ret = img_write(img, p, w[i].off, w[i].len, 0);
+		free(p);
+		memset(ret < 0 ? known + w[i].off : ref + w[i].off,
+		       ret < 0 ? 0 : w[i].val, w[i].len);
+	}
+	/* A failed flush is retried by close; a failed close may leave the
+	 * last writes unnamed. */
+	img_flush(img);
+	*n_ops = img_io_faulty_ops(f);
+	closed_ok = img_close(img) >= 0;
+	if (!closed_ok)
+		memset(known, 0, size);
+
+	const uint8_t *d;
+	size_t n;
+
+	img_io_mem_data(mem, &d, &n);
+	if (ft_open(d, n, fmt, 0, &img) < 0) {
+		printf("# fault at op %" PRIu64 ": reopen: %s\n", fail_at,
+		       img_last_error());
+		bad++;
+		goto out;
+	}
+	ret = img_read(img, buf, 0, size);
+	for (uint64_t i = 0; ret >= 0 && i < size; i++)
+		if (known[i] && buf[i] != ref[i]) {
+			printf("# fault at op %" PRIu64 ": byte %#" PRIx64
+			       " is %#x, expected %#x\n",
+			       fail_at, i, buf[i], ref[i]);
+			bad++;
+			break;
+		}
+	if (ret < 0) {
+		printf("# fault at op %" PRIu64 ": read: %s\n", fail_at,
+		       img_last_error());
+		bad++;
+	}
+	if (img_check(img, 0, &res) < 0 || res.corruptions) {
+		printf("# fault at op %" PRIu64 ": check: %" PRIu64
+		       " corruptions\n",
+		       fail_at, res.corruptions);
+		bad++;
+	}
+	img_close(img);
+out:
+	img_io_close(mem);
+	return bad;
+}
+
+unsigned ft_fault_run(const char *fmt, const char *opts, uint64_t bs)
+{
+	struct ff_bufs fb = { malloc(8 * bs), malloc(8 * bs), malloc(8 * bs) };
+	uint64_t n_ops = 0, ignored;
+	uint8_t *init = NULL;
+	unsigned bad = 1;
+	size_t len;
+
+	if (!fb.ref || !fb.known || !fb.buf)
+		printf("# out of memory\n");
+	else if (ft_build(fmt, 8 * bs, opts, NULL, 0, &init, &len) < 0)
+		printf("# %s: create: %s\n", fmt, img_last_error());
+	else
+		bad = ff_one(init, len, fmt, bs, 0, &n_ops, &fb);
+	for (uint64_t k = 1; init && k <= n_ops; k++)
+		bad += ff_one(init, len, fmt, bs, k, &ignored, &fb);
+	printf("# %s: a failure at each of %" PRIu64 " host ops\n", fmt, n_ops);
+	free(init);
+	free(fb.ref);
+	free(fb.known);
+	free(fb.buf);
+	return bad;
+}
+
+int ft_stale_run(const char *fmt, const char *opts, uint64_t bs,
+		 uint64_t keep_tail)
+{
+	static const struct ft_write w = { 100, 1000, 0x11 };
+	uint8_t *img_bytes, *file, *buf = malloc(bs), pat[1000];
+	uint64_t stale = 3 * bs;
+	size_t len;
+	struct img *img;
+	int ret, bad = 0;
+
+	if (!buf || ft_build(fmt, 8 * bs, opts, &w, 1, &img_bytes, &len) < 0) {
+		printf("# %s: create: %s\n", fmt, img_last_error());
+		free(buf);
+		return 1;
+	}
+	/* The file as a crash leaves it: blocks written past the end of the
+	 * used area that no table names yet. */
+	len -= keep_tail;
+	file = malloc(len + stale);
+	if (!file) {
+		free(buf);
+		free(img_bytes);
+		return 1;
+	}
+	memcpy(file, img_bytes, len);
+	memset(file + len, 0xee, stale);
+	memset(pat, 0x22, sizeof(pat));
+	ret = ft_open(file, len + stale, fmt, 0, &img);
+	if (ret >= 0) {
+		ret = img_write(img, pat, 2 * bs + 5000, sizeof(pat), 0);
+		if (ret >= 0)
+			ret = img_read(img, buf, 2 * bs, bs);
+		img_close(img);
+	}
+	if (ret < 0) {
+		printf("# %s: %s\n", fmt, img_last_error());
+		bad++;
+	}
+	for (uint64_t i = 0; ret >= 0 && i < bs; i++) {
+		uint8_t want = i >= 5000 && i < 5000 + sizeof(pat) ? 0x22 : 0;
+
+		if (buf[i] != want) {
+			printf("# %s: byte %#" PRIx64
+			       " of a new block placed over a lost one is %#x, "
+			       "expected %#x\n",
+			       fmt, 2 * bs + i, buf[i], want);
+			bad++;
+			break;
+		}
+	}
+	free(file);
+	free(img_bytes);
+	free(buf);
+	return bad;
 }

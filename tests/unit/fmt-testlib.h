@@ -5,7 +5,8 @@
  * format on the mem backend, and run an invalid-field case: the image must
  * fail to open, or fail on a full read, block status walk, check or write,
  * always with a clean -errno and a one-line message that starts with the
- * format's name; it must never crash or return wrong success.
+ * format's name; it must never crash or return wrong success. And a run of
+ * many writes in flight through one async engine, checked against a model.
  */
 #ifndef FMT_TESTLIB_H
 #define FMT_TESTLIB_H
@@ -67,4 +68,47 @@ bool ft_invalid_case(const char *name, const uint8_t *buf, size_t len,
 int ft_aio_races(const char *fmt, const char *path, uint8_t *ref, uint64_t unit,
 		 unsigned rounds, uint64_t seed);
 
+
+/*
+ * Many writes in flight through one img_aio engine on the image at path,
+ * opened read-write as fmt (with its backing chain) through a wrapper of
+ * its host file that delays about one write in four by up to half a
+ * millisecond. ref holds its contents (size bytes), the model, kept up to
+ * date: n_ops writes, zeroes, reads and flushes of random length and
+ * alignment, crowded around a hot block of block_size bytes that moves on
+ * in a scattered order (pieces of the same new block and of its
+ * neighbours, whole blocks, writes across a block boundary, reads of the
+ * end of a block being written). A write or zero never overlaps a request
+ * in flight, a read never overlaps a write or zero in flight; every read is
+ * checked against the model when it completes, the whole image after the
+ * run and after reopening, then img_check. Returns the number of failures
+ * (each printed).
+ */
+int ft_aio_run(const char *path, const char *fmt, uint8_t *ref, uint64_t size,
+	       uint64_t block_size, unsigned n_ops, uint64_t seed);
+/*
+ * qemu-img compare of the fmt image at path with the size bytes of ref
+ * (written next to it as a raw file): its exit status (0: identical), 77
+ * without qemu-img, -1 if it could not run.
+ */
+int ft_qemu_compare(const uint8_t *ref, uint64_t size, const char *fmt,
+		    const char *path);
+/*
+ * A fixed workload of writes and a flush on a new fmt image (-o opts; 8
+ * blocks of bs bytes) on the mem backend, run once with each of its host
+ * ops failing with EIO in turn (the faulty backend, not sticky): the image
+ * must then reopen, read every byte a successful write wrote (zeroes where
+ * none did, unless the write there failed) and check clean. Returns the
+ * number of failures (each printed).
+ */
+unsigned ft_fault_run(const char *fmt, const char *opts, uint64_t bs);
+/*
+ * A fmt image (-o opts; 8 blocks of bs bytes, a write in block 0) whose
+ * file loses its last keep_tail bytes (a trailing footer) and gains three
+ * blocks of 0xee, as a crash after writing blocks that no table names
+ * leaves it: a small write into block 2 must get a block that reads as
+ * zeroes around the write. Returns the number of failures (printed).
+ */
+int ft_stale_run(const char *fmt, const char *opts, uint64_t bs,
+		 uint64_t keep_tail);
 #endif
