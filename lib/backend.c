@@ -93,13 +93,6 @@ void backend_close(struct img *img)
 		img->drv->close(img);
 }
 
-int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
-		  unsigned flags)
-{
-	return status(img->drv, "write",
-		      img->drv->write(img, buf, off, len, flags));
-}
-
 int backend_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags)
 {
 	if (!img->drv->zero)

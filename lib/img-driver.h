@@ -293,10 +293,6 @@ struct img_driver {
 	 * .flush, which the core calls before close on a writable image. */
 	void (*close)(struct img *img);
 
-	/* Legacy, until every driver plans its writes through .map: the
-	 * driver writes the data itself, under the image's lock. */
-	int (*write)(struct img *img, const void *buf, uint64_t off,
-		     uint64_t len, unsigned flags);
 	/* Zero [off, off + len) by changing tables only (flags IMG_ZERO_*),
 	 * or with IMG_ZERO_DISCARD deallocate what can be. -ENOTSUP: what
 	 * that cannot do, where the core writes zeroes (a discard does

@@ -92,9 +92,6 @@ int img_open_driver(struct img_io *io, const struct img_driver *drv,
 int backend_probe(const struct img_driver *drv, const uint8_t *buf, size_t len);
 int backend_open(struct img *img, unsigned flags);
 void backend_close(struct img *img);
-/* The legacy .write (struct img_driver). */
-int backend_write(struct img *img, const void *buf, uint64_t off, uint64_t len,
-		  unsigned flags);
 int backend_zero(struct img *img, uint64_t off, uint64_t len, unsigned flags);
 int backend_discard(struct img *img, uint64_t off, uint64_t len);
 int backend_flush(struct img *img);

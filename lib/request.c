@@ -399,8 +399,6 @@ static int direct_map_write(struct img *img, uint8_t *buf, uint64_t off,
 	uint64_t done = 0;
 
 	*n = 0;
-	if (img->drv->write)
-		return 0;
 	for (const struct img_write_lock *l = img->write_locks; l; l = l->next)
 		if (ranges_overlap(l->off, l->len, off, len))
 			return 0;
@@ -534,14 +532,6 @@ out:
 static int write_chunk(struct img *img, const uint8_t *buf, uint64_t off,
 		       uint64_t len)
 {
-	if (img->drv->write) {
-		int ret;
-
-		lock(img);
-		ret = backend_write(img, buf, off, len, 0);
-		unlock(img);
-		return ret;
-	}
 	struct img_write_lock wl;
 
 	while (len) {

@@ -68,7 +68,6 @@ bool ft_invalid_case(const char *name, const uint8_t *buf, size_t len,
 int ft_aio_races(const char *fmt, const char *path, uint8_t *ref, uint64_t unit,
 		 unsigned rounds, uint64_t seed);
 
-
 /*
  * Many writes in flight through one img_aio engine on the image at path,
  * opened read-write as fmt (with its backing chain) through a wrapper of
