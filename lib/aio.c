@@ -340,10 +340,16 @@ static void ring_complete(struct aio_op *op, unsigned i, int res)
 		op_fail(op, ret);
 }
 
-/* Reap what the ring has completed. Called with cq_lock held. */
-static void ring_reap(struct img_aio *aio)
+/*
+ * Reap what the ring has completed, with cq_lock held. The finished ops go
+ * to the ready list in one batch; the eventfd is signalled only when
+ * another thread is to deliver them (signal): img_aio_poll delivers right
+ * after reaping, and a write there would only wake its own next poll.
+ */
+static void ring_reap(struct img_aio *aio, bool signal)
 {
 	struct io_uring_cqe *cqe;
+	struct op_list done = { 0 };
 	unsigned head, seen = 0;
 
 	io_uring_for_each_cqe(&aio->ring, head, cqe)
@@ -359,10 +365,21 @@ static void ring_reap(struct img_aio *aio)
 		atomic_fetch_sub(&aio->ring_inflight, 1);
 		if (atomic_fetch_sub(&op->pending, 1) == 1) {
 			op_end_vecs(op);
-			op_ready(aio, op);
+			list_push(&done, op);
 		}
 	}
 	io_uring_cq_advance(&aio->ring, seen);
+	if (!done.head)
+		return;
+	pthread_mutex_lock(&aio->lock);
+	if (aio->ready.tail)
+		aio->ready.tail->next = done.head;
+	else
+		aio->ready.head = done.head;
+	aio->ready.tail = done.tail;
+	pthread_mutex_unlock(&aio->lock);
+	if (signal)
+		signal_efd(aio);
 }
 
 void img_aio_reap_all(void)
@@ -371,7 +388,7 @@ void img_aio_reap_all(void)
 	for (struct img_aio *a = registry; a; a = a->reg_next)
 		if (atomic_load(&a->ring_inflight) &&
 		    pthread_mutex_trylock(&a->cq_lock) == 0) {
-			ring_reap(a);
+			ring_reap(a, true);
 			pthread_mutex_unlock(&a->cq_lock);
 		}
 	pthread_mutex_unlock(&registry_lock);
@@ -555,7 +572,7 @@ int img_aio_poll(struct img_aio *aio)
 		return img_error(-errno, "aio: eventfd: %s", strerror(errno));
 	if (aio->have_ring && atomic_load(&aio->ring_inflight)) {
 		pthread_mutex_lock(&aio->cq_lock);
-		ring_reap(aio);
+		ring_reap(aio, false);
 		pthread_mutex_unlock(&aio->cq_lock);
 	}
 	pthread_mutex_lock(&aio->lock);
