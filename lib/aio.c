@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -499,8 +500,42 @@ static int op_map(struct aio_op *op)
 			      &op->io, op->vecs, &op->n);
 }
 
-int img_aio_submit(struct img_aio *aio, struct img *img,
-		   struct img_aio_req *req)
+/*
+ * A mapped read of a buffered file, tried without blocking: true when the
+ * page cache held all of it. RWF_NOWAIT fails rather than wait for the
+ * device; a short read (part cached, or the end of the file) goes to the
+ * ring whole, which deals with both.
+ */
+static bool read_cached(struct aio_op *op)
+{
+	int fd = img_io_fd(op->io);
+
+	if (op->io->flags & IMG_IO_DIRECT)
+		return false;
+	for (unsigned i = 0; i < op->n; i++) {
+		struct img_io_vec *v = &op->vecs[i];
+		struct iovec iov = { v->buf, v->len };
+
+		if (v->write || preadv2(fd, &iov, 1, (off_t)v->file_off,
+					RWF_NOWAIT) != (ssize_t)v->len)
+			return false;
+	}
+	return true;
+}
+
+/* op is done on the submitting thread: deliver it here. */
+static void op_deliver_now(struct img_aio *aio, struct aio_op *op)
+{
+	struct img_aio_req *req = op->req;
+
+	req->error = NULL;
+	req->done(req, 0);
+	op_put(aio, op);
+	atomic_fetch_sub(&aio->inflight, 1);
+}
+
+static int submit(struct img_aio *aio, struct img *img, struct img_aio_req *req,
+		  bool now)
 {
 	struct aio_op *op;
 	int ret;
@@ -538,10 +573,18 @@ int img_aio_submit(struct img_aio *aio, struct img *img,
 	}
 	if (ret > 0 && !op->n) {
 		op_end_vecs(op); /* a read the mapping filled with zeroes */
-		op_ready(aio, op);
+		if (now)
+			op_deliver_now(aio, op);
+		else
+			op_ready(aio, op);
 		return 0;
 	}
 	if (ret > 0 && ringable(aio, op)) {
+		if (now && read_cached(op)) {
+			op_end_vecs(op);
+			op_deliver_now(aio, op);
+			return 0;
+		}
 		ring_queue(aio, op);
 		return 0;
 	}
@@ -560,6 +603,18 @@ int img_aio_submit(struct img_aio *aio, struct img *img,
 		op_ready(aio, op);
 	}
 	return 0;
+}
+
+int img_aio_submit(struct img_aio *aio, struct img *img,
+		   struct img_aio_req *req)
+{
+	return submit(aio, img, req, false);
+}
+
+int img_aio_submit_now(struct img_aio *aio, struct img *img,
+		       struct img_aio_req *req)
+{
+	return submit(aio, img, req, true);
 }
 
 int img_aio_poll(struct img_aio *aio)
