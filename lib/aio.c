@@ -76,6 +76,7 @@ struct img_aio {
 	atomic_uint ring_inflight; /* transfers on the ring */
 	pthread_mutex_t cq_lock; /* the ring's completion side */
 	atomic_uint inflight; /* submitted, done() not yet called */
+	bool no_nowait; /* RWF_NOWAIT refused (tmpfs before Linux 6.6) */
 	struct img_aio *reg_next; /* registry of engines with a ring */
 
 	pthread_mutex_t lock; /* everything below */
@@ -504,20 +505,25 @@ static int op_map(struct aio_op *op)
  * A mapped read of a buffered file, tried without blocking: true when the
  * page cache held all of it. RWF_NOWAIT fails rather than wait for the
  * device; a short read (part cached, or the end of the file) goes to the
- * ring whole, which deals with both.
+ * ring whole, which deals with both. Only the submitting thread gets here.
  */
-static bool read_cached(struct aio_op *op)
+static bool read_cached(struct img_aio *aio, struct aio_op *op)
 {
 	int fd = img_io_fd(op->io);
 
-	if (op->io->flags & IMG_IO_DIRECT)
+	if (aio->no_nowait || (op->io->flags & IMG_IO_DIRECT))
 		return false;
 	for (unsigned i = 0; i < op->n; i++) {
 		struct img_io_vec *v = &op->vecs[i];
 		struct iovec iov = { v->buf, v->len };
+		ssize_t got;
 
-		if (v->write || preadv2(fd, &iov, 1, (off_t)v->file_off,
-					RWF_NOWAIT) != (ssize_t)v->len)
+		if (v->write)
+			return false;
+		got = preadv2(fd, &iov, 1, (off_t)v->file_off, RWF_NOWAIT);
+		if (got < 0 && errno == EOPNOTSUPP)
+			aio->no_nowait = true;
+		if (got != (ssize_t)v->len)
 			return false;
 	}
 	return true;
@@ -580,7 +586,7 @@ static int submit(struct img_aio *aio, struct img *img, struct img_aio_req *req,
 		return 0;
 	}
 	if (ret > 0 && ringable(aio, op)) {
-		if (now && read_cached(op)) {
+		if (now && read_cached(aio, op)) {
 			op_end_vecs(op);
 			op_deliver_now(aio, op);
 			return 0;
