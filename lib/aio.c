@@ -15,7 +15,10 @@
  * which call done() on the polling thread; the eventfd becomes readable
  * when there is something to deliver, for a server's poll loop: the kernel
  * signals it for ring completions (io_uring_register_eventfd), pool workers
- * for theirs.
+ * for theirs. img_aio_submit_now() first tries a mapped read of a buffered
+ * file with preadv2(RWF_NOWAIT) and, when the page cache holds all of it,
+ * calls done() right there: for cached data a ring entry, the kernel's
+ * eventfd signal and the poller's wake-up cost more than the copy itself.
  *
  * Threads: one thread at a time submits (the ring's submission side has one
  * producer); any thread may poll (the completion side is serialised by
