@@ -724,9 +724,9 @@ static void conn_abandon(struct conn *c)
  * Reads of the page cache are done as fast as requests come, so without
  * this a client that queues reads and never takes the replies would have
  * all of them read for nothing, and one that closes would find them read
- * before its reset is seen. Requests keep being read meanwhile only up to
- * this point, like the CONN_MAX_BYTES limit does for replies on the
- * reaper.
+ * before its reset is seen. Like conn_reserve, this stops reading
+ * requests: a client that sends all its requests before it reads a reply
+ * is stuck only once the socket buffers both ways are full.
  */
 static void wait_for_client(struct conn *c)
 {
