@@ -721,22 +721,28 @@ static void job_done(struct img_aio_req *req, int ret)
 	job_finish(j);
 }
 
+/* The reader waits on cond (with lock held), unless it has replies to send
+ * first: those may be what it waits for. The caller checks again. */
+static void reader_wait(struct conn *c, pthread_cond_t *cond,
+			pthread_mutex_t *lock)
+{
+	if (!c->nbatch) {
+		pthread_cond_wait(cond, lock);
+		return;
+	}
+	pthread_mutex_unlock(lock);
+	flush_batch(c);
+	pthread_mutex_lock(lock);
+}
+
 /* Wait until the connection, then the server, may take one more request of
  * bytes. */
 static void conn_reserve(struct conn *c, uint64_t bytes)
 {
 	pthread_mutex_lock(&c->lock);
 	while (c->inflight >= CONN_MAX_INFLIGHT ||
-	       (c->inflight && c->inflight_bytes + bytes > CONN_MAX_BYTES)) {
-		if (c->nbatch) {
-			/* Those may be what it waits for. */
-			pthread_mutex_unlock(&c->lock);
-			flush_batch(c);
-			pthread_mutex_lock(&c->lock);
-			continue;
-		}
-		pthread_cond_wait(&c->cond, &c->lock);
-	}
+	       (c->inflight && c->inflight_bytes + bytes > CONN_MAX_BYTES))
+		reader_wait(c, &c->cond, &c->lock);
 	c->inflight++;
 	c->inflight_bytes += bytes;
 	pthread_mutex_unlock(&c->lock);
@@ -776,15 +782,8 @@ static void wait_for_client(struct conn *c)
 {
 	pthread_mutex_lock(&c->send_lock);
 	while (c->later_bytes >= LATER_MAX && !atomic_load(&c->gone) &&
-	       !c->send_failed) {
-		if (c->nbatch) {
-			pthread_mutex_unlock(&c->send_lock);
-			flush_batch(c);
-			pthread_mutex_lock(&c->send_lock);
-			continue;
-		}
-		pthread_cond_wait(&c->later_sent, &c->send_lock);
-	}
+	       !c->send_failed)
+		reader_wait(c, &c->later_sent, &c->send_lock);
 	pthread_mutex_unlock(&c->send_lock);
 }
 
