@@ -62,10 +62,11 @@ static void read_done(struct img_aio_req *req, int ret)
 
 static int slot_buf(struct pipe *p, struct pipe_slot *s, unsigned i)
 {
-	if (!s->bufs[i] && posix_memalign((void **)&s->bufs[i], PIPE_BUF_ALIGN,
-					  p->buf_size))
-		return img_error(-ENOMEM, "pipeline: out of memory for a "
-					  "%" PRIu64 "-byte buffer",
+	if (!s->bufs[i] &&
+	    posix_memalign((void **)&s->bufs[i], PIPE_BUF_ALIGN, p->buf_size))
+		return img_error(-ENOMEM,
+				 "pipeline: out of memory for a "
+				 "%" PRIu64 "-byte buffer",
 				 p->buf_size);
 	return 0;
 }
@@ -186,8 +187,9 @@ int img_pipe_run(const struct img_pipe_ops *ops, void *opaque,
 		return img_error(-ENOMEM, "pipeline: out of memory");
 	p->ops = ops;
 	p->opaque = opaque;
-	p->depth = depth < 1 ? 1 : depth > PIPE_MAX_DEPTH ? PIPE_MAX_DEPTH :
-							     depth;
+	p->depth = depth < 1		  ? 1 :
+		   depth > PIPE_MAX_DEPTH ? PIPE_MAX_DEPTH :
+					    depth;
 	p->buf_size = buf_size;
 	ret = img_aio_new(0, &p->aio);
 	if (ret >= 0)

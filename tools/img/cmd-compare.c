@@ -64,8 +64,7 @@ struct cmp {
 	struct cli_progress prog;
 };
 
-static int read_error(const char *name, const struct img_pipe_chunk *c,
-		      int err)
+static int read_error(const char *name, const struct img_pipe_chunk *c, int err)
 {
 	img_pipe_error(c);
 	return cli_fail(2, "Error while reading offset %" PRIu64 " of %s: %s",
@@ -97,8 +96,9 @@ static int cmp_next(void *opaque, struct img_pipe_chunk *c)
 	}
 	if (chunk == 0 || chunk > m->end - m->off)
 		chunk = m->end - m->off;
-	if (m->strict && !m->tail && (e[0].flags & (IMG_EXT_DATA | IMG_EXT_ZERO)) !=
-				 (e[1].flags & (IMG_EXT_DATA | IMG_EXT_ZERO))) {
+	if (m->strict && !m->tail &&
+	    (e[0].flags & (IMG_EXT_DATA | IMG_EXT_ZERO)) !=
+		    (e[1].flags & (IMG_EXT_DATA | IMG_EXT_ZERO))) {
 		c->kind = CMP_STRICT;
 		m->stop = true;
 		return 1;
@@ -112,9 +112,9 @@ static int cmp_next(void *opaque, struct img_pipe_chunk *c)
 			chunk = CMP_CHUNK;
 		c->n_reads = n;
 		for (unsigned i = 0; i < n; i++)
-			c->reads[i] = (struct img_pipe_read){
-				.img = m->img[i], .off = m->off, .len = chunk
-			};
+			c->reads[i] = (struct img_pipe_read){ .img = m->img[i],
+							      .off = m->off,
+							      .len = chunk };
 	}
 	c->len = chunk;
 	m->off += chunk;

@@ -285,7 +285,10 @@ int cmd_dd(int argc, char **argv)
 		goto out;
 	{
 		struct dd d = {
-			.in = in, .out = out, .bs = bs, .in_pos = in_pos,
+			.in = in,
+			.out = out,
+			.bs = bs,
+			.in_pos = in_pos,
 			.size = size,
 		};
 
