@@ -145,8 +145,7 @@ static int run_consume(void *opaque, struct img_pipe_chunk *c)
 
 	r->order[r->seen] = c->kind;
 	r->rets[r->seen] = img_pipe_error(c);
-	if (!r->rets[r->seen] &&
-	    memcmp(c->reads[0].buf, data + c->off, c->len))
+	if (!r->rets[r->seen] && memcmp(c->reads[0].buf, data + c->off, c->len))
 		r->data_ok = false;
 	r->seen++;
 	if (r->stop_at && c->kind == r->stop_at)

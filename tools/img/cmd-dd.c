@@ -6,7 +6,7 @@
  * copied, where count limits the input size before skip is applied, as in
  * qemu 7.2. All-zero blocks are not written: the new image already reads
  * them as zeroes. Reads go ahead through the async engine (lib/pipeline.c)
- * in chunks of whole blocks; runs of blocks are written in order.
+ * in chunks of whole blocks; blocks are written in order.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -41,9 +41,6 @@ static uint64_t dd_min(uint64_t a, uint64_t b)
 	return a < b ? a : b;
 }
 
-/* Write len bytes of whole blocks (the last maybe short); on failure the
- * blocks are written one by one so that what reaches the output and the
- * message are those of a block-by-block copy. */
 static int dd_write(struct dd *d, const uint8_t *buf, uint64_t off,
 		    uint64_t len)
 {
@@ -51,15 +48,6 @@ static int dd_write(struct dd *d, const uint8_t *buf, uint64_t off,
 
 	img_clear_error();
 	r = img_write(d->out, buf, off, len, 0);
-	if (r < 0 && len > d->bs) {
-		for (uint64_t p = 0; p < len; p += d->bs) {
-			img_clear_error();
-			r = img_write(d->out, buf + p, off + p,
-				      dd_min(d->bs, len - p), 0);
-			if (r < 0)
-				break;
-		}
-	}
 	if (r < 0)
 		cli_fail(1, "error while writing to output image file: %s",
 			 cli_errmsg(r));
@@ -108,31 +96,25 @@ static int dd_redo(struct dd *d, struct img_pipe_chunk *c)
 	return 0;
 }
 
-/* Write the chunk's runs of blocks that are not all zeroes. */
+/*
+ * Write the chunk's blocks that are not all zeroes, one write per block as
+ * ever: a write that fails part way through an allocating format leaves
+ * its clusters behind, so merged writes would fail elsewhere and leave
+ * another output.
+ */
 static int dd_consume(void *opaque, struct img_pipe_chunk *c)
 {
 	struct dd *d = opaque;
 	const uint8_t *buf = c->reads[0].buf;
-	uint64_t p = 0;
 
 	if (c->reads[0].ret < 0)
 		return dd_redo(d, c);
-	while (p < c->len) {
-		uint64_t n = dd_min(d->bs, c->len - p), q = p + n;
+	for (uint64_t p = 0; p < c->len; p += d->bs) {
+		uint64_t n = dd_min(d->bs, c->len - p);
 
-		if (all_zero(buf + p, n)) {
-			p = q;
-			continue;
-		}
-		while (q < c->len) {
-			n = dd_min(d->bs, c->len - q);
-			if (all_zero(buf + q, n))
-				break;
-			q += n;
-		}
-		if (dd_write(d, buf + p, c->off + p, q - p) < 0)
+		if (!all_zero(buf + p, n) &&
+		    dd_write(d, buf + p, c->off + p, n) < 0)
 			return 1;
-		p = q;
 	}
 	return 0;
 }
