@@ -709,8 +709,9 @@ struct img_pipe_ops {
 
 /*
  * Read ahead through an async engine: up to depth chunks (at most 32) are
- * in flight while earlier ones are consumed; reads use buffers of buf_size
- * bytes allocated on first use. Returns 0 when next() ran out and every
+ * in flight while earlier ones are consumed, though none ahead while reads
+ * complete as soon as they are made (the page cache); reads use buffers of
+ * buf_size bytes allocated on first use. Returns 0 when next() ran out and every
  * chunk was consumed, what consume() returned to stop, or -errno for a
  * failure of the pipeline itself (message in img_last_error()).
  */

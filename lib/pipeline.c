@@ -29,7 +29,6 @@ struct pipe_read {
 struct pipe_slot {
 	struct img_pipe_chunk c;
 	struct pipe_read reads[IMG_PIPE_MAX_READS];
-	uint8_t *bufs[IMG_PIPE_MAX_READS];
 	unsigned pending;
 };
 
@@ -38,6 +37,11 @@ struct pipe {
 	void *opaque;
 	struct img_aio *aio;
 	struct pipe_slot slots[PIPE_MAX_DEPTH];
+	/* Free buffers, last freed on top: when reads complete as soon as
+	 * they are made (the page cache), the same ones stay in the CPU's
+	 * caches. */
+	uint8_t *free_bufs[PIPE_MAX_DEPTH * IMG_PIPE_MAX_READS];
+	unsigned n_free;
 	unsigned depth;
 	uint64_t buf_size;
 	uint64_t produced, consumed;
@@ -60,15 +64,26 @@ static void read_done(struct img_aio_req *req, int ret)
 	pr->slot->pending--;
 }
 
-static int slot_buf(struct pipe *p, struct pipe_slot *s, unsigned i)
+static int get_buf(struct pipe *p, uint8_t **buf)
 {
-	if (!s->bufs[i] &&
-	    posix_memalign((void **)&s->bufs[i], PIPE_BUF_ALIGN, p->buf_size))
+	if (p->n_free) {
+		*buf = p->free_bufs[--p->n_free];
+		return 0;
+	}
+	if (posix_memalign((void **)buf, PIPE_BUF_ALIGN, p->buf_size))
 		return img_error(-ENOMEM,
 				 "pipeline: out of memory for a "
 				 "%" PRIu64 "-byte buffer",
 				 p->buf_size);
 	return 0;
+}
+
+/* Give back a consumed slot's buffers, the first read's on top. */
+static void put_bufs(struct pipe *p, struct pipe_slot *s)
+{
+	for (unsigned i = s->c.n_reads; i-- > 0;)
+		if (s->c.reads[i].buf)
+			p->free_bufs[p->n_free++] = s->c.reads[i].buf;
 }
 
 /* Start the reads next() asked for; one that cannot start fails alone. */
@@ -79,19 +94,22 @@ static int slot_start(struct pipe *p, struct pipe_slot *s)
 	if (c->n_reads > IMG_PIPE_MAX_READS)
 		return img_error(-EINVAL, "pipeline: %u reads in one chunk",
 				 c->n_reads);
+	for (unsigned i = 0; i < c->n_reads; i++)
+		c->reads[i].buf = NULL;
 	for (unsigned i = 0; i < c->n_reads; i++) {
 		struct img_pipe_read *r = &c->reads[i];
 		struct pipe_read *pr = &s->reads[i];
-		int ret = slot_buf(p, s, i);
+		int ret;
 
-		if (ret < 0)
-			return ret;
+		r->buf = NULL;
 		if (r->len > p->buf_size)
 			return img_error(-EINVAL,
 					 "pipeline: read of %" PRIu64
 					 " bytes in %" PRIu64 "-byte buffers",
 					 r->len, p->buf_size);
-		r->buf = s->bufs[i];
+		ret = get_buf(p, &r->buf);
+		if (ret < 0)
+			return ret;
 		r->ret = 0;
 		r->msg[0] = 0;
 		if (!r->len)
@@ -144,6 +162,14 @@ static int produce(struct pipe *p)
 		ret = slot_start(p, s);
 		if (ret < 0)
 			return ret;
+		/* Reads all done as soon as made (the page cache) gain
+		 * nothing from going further ahead: consume first, in warm
+		 * buffers. */
+		ret = img_aio_poll(p->aio);
+		if (ret < 0)
+			return ret;
+		if (!img_aio_inflight(p->aio))
+			break;
 	}
 	return 0;
 }
@@ -167,6 +193,7 @@ static int run(struct pipe *p)
 		p->consumed++;
 		img_clear_error();
 		ret = p->ops->consume(p->opaque, &s->c);
+		put_bufs(p, s);
 		if (ret)
 			return ret;
 	}
@@ -199,9 +226,10 @@ int img_pipe_run(const struct img_pipe_ops *ops, void *opaque,
 	 * keep the one the result carries anyway. */
 	set_msg(msg, img_last_error(), ret < 0 ? ret : -EIO);
 	img_aio_free(p->aio);
-	for (unsigned i = 0; i < p->depth; i++)
-		for (unsigned j = 0; j < IMG_PIPE_MAX_READS; j++)
-			free(p->slots[i].bufs[j]);
+	for (uint64_t i = p->consumed; i < p->produced; i++)
+		put_bufs(p, &p->slots[i % p->depth]);
+	while (p->n_free)
+		free(p->free_bufs[--p->n_free]);
 	free(p);
 	if (ret < 0)
 		img_error(ret, "%s", msg);
