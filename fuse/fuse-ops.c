@@ -592,69 +592,6 @@ static void fs_op_release(fuse_req_t req, fuse_ino_t ino,
 	fuse_reply_err(req, 0);
 }
 
-/* A FUSE worker's own engine, made on its first transfer and freed when
- * the thread ends. */
-static pthread_key_t engine_key;
-static pthread_once_t engine_once = PTHREAD_ONCE_INIT;
-
-static void engine_free(void *aio)
-{
-	img_aio_free(aio);
-}
-
-static void engine_key_init(void)
-{
-	if (pthread_key_create(&engine_key, engine_free))
-		abort();
-}
-
-struct engine_wait {
-	bool done;
-	int ret;
-};
-
-static void engine_done(struct img_aio_req *req, int ret)
-{
-	struct engine_wait *w = req->opaque;
-
-	w->ret = ret;
-	w->done = true;
-}
-
-/* Run one transfer on the calling worker's engine and wait for it. */
-static int engine_run(struct img *img, enum img_aio_op op, void *buf,
-		      uint64_t off, uint64_t len, unsigned flags)
-{
-	struct engine_wait w = { 0 };
-	struct img_aio_req req = {
-		.op = op,
-		.buf = buf,
-		.off = off,
-		.len = len,
-		.flags = flags,
-		.done = engine_done,
-		.opaque = &w,
-	};
-	struct img_aio *aio;
-	int ret;
-
-	pthread_once(&engine_once, engine_key_init);
-	aio = pthread_getspecific(engine_key);
-	if (!aio) {
-		ret = img_aio_new(1, &aio);
-		if (ret < 0)
-			return ret;
-		if (pthread_setspecific(engine_key, aio)) {
-			img_aio_free(aio);
-			return -ENOMEM;
-		}
-	}
-	ret = img_aio_submit(aio, img, &req);
-	while (ret >= 0 && !w.done)
-		ret = img_aio_wait(aio);
-	return ret < 0 ? ret : w.ret;
-}
-
 static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
@@ -695,9 +632,7 @@ static void fs_op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (size && !buf)
 		ret = -ENOMEM;
 	else
-		ret = !size ? 0 :
-			      engine_run(h->img, IMG_AIO_READ, buf,
-					 (uint64_t)off, size, 0);
+		ret = img_read(h->img, buf, (uint64_t)off, size);
 	pthread_rwlock_unlock(&fs->size_lock);
 	if (ret < 0)
 		fuse_reply_err(req, -ret);
@@ -739,8 +674,8 @@ static void fs_op_write(fuse_req_t req, fuse_ino_t ino, const char *buf,
 	/* A write across the end of a fixed-size disk is cut short. */
 	if (size > end - (uint64_t)off)
 		size = (size_t)(end - (uint64_t)off);
-	ret = engine_run(fs->img, IMG_AIO_WRITE, (void *)buf, (uint64_t)off,
-			 size, h->sync ? IMG_FUA : 0);
+	ret = img_write(fs->img, buf, (uint64_t)off, size,
+			h->sync ? IMG_FUA : 0);
 	if (ret >= 0) {
 		atomic_fetch_add(&fs->write_gen, 1);
 		touch_disk(fs);
