@@ -101,7 +101,6 @@ static int slot_start(struct pipe *p, struct pipe_slot *s)
 		struct pipe_read *pr = &s->reads[i];
 		int ret;
 
-		r->buf = NULL;
 		if (r->len > p->buf_size)
 			return img_error(-EINVAL,
 					 "pipeline: read of %" PRIu64
