@@ -8,7 +8,8 @@
  * ranges become zero requests on the base. The base is reopened read-write in
  * place in the chain for the copy and flushed before the top is emptied, so a
  * crash at any point leaves every layer readable with the top's contents
- * unchanged. Also the chain lookup by name that commit -b and rebase use.
+ * unchanged. The top is read ahead through the async engine
+ * (lib/pipeline.c) while the base is written in order. Also the chain lookup by name that commit -b and rebase use.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +17,10 @@
 
 #include "internal.h"
 
-#define COMMIT_BUF_SIZE (1u << 20)
+/* Reads of the top go ahead, COMMIT_DEPTH of this size in flight, while
+ * the base is written in order. */
+#define COMMIT_BUF_SIZE (2u << 20)
+#define COMMIT_DEPTH 8
 
 static bool same_file(const char *a, const char *b)
 {
@@ -123,30 +127,88 @@ static void report(const struct img_progress *p, uint64_t done, uint64_t total)
 		p->fn(p->opaque, done, total);
 }
 
-static int copy_range(struct img *top, struct img *base, uint8_t *buf,
-		      uint64_t off, uint64_t len)
-{
-	while (len) {
-		uint64_t n = img_min(len, COMMIT_BUF_SIZE);
-		int ret = img_read(top, buf, off, n);
+enum commit_kind {
+	COMMIT_SKIP, /* not allocated above the base */
+	COMMIT_ZERO,
+	COMMIT_DATA,
+};
 
+struct commit {
+	struct img *top, *base;
+	uint64_t size;
+	const struct img_progress *progress;
+	uint64_t off; /* next range to look up */
+	uint64_t run_off, run_end; /* the data range being cut into pieces */
+};
+
+/* The ranges allocated above the base, data ranges cut into buffers. */
+static int commit_next(void *opaque, struct img_pipe_chunk *c)
+{
+	struct commit *m = opaque;
+	uint64_t n;
+	bool zero = false;
+	int ret;
+
+	if (m->run_off == m->run_end) {
+		if (m->off >= m->size)
+			return 0;
+		ret = img_chain_allocated_above(
+			m->top, m->base, m->off,
+			img_min(m->size - m->off, 64ull << 20), &n, &zero);
 		if (ret < 0)
 			return ret;
-		ret = img_write(base, buf, off, n, 0);
-		if (ret < 0)
-			return ret;
-		off += n;
-		len -= n;
+		c->off = m->off;
+		c->len = n;
+		c->last = true;
+		m->off += n;
+		if (!ret || zero) {
+			c->kind = ret ? COMMIT_ZERO : COMMIT_SKIP;
+			return 1;
+		}
+		m->run_off = c->off;
+		m->run_end = m->off;
 	}
+	c->kind = COMMIT_DATA;
+	c->off = m->run_off;
+	c->len = img_min(m->run_end - m->run_off, COMMIT_BUF_SIZE);
+	m->run_off += c->len;
+	c->last = m->run_off == m->run_end;
+	c->n_reads = 1;
+	c->reads[0] = (struct img_pipe_read){ .img = m->top,
+					      .off = c->off,
+					      .len = c->len };
+	return 1;
+}
+
+static int commit_consume(void *opaque, struct img_pipe_chunk *c)
+{
+	struct commit *m = opaque;
+	int ret = img_pipe_error(c);
+
+	if (ret < 0)
+		return ret;
+	if (c->kind == COMMIT_ZERO)
+		ret = img_zero(m->base, c->off, c->len, IMG_ZERO_MAY_UNMAP);
+	else if (c->kind == COMMIT_DATA)
+		ret = img_write(m->base, c->reads[0].buf, c->off, c->len, 0);
+	if (ret < 0)
+		return ret;
+	/* Progress moves once per range looked up, as it always did. */
+	if (c->last)
+		report(m->progress, c->off + c->len, m->size);
 	return 0;
 }
+
+static const struct img_pipe_ops commit_ops = {
+	.next = commit_next,
+	.consume = commit_consume,
+};
 
 int img_commit(struct img *top, struct img *base, unsigned flags,
 	       const struct img_progress *progress)
 {
 	struct img *parent;
-	uint64_t size = img_size(top), off, n;
-	uint8_t *buf;
+	uint64_t size = img_size(top);
 	int ret = 0;
 
 	if (!top->backing)
@@ -174,27 +236,18 @@ int img_commit(struct img *top, struct img *base, unsigned flags,
 		if (ret < 0)
 			return ret;
 	}
-	buf = malloc(COMMIT_BUF_SIZE);
-	if (!buf)
-		return img_error(-ENOMEM, "out of memory");
 	report(progress, 0, size);
-	for (off = 0; off < size; off += n) {
-		bool zero = false;
+	{
+		struct commit m = {
+			.top = top,
+			.base = base,
+			.size = size,
+			.progress = progress,
+		};
 
-		ret = img_chain_allocated_above(
-			top, base, off, img_min(size - off, 64ull << 20), &n,
-			&zero);
-		if (ret < 0)
-			break;
-		if (ret && zero)
-			ret = img_zero(base, off, n, IMG_ZERO_MAY_UNMAP);
-		else if (ret)
-			ret = copy_range(top, base, buf, off, n);
-		if (ret < 0)
-			break;
-		report(progress, off + n, size);
+		ret = img_pipe_run(&commit_ops, &m, COMMIT_BUF_SIZE,
+				   COMMIT_DEPTH);
 	}
-	free(buf);
 	if (ret >= 0)
 		ret = img_flush(base);
 	if (ret < 0 || (flags & IMG_COMMIT_KEEP) || !top->drv->amend ||

@@ -678,6 +678,54 @@ void img_aio_drain(struct img_aio *aio);
 /* Drain and free the engine. NULL is a no-op. */
 void img_aio_free(struct img_aio *aio);
 
+/* ---- pipelined reads (lib/pipeline.c) ---- */
+
+#define IMG_PIPE_MAX_READS 2
+#define IMG_PIPE_MSG_MAX 512
+
+struct img_pipe_read {
+	struct img *img; /* set by next() */
+	uint64_t off, len; /* set by next(); len <= the buffer size */
+	uint8_t *buf; /* the data (a buffer of the pipeline's) */
+	int ret; /* 0 or -errno */
+	char msg[IMG_PIPE_MSG_MAX]; /* the error message when ret < 0 */
+};
+
+struct img_pipe_chunk {
+	uint64_t off, len; /* the caller's, untouched */
+	unsigned kind; /* the caller's, untouched */
+	bool last; /* the caller's, untouched */
+	unsigned n_reads; /* set by next(): 0..IMG_PIPE_MAX_READS */
+	struct img_pipe_read reads[IMG_PIPE_MAX_READS];
+	int ret; /* -errno: next() failed making this chunk */
+	char msg[IMG_PIPE_MSG_MAX]; /* next()'s message when ret < 0 */
+};
+
+struct img_pipe_ops {
+	/* Describe the next chunk in *c (zeroed): 1, 0 when there is no
+	 * more, or -errno, which ends production: c is then consumed in
+	 * turn with c->ret set and no reads. */
+	int (*next)(void *opaque, struct img_pipe_chunk *c);
+	/* Called on the calling thread with each chunk in the order next()
+	 * made them, once its reads are done (each with its own result).
+	 * Non-zero stops the pipeline, and img_pipe_run returns it. */
+	int (*consume)(void *opaque, struct img_pipe_chunk *c);
+};
+
+/*
+ * Read ahead through an async engine: up to depth chunks (at most 32) are
+ * in flight while earlier ones are consumed, though none ahead while reads
+ * complete as soon as they are made (the page cache); reads use buffers of
+ * buf_size bytes allocated on first use. Returns 0 when next() ran out and every
+ * chunk was consumed, what consume() returned to stop, or -errno for a
+ * failure of the pipeline itself (message in img_last_error()).
+ */
+int img_pipe_run(const struct img_pipe_ops *ops, void *opaque,
+		 uint64_t buf_size, unsigned depth);
+/* The chunk's first error (next()'s, then its reads' in order) with its
+ * message set in img_last_error(), or 0. */
+int img_pipe_error(const struct img_pipe_chunk *c);
+
 /* ---- persistent dirty bitmaps (qcow2; lib/bitmap.c) ---- */
 
 /* struct img_bitmap_info.flags */

@@ -9,7 +9,9 @@
  * old chain, only ranges that the layers above it allocate are compared.
  * Only then is the header rewritten (img_set_backing, which opens the new
  * chain before it writes and keeps the old one on failure): a crash during
- * the copy leaves the image unchanged in content on its old backing.
+ * the copy leaves the image unchanged in content on its old backing. Both
+ * sides are read ahead through the async engine (lib/pipeline.c); the
+ * differences are written in order.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +20,8 @@
 
 #define REBASE_BUF_SIZE (2u << 20) /* qemu-img's IO_BUF_SIZE */
 #define SECTOR 512
+/* Chunks read ahead, each a read of the old and the new side. */
+#define REBASE_DEPTH 4
 
 static bool format_known(const char *fmt)
 {
@@ -25,25 +29,6 @@ static bool format_known(const char *fmt)
 		if (!strcmp(*f, fmt))
 			return true;
 	return false;
-}
-
-/* Read [off, off + len) of layer b into buf, zeroes past its end (or for
- * no layer); *beyond when all of it is past the end. */
-static int read_side(struct img *b, uint8_t *buf, uint64_t off, uint64_t len,
-		     bool *beyond)
-{
-	uint64_t size = b ? img_size(b) : 0, n = 0;
-	int ret;
-
-	*beyond = off >= size;
-	if (!*beyond) {
-		n = img_min(len, size - off);
-		ret = img_read(b, buf, off, n);
-		if (ret < 0)
-			return ret;
-	}
-	memset(buf + n, 0, len - n);
-	return 0;
 }
 
 /* Write the sectors of [off, off + len) where old and new differ. */
@@ -81,65 +66,112 @@ static int copy_differences(struct img *img, const uint8_t *old,
 	return 0;
 }
 
+struct rebase {
+	struct img *img, *new_b, *prefix;
+	uint64_t size, off;
+	const struct img_progress *progress;
+};
+
+/* A read of [off, off + len) from layer b (none past its end, or for no
+ * layer); rebase_consume zeroes the rest of the buffer. */
+static void side_read(struct img_pipe_read *r, struct img *b, uint64_t off,
+		      uint64_t len)
+{
+	uint64_t size = b ? img_size(b) : 0;
+
+	*r = (struct img_pipe_read){
+		.img = b,
+		.off = off,
+		.len = off < size ? img_min(len, size - off) : 0,
+	};
+}
+
+/* Each step of the walk over the image is a chunk, for the progress; the
+ * ranges the image does not allocate and whose backing may change come
+ * with reads of the old and the new side. */
+static int rebase_next(void *opaque, struct img_pipe_chunk *c)
+{
+	struct rebase *m = opaque;
+	struct img *old_b = m->img->backing;
+	struct img_extent ext;
+	uint64_t off = m->off, n;
+	bool zero;
+	int ret;
+
+	if (off >= m->size)
+		return 0;
+	c->off = off;
+	ret = img_block_status(m->img, off,
+			       img_min(m->size - off, REBASE_BUF_SIZE),
+			       IMG_BS_NO_CHAIN, &ext);
+	if (ret < 0)
+		return ret;
+	n = ext.len;
+	m->off = off + n;
+	c->len = n;
+	if (ext.flags & IMG_EXT_ALLOCATED)
+		return 1;
+	if (m->prefix) {
+		/* Unchanged since the new backing: nothing to do. */
+		if (m->prefix == old_b)
+			return 1;
+		if (off < img_size(old_b)) {
+			ret = img_chain_allocated_above(
+				old_b, m->prefix, off,
+				img_min(n, img_size(old_b) - off), &n, &zero);
+			if (ret < 0)
+				return ret;
+			m->off = off + n;
+			c->len = n;
+			if (!ret)
+				return 1;
+		}
+	}
+	c->n_reads = 2;
+	side_read(&c->reads[0], old_b, off, n);
+	side_read(&c->reads[1], m->new_b, off, n);
+	return 1;
+}
+
+static int rebase_consume(void *opaque, struct img_pipe_chunk *c)
+{
+	struct rebase *m = opaque;
+	int ret;
+
+	if (m->progress && m->progress->fn)
+		m->progress->fn(m->progress->opaque, c->off, m->size);
+	ret = img_pipe_error(c);
+	if (ret < 0 || !c->n_reads)
+		return ret;
+	for (unsigned i = 0; i < 2; i++)
+		memset(c->reads[i].buf + c->reads[i].len, 0,
+		       c->len - c->reads[i].len);
+	return copy_differences(m->img, c->reads[0].buf, c->reads[1].buf,
+				!c->reads[0].len, c->off, c->len);
+}
+
+static const struct img_pipe_ops rebase_ops = {
+	.next = rebase_next,
+	.consume = rebase_consume,
+};
+
 static int copy_changed(struct img *img, struct img *new_b, struct img *prefix,
 			const struct img_progress *progress)
 {
-	struct img *old_b = img->backing;
-	uint64_t size = img_size(img), off, n;
-	uint8_t *bold = malloc(REBASE_BUF_SIZE),
-		*bnew = malloc(REBASE_BUF_SIZE);
-	int ret = 0;
+	struct rebase m = {
+		.img = img,
+		.new_b = new_b,
+		.prefix = prefix,
+		.size = img_size(img),
+		.progress = progress,
+	};
+	int ret = img_pipe_run(&rebase_ops, &m, REBASE_BUF_SIZE, REBASE_DEPTH);
 
-	if (!bold || !bnew) {
-		ret = img_error(-ENOMEM, "out of memory");
-		goto out;
-	}
-	for (off = 0; off < size; off += n) {
-		struct img_extent ext;
-		bool zero, old_beyond, new_beyond;
-
-		if (progress && progress->fn)
-			progress->fn(progress->opaque, off, size);
-		ret = img_block_status(img, off,
-				       img_min(size - off, REBASE_BUF_SIZE),
-				       IMG_BS_NO_CHAIN, &ext);
-		if (ret < 0)
-			goto out;
-		n = ext.len;
-		if (ext.flags & IMG_EXT_ALLOCATED)
-			continue;
-		if (prefix) {
-			/* Unchanged since the new backing: nothing to do. */
-			if (prefix == old_b)
-				continue;
-			if (off < img_size(old_b)) {
-				ret = img_chain_allocated_above(
-					old_b, prefix, off,
-					img_min(n, img_size(old_b) - off), &n,
-					&zero);
-				if (ret < 0)
-					goto out;
-				if (!ret)
-					continue;
-			}
-		}
-		ret = read_side(old_b, bold, off, n, &old_beyond);
-		if (ret < 0)
-			goto out;
-		ret = read_side(new_b, bnew, off, n, &new_beyond);
-		if (ret < 0)
-			goto out;
-		ret = copy_differences(img, bold, bnew, old_beyond, off, n);
-		if (ret < 0)
-			goto out;
-	}
+	if (ret < 0)
+		return ret;
 	if (progress && progress->fn)
-		progress->fn(progress->opaque, size, size);
-	ret = img_flush(img);
-out:
-	free(bold);
-	free(bnew);
-	return ret;
+		progress->fn(progress->opaque, m.size, m.size);
+	return img_flush(img);
 }
 
 int img_rebase(struct img *img, const char *backing, const char *fmt,

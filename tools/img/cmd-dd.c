@@ -5,7 +5,8 @@
  * image is created in the -O format (raw by default) and sized to what is
  * copied, where count limits the input size before skip is applied, as in
  * qemu 7.2. All-zero blocks are not written: the new image already reads
- * them as zeroes.
+ * them as zeroes. Reads go ahead through the async engine (lib/pipeline.c)
+ * in chunks of whole blocks; blocks are written in order.
  */
 #include <getopt.h>
 #include <inttypes.h>
@@ -17,14 +18,126 @@
 
 #define DD_BS_MAX 2147483647ull
 
+/* Reads are merged into chunks of whole blocks of about this size, up to
+ * DD_DEPTH of them in flight, at most DD_BUDGET bytes of buffers (or one
+ * block, however large, as a plain loop would hold). */
+#define DD_CHUNK (1ull << 20)
+#define DD_DEPTH 8
+#define DD_BUDGET (16ull << 20)
+
+struct dd {
+	struct img *in, *out;
+	uint64_t bs, chunk;
+	uint64_t in_pos, size, out_pos;
+};
+
 static bool all_zero(const uint8_t *buf, uint64_t len)
 {
-	uint64_t i;
+	return !buf[0] && !memcmp(buf, buf + 1, len - 1);
+}
 
-	for (i = 0; i < len; i++)
-		if (buf[i])
-			return false;
-	return true;
+static uint64_t dd_min(uint64_t a, uint64_t b)
+{
+	return a < b ? a : b;
+}
+
+static int dd_write(struct dd *d, const uint8_t *buf, uint64_t off,
+		    uint64_t len)
+{
+	int r;
+
+	img_clear_error();
+	r = img_write(d->out, buf, off, len, 0);
+	if (r < 0)
+		cli_fail(1, "error while writing to output image file: %s",
+			 cli_errmsg(r));
+	return r;
+}
+
+static int dd_next(void *opaque, struct img_pipe_chunk *c)
+{
+	struct dd *d = opaque;
+	uint64_t n;
+
+	if (d->in_pos >= d->size)
+		return 0;
+	n = dd_min(d->size - d->in_pos, d->chunk);
+	c->off = d->out_pos;
+	c->len = n;
+	c->n_reads = 1;
+	c->reads[0] = (struct img_pipe_read){ .img = d->in,
+					      .off = d->in_pos,
+					      .len = n };
+	d->in_pos += n;
+	d->out_pos += n;
+	return 1;
+}
+
+/* Redo a chunk whose read failed block by block, synchronously: the copy
+ * stops at the block a plain loop would stop at, with its message. */
+static int dd_redo(struct dd *d, struct img_pipe_chunk *c)
+{
+	uint8_t *buf = c->reads[0].buf;
+
+	for (uint64_t p = 0; p < c->len; p += d->bs) {
+		uint64_t n = dd_min(d->bs, c->len - p);
+		int r;
+
+		img_clear_error();
+		r = img_read(d->in, buf, c->reads[0].off + p, n);
+		if (r < 0)
+			return cli_fail(1,
+					"error while reading from input image "
+					"file: %s",
+					cli_errmsg(r));
+		if (!all_zero(buf, n) && dd_write(d, buf, c->off + p, n) < 0)
+			return 1;
+	}
+	return 0;
+}
+
+/*
+ * Write the chunk's blocks that are not all zeroes, one write per block as
+ * ever: a write that fails part way through an allocating format leaves
+ * its clusters behind, so merged writes would fail elsewhere and leave
+ * another output.
+ */
+static int dd_consume(void *opaque, struct img_pipe_chunk *c)
+{
+	struct dd *d = opaque;
+	const uint8_t *buf = c->reads[0].buf;
+
+	if (c->reads[0].ret < 0)
+		return dd_redo(d, c);
+	for (uint64_t p = 0; p < c->len; p += d->bs) {
+		uint64_t n = dd_min(d->bs, c->len - p);
+
+		if (!all_zero(buf + p, n) &&
+		    dd_write(d, buf + p, c->off + p, n) < 0)
+			return 1;
+	}
+	return 0;
+}
+
+static const struct img_pipe_ops dd_ops = {
+	.next = dd_next,
+	.consume = dd_consume,
+};
+
+/* Copy [in_pos, size) of the input to the output: 0, or 1 after a message. */
+static int dd_copy(struct dd *d)
+{
+	uint64_t depth;
+	int r;
+
+	d->chunk = d->bs >= DD_CHUNK ? d->bs : DD_CHUNK / d->bs * d->bs;
+	depth = dd_min(DD_DEPTH, DD_BUDGET / d->chunk);
+	r = img_pipe_run(&dd_ops, d, d->chunk, depth ? (unsigned)depth : 1);
+	if (r == -ENOMEM)
+		return cli_fail(1, "out of memory");
+	if (r < 0)
+		return cli_fail(1, "%s", cli_errmsg(r));
+	return r;
 }
 
 static int parse_num(const char *name, const char *v, uint64_t *out)
@@ -61,8 +174,7 @@ int cmd_dd(int argc, char **argv)
 	bool has_count = false, has_skip = false;
 	unsigned flags = IMG_OPEN_RDONLY | cli_untrusted();
 	struct img *in = NULL, *out = NULL;
-	uint64_t size, in_pos, out_pos;
-	uint8_t *buf = NULL;
+	uint64_t size, in_pos;
 	int c, ret = 1;
 
 	optind = 1;
@@ -153,36 +265,17 @@ int cmd_dd(int argc, char **argv)
 	if (cli_open(out_name, out_fmt, IMG_OPEN_NO_BACKING, IMG_IO_AUTO,
 		     &out) < 0)
 		goto out;
-	buf = malloc(bs);
-	if (!buf) {
-		cli_fail(1, "out of memory");
-		goto out;
-	}
-	for (out_pos = 0; in_pos < size;) {
-		uint64_t n = size - in_pos < bs ? size - in_pos : bs;
-		int r;
+	{
+		struct dd d = {
+			.in = in,
+			.out = out,
+			.bs = bs,
+			.in_pos = in_pos,
+			.size = size,
+		};
 
-		img_clear_error();
-		r = img_read(in, buf, in_pos, n);
-		if (r < 0) {
-			cli_fail(1,
-				 "error while reading from input image file: "
-				 "%s",
-				 cli_errmsg(r));
+		if (dd_copy(&d))
 			goto out;
-		}
-		in_pos += n;
-		if (!all_zero(buf, n)) {
-			r = img_write(out, buf, out_pos, n, 0);
-			if (r < 0) {
-				cli_fail(1,
-					 "error while writing to output image "
-					 "file: %s",
-					 cli_errmsg(r));
-				goto out;
-			}
-		}
-		out_pos += n;
 	}
 	ret = img_close(out);
 	out = NULL;
@@ -192,7 +285,6 @@ int cmd_dd(int argc, char **argv)
 	}
 	ret = 0;
 out:
-	free(buf);
 	img_close(out);
 	img_close(in);
 	return ret;
