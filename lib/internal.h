@@ -16,7 +16,7 @@
 #define IMG_MAX_CHAIN_DEPTH 64
 /* The largest request passed to a driver in one call; the core splits. */
 #define IMG_MAX_REQUEST (32ull << 20)
-/* Host transfers one .map_direct mapping may use (more: the normal path). */
+/* Host transfers one mapped batch may hold (more: another round). */
 #define IMG_DIRECT_MAX_VECS 64
 
 struct img {
@@ -37,7 +37,7 @@ struct img {
 	unsigned depth; /* 0 for the top image */
 	const struct img_secret *secret; /* passphrase, or NULL (secret.c) */
 	pthread_mutex_t lock; /* serialises driver calls unless thread_safe */
-	/* Transfers mapped by .map_direct running without lock (request.c):
+	/* In-place transfers mapped without the lock running (request.c):
 	 * img_direct_drain() waits on direct_idle until none is left. */
 	atomic_uint direct_inflight;
 	pthread_mutex_t direct_lock;
@@ -85,9 +85,9 @@ int img_open_driver(struct img_io *io, const struct img_driver *drv,
  * checks what it returns (see struct img_driver): a result the contract
  * rules out is -EIO with "<driver>: <op> ..." as the message. No locking and
  * no argument checks: the callers keep those. A NULL op (or op table) gives
- * the default struct img_driver documents: nothing (discard, info,
- * make_empty, close), 0 (probe, map_direct: no fast path), img_io_flush
- * (flush), -ENOTSUP without a message (crypt_info), else -ENOTSUP with one.
+ * the default struct img_driver documents: nothing (discard without .zero,
+ * info, make_empty, close), 0 (probe), img_io_flush (flush), -ENOTSUP
+ * without a message (crypt_info), else -ENOTSUP with one.
  */
 int backend_probe(const struct img_driver *drv, const uint8_t *buf, size_t len);
 int backend_open(struct img *img, unsigned flags);

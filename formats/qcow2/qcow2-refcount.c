@@ -226,7 +226,7 @@ int qcow2_refcount_update(struct qcow2 *s, uint64_t file_off, uint64_t len,
 					c, s->refcount_max);
 			}
 			/* A fast-path transfer may still use this cluster
-			 * (qcow2_map_direct): let it finish before the
+			 * (mapped in place by the core): let it finish before the
 			 * cluster can be reused or becomes shared. */
 			if (rc && s->img)
 				img_direct_drain(s->img);
