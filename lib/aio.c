@@ -15,10 +15,7 @@
  * which call done() on the polling thread; the eventfd becomes readable
  * when there is something to deliver, for a server's poll loop: the kernel
  * signals it for ring completions (io_uring_register_eventfd), pool workers
- * for theirs. img_aio_submit_now() first tries a mapped read of a buffered
- * file with preadv2(RWF_NOWAIT) and, when the page cache holds all of it,
- * calls done() right there: for cached data a ring entry, the kernel's
- * eventfd signal and the poller's wake-up cost more than the copy itself.
+ * for theirs.
  *
  * Threads: one thread at a time submits (the ring's submission side has one
  * producer); any thread may poll (the completion side is serialised by
@@ -37,7 +34,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
-#include <sys/uio.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -79,7 +75,6 @@ struct img_aio {
 	atomic_uint ring_inflight; /* transfers on the ring */
 	pthread_mutex_t cq_lock; /* the ring's completion side */
 	atomic_uint inflight; /* submitted, done() not yet called */
-	bool no_nowait; /* RWF_NOWAIT refused (tmpfs before Linux 6.6) */
 	struct img_aio *reg_next; /* registry of engines with a ring */
 
 	pthread_mutex_t lock; /* everything below */
@@ -345,16 +340,10 @@ static void ring_complete(struct aio_op *op, unsigned i, int res)
 		op_fail(op, ret);
 }
 
-/*
- * Reap what the ring has completed, with cq_lock held. The finished ops go
- * to the ready list in one batch; the eventfd is signalled only when
- * another thread is to deliver them (signal): img_aio_poll delivers right
- * after reaping, and a write there would only wake its own next poll.
- */
-static void ring_reap(struct img_aio *aio, bool signal)
+/* Reap what the ring has completed. Called with cq_lock held. */
+static void ring_reap(struct img_aio *aio)
 {
 	struct io_uring_cqe *cqe;
-	struct op_list done = { 0 };
 	unsigned head, seen = 0;
 
 	io_uring_for_each_cqe(&aio->ring, head, cqe)
@@ -370,21 +359,10 @@ static void ring_reap(struct img_aio *aio, bool signal)
 		atomic_fetch_sub(&aio->ring_inflight, 1);
 		if (atomic_fetch_sub(&op->pending, 1) == 1) {
 			op_end_vecs(op);
-			list_push(&done, op);
+			op_ready(aio, op);
 		}
 	}
 	io_uring_cq_advance(&aio->ring, seen);
-	if (!done.head)
-		return;
-	pthread_mutex_lock(&aio->lock);
-	if (aio->ready.tail)
-		aio->ready.tail->next = done.head;
-	else
-		aio->ready.head = done.head;
-	aio->ready.tail = done.tail;
-	pthread_mutex_unlock(&aio->lock);
-	if (signal)
-		signal_efd(aio);
 }
 
 void img_aio_reap_all(void)
@@ -393,7 +371,7 @@ void img_aio_reap_all(void)
 	for (struct img_aio *a = registry; a; a = a->reg_next)
 		if (atomic_load(&a->ring_inflight) &&
 		    pthread_mutex_trylock(&a->cq_lock) == 0) {
-			ring_reap(a, true);
+			ring_reap(a);
 			pthread_mutex_unlock(&a->cq_lock);
 		}
 	pthread_mutex_unlock(&registry_lock);
@@ -504,47 +482,8 @@ static int op_map(struct aio_op *op)
 			      &op->io, op->vecs, &op->n);
 }
 
-/*
- * A mapped read of a buffered file, tried without blocking: true when the
- * page cache held all of it. RWF_NOWAIT fails rather than wait for the
- * device; a short read (part cached, or the end of the file) goes to the
- * ring whole, which deals with both. Only the submitting thread gets here.
- */
-static bool read_cached(struct img_aio *aio, struct aio_op *op)
-{
-	int fd = img_io_fd(op->io);
-
-	if (aio->no_nowait || (op->io->flags & IMG_IO_DIRECT))
-		return false;
-	for (unsigned i = 0; i < op->n; i++) {
-		struct img_io_vec *v = &op->vecs[i];
-		struct iovec iov = { v->buf, v->len };
-		ssize_t got;
-
-		if (v->write)
-			return false;
-		got = preadv2(fd, &iov, 1, (off_t)v->file_off, RWF_NOWAIT);
-		if (got < 0 && errno == EOPNOTSUPP)
-			aio->no_nowait = true;
-		if (got != (ssize_t)v->len)
-			return false;
-	}
-	return true;
-}
-
-/* op is done on the submitting thread: deliver it here. */
-static void op_deliver_now(struct img_aio *aio, struct aio_op *op)
-{
-	struct img_aio_req *req = op->req;
-
-	req->error = NULL;
-	req->done(req, 0);
-	op_put(aio, op);
-	atomic_fetch_sub(&aio->inflight, 1);
-}
-
-static int submit(struct img_aio *aio, struct img *img, struct img_aio_req *req,
-		  bool now)
+int img_aio_submit(struct img_aio *aio, struct img *img,
+		   struct img_aio_req *req)
 {
 	struct aio_op *op;
 	int ret;
@@ -582,18 +521,10 @@ static int submit(struct img_aio *aio, struct img *img, struct img_aio_req *req,
 	}
 	if (ret > 0 && !op->n) {
 		op_end_vecs(op); /* a read the mapping filled with zeroes */
-		if (now)
-			op_deliver_now(aio, op);
-		else
-			op_ready(aio, op);
+		op_ready(aio, op);
 		return 0;
 	}
 	if (ret > 0 && ringable(aio, op)) {
-		if (now && read_cached(aio, op)) {
-			op_end_vecs(op);
-			op_deliver_now(aio, op);
-			return 0;
-		}
 		ring_queue(aio, op);
 		return 0;
 	}
@@ -614,18 +545,6 @@ static int submit(struct img_aio *aio, struct img *img, struct img_aio_req *req,
 	return 0;
 }
 
-int img_aio_submit(struct img_aio *aio, struct img *img,
-		   struct img_aio_req *req)
-{
-	return submit(aio, img, req, false);
-}
-
-int img_aio_submit_now(struct img_aio *aio, struct img *img,
-		       struct img_aio_req *req)
-{
-	return submit(aio, img, req, true);
-}
-
 int img_aio_poll(struct img_aio *aio)
 {
 	struct op_list ready;
@@ -636,7 +555,7 @@ int img_aio_poll(struct img_aio *aio)
 		return img_error(-errno, "aio: eventfd: %s", strerror(errno));
 	if (aio->have_ring && atomic_load(&aio->ring_inflight)) {
 		pthread_mutex_lock(&aio->cq_lock);
-		ring_reap(aio, false);
+		ring_reap(aio);
 		pthread_mutex_unlock(&aio->cq_lock);
 	}
 	pthread_mutex_lock(&aio->lock);

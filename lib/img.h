@@ -645,11 +645,6 @@ int img_aio_new(unsigned nthreads, struct img_aio **out);
  * that fails to start completes with the error like any other. */
 int img_aio_submit(struct img_aio *aio, struct img *img,
 		   struct img_aio_req *req);
-/* As img_aio_submit, but a read that can complete at once without waiting
- * for a device (its data is all in the page cache) completes here: done()
- * runs on the calling thread before this returns. */
-int img_aio_submit_now(struct img_aio *aio, struct img *img,
-		       struct img_aio_req *req);
 /* Readable (POLLIN) when completions are waiting for img_aio_poll. */
 int img_aio_fd(const struct img_aio *aio);
 /* Deliver the completions ready now (done() on this thread), without

@@ -8,16 +8,10 @@
  * img_aio_run); drain and free with requests still queued; cancel takes
  * exactly one owner's queued requests off the queue (done() with -ECANCELED)
  * and leaves the running one and the others, in order; a start() hook that
- * refuses keeps its request from running; img_aio_submit_now completes a
- * read of data in the page cache before it returns, done() on the calling
- * thread, and one whose pages were dropped the usual way, both with the
- * right data.
+ * refuses keeps its request from running.
  */
-#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
-#include <sys/uio.h>
-#include <unistd.h>
 
 #include "internal.h"
 #include "tap.h"
@@ -187,88 +181,6 @@ static void test_errors(struct img_aio *aio, struct img *img)
 	CHECK_ERR(img_aio_submit(aio, img, &bad), -EINVAL);
 }
 
-static atomic_int now_done;
-
-static void on_now_done(struct img_aio_req *req, int ret)
-{
-	on_done(req, ret);
-	atomic_fetch_add(&now_done, 1);
-}
-
-/* Read every slot with img_aio_submit_now; true if each one's done() ran
- * before the call returned. */
-static bool read_all_now(struct img_aio *aio, struct img *img, uint8_t *bufs)
-{
-	static struct treq reqs[NSLOTS];
-	bool inline_all = true;
-
-	atomic_store(&now_done, 0);
-	for (unsigned s = 0; s < NSLOTS; s++) {
-		struct treq *t = &reqs[s];
-		int before = atomic_load(&now_done);
-
-		*t = (struct treq){
-			.req = { .op = IMG_AIO_READ,
-				 .buf = bufs + (uint64_t)s * SLOT,
-				 .off = (uint64_t)s * SLOT,
-				 .len = SLOT,
-				 .done = on_now_done },
-			.expect = unknown[s] ? NULL : ref + (uint64_t)s * SLOT,
-			.slot = s,
-		};
-		CHECK_OK(img_aio_submit_now(aio, img, &t->req));
-		if (atomic_load(&now_done) == before)
-			inline_all = false;
-	}
-	img_aio_drain(aio);
-	CHECK_EQ(atomic_load(&now_done), NSLOTS);
-	return inline_all;
-}
-
-static bool nowait_works(void)
-{
-	char c;
-	struct iovec iov = { &c, 1 };
-	int fd = open(test_path("aio.raw"), O_RDONLY);
-	bool ok = fd >= 0 && (preadv2(fd, &iov, 1, 0, RWF_NOWAIT) == 1 ||
-			      errno != EOPNOTSUPP);
-
-	if (fd >= 0)
-		close(fd);
-	return ok;
-}
-
-static void test_submit_now(struct img_aio *aio, struct img *img)
-{
-	uint8_t *bufs = malloc(IMG_SIZE);
-	int fd, bad = atomic_load(&bad_count);
-
-	/* Just written through the page cache: all there. */
-	if (!img_aio_uses_ring(aio))
-		test_note("no io_uring here: submit_now goes to the pool");
-	else if (!nowait_works())
-		test_note("RWF_NOWAIT refused here (tmpfs?): reads take the "
-			  "ring");
-	if (img_aio_uses_ring(aio) && nowait_works())
-		CHECK(read_all_now(aio, img, bufs));
-	else
-		read_all_now(aio, img, bufs);
-	CHECK_EQ(atomic_load(&bad_count), bad);
-	/* Dropped from the page cache (not on tmpfs, which keeps them): the
-	 * reads wait for the device on the ring or the pool instead. */
-	CHECK_OK(img_flush(img));
-	fd = open(test_path("aio.raw"), O_RDONLY);
-	CHECK(fd >= 0);
-	if (fd >= 0) {
-		posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-		close(fd);
-	}
-	if (read_all_now(aio, img, bufs))
-		test_note("the page cache kept the image (tmpfs?)");
-	CHECK_EQ(atomic_load(&bad_count), bad);
-	free(bufs);
-}
-
 /* free with requests still queued completes them all first. */
 static void test_free_queued(struct img *img)
 {
@@ -429,7 +341,6 @@ int main(void)
 	CHECK_OK(img_aio_new(4, &aio));
 	run_rounds(aio, img);
 	test_errors(aio, img);
-	test_submit_now(aio, img);
 	img_aio_free(aio);
 	CHECK_OK(img_close(img));
 

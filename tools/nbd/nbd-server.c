@@ -12,13 +12,7 @@
  * rest runs on the engine's small pool (--threads workers per connection).
  * A reaper thread per connection waits on the engine's eventfd and delivers
  * the completions, whose done() callback sends the reply under the
- * connection's send lock, so replies go out in completion order. A read
- * the page cache holds is read and answered on the reader thread itself
- * (img_aio_submit_now; measured on a cached qcow2, 4 KiB random reads at
- * QD32: half the server CPU per request of the ring and reaper), with a
- * send that does not block: what the socket refuses goes to the reaper,
- * and the reader starts no more reads while LATER_MAX bytes of replies
- * wait (reply_read_now, wait_for_client). A
+ * connection's send lock, so replies go out in completion order. A
  * connection holds at most CONN_MAX_INFLIGHT requests and CONN_MAX_BYTES of
  * buffers (plus one request of any size), all connections together at most
  * SERVER_MAX_BYTES (a reader waits for its share, reading nothing meanwhile:
@@ -82,14 +76,6 @@
 #define BUF_CACHE_SLOTS 16 /* data buffers a connection keeps for reuse */
 #define BUF_CACHE_BYTES (4u << 20) /* and their total size at most */
 #define BUF_CACHE_MAX (1u << 20) /* the largest one kept */
-/* Replies the socket refused, in bytes, at which the reader starts no more
- * reads until the client takes them (see wait_for_client); and the bytes a
- * TCP socket holds unsent before it refuses more (TCP_NOTSENT_LOWAT: on
- * loopback its send buffer grows to 4 MiB, all of it read ahead of a
- * client that takes nothing). */
-#define LATER_MAX (128u << 10)
-/* Read replies the reader gathers for one send (see reply_read_now). */
-#define BATCH_MAX 16
 
 enum {
 	CTX_BASE = 1,
@@ -143,19 +129,6 @@ struct conn {
 	struct img_aio *aio;
 	pthread_t reaper;
 	atomic_bool reaper_stop;
-	pthread_t reader;
-	/* Replies left for the reaper to send (see reply_read_now), under
-	 * send_lock; the first one may be sent in part already (head_sent
-	 * bytes), and then nothing else may go out before its rest. */
-	struct job *later_head, *later_tail;
-	size_t head_sent;
-	uint64_t later_bytes; /* their replies' size */
-	pthread_cond_t later_sent; /* the reaper sent them, or the client
-				    * is gone */
-	/* Read replies the reader has yet to send (its own, no lock). */
-	struct job *batch[BATCH_MAX];
-	unsigned nbatch;
-	uint64_t batch_bytes;
 
 	/* Negotiated state. */
 	bool no_zeroes, structured, extended, tls_done;
@@ -175,9 +148,6 @@ struct job {
 	struct nbd_request r;
 	void *buf;
 	uint64_t bytes; /* accounted against CONN_MAX_BYTES */
-	struct job *next; /* on the later list */
-	uint8_t hdr[NBD_MAX_REPLY_HDR_SIZE + 8]; /* a read reply's header */
-	size_t hdr_len;
 };
 
 static void log_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -332,102 +302,18 @@ static enum nbd_reply_mode reply_mode(const struct conn *c)
 }
 
 static void conn_abandon(struct conn *c);
-static void job_finish(struct job *j);
-
-/* The reaper wakes on the engine's eventfd; a wake with nothing to
- * deliver is harmless. */
-static void wake_reaper(struct conn *c)
-{
-	uint64_t one = 1;
-
-	if (write(img_aio_fd(c->aio), &one, sizeof(one)) < 0) {
-		/* The counter is not zero: the reaper wakes anyway. */
-	}
-}
-
-/* The iovec of j's read reply past its first skip bytes: how many. */
-static int later_iov(struct job *j, size_t skip, struct iovec iov[2])
-{
-	int n = 0;
-
-	if (skip < j->hdr_len) {
-		iov[n].iov_base = j->hdr + skip;
-		iov[n++].iov_len = j->hdr_len - skip;
-		skip = 0;
-	} else {
-		skip -= j->hdr_len;
-	}
-	iov[n].iov_base = (uint8_t *)j->buf + skip;
-	iov[n++].iov_len = j->r.len - skip;
-	return n;
-}
-
-/* Send the rest of a reply that went out in part, blocking; with
- * send_lock held. Returns the job, to finish once the lock is dropped, or
- * NULL. */
-static struct job *send_partial(struct conn *c, int *ret)
-{
-	struct job *j = c->later_head;
-	struct iovec iov[2];
-
-	*ret = 0;
-	if (!j || !c->head_sent)
-		return NULL;
-	*ret = conn_writev(c, iov, later_iov(j, c->head_sent, iov));
-	c->later_head = j->next;
-	if (!c->later_head)
-		c->later_tail = NULL;
-	c->head_sent = 0;
-	c->later_bytes -= j->hdr_len + j->r.len;
-	return j;
-}
 
 /* Send iov (whose iov[0] the caller reserved for the header) under lock. */
 static int send_locked(struct conn *c, struct iovec *iov, int n)
 {
-	struct job *done;
 	int ret;
 
 	pthread_mutex_lock(&c->send_lock);
-	done = send_partial(c, &ret);
-	if (ret == 0)
-		ret = conn_writev(c, iov, n);
+	ret = conn_writev(c, iov, n);
 	pthread_mutex_unlock(&c->send_lock);
-	if (done)
-		job_finish(done);
 	if (ret < 0)
 		conn_abandon(c);
 	return ret;
-}
-
-/* Send the replies left for the reaper, blocking. */
-static void send_later(struct conn *c)
-{
-	struct job *done = NULL, *j;
-	int ret = 0;
-
-	pthread_mutex_lock(&c->send_lock);
-	while ((j = c->later_head)) {
-		struct iovec iov[2];
-		int r = conn_writev(c, iov, later_iov(j, c->head_sent, iov));
-
-		if (r < 0)
-			ret = r;
-		c->head_sent = 0;
-		c->later_head = j->next;
-		j->next = done;
-		done = j;
-	}
-	c->later_tail = NULL;
-	c->later_bytes = 0;
-	pthread_cond_broadcast(&c->later_sent);
-	pthread_mutex_unlock(&c->send_lock);
-	while ((j = done)) {
-		done = j->next;
-		job_finish(j);
-	}
-	if (ret < 0)
-		conn_abandon(c);
 }
 
 /* A reply without data: success, or error (with a message if structured). */
@@ -462,113 +348,27 @@ static int reply_status(struct conn *c, const struct nbd_request *r,
 	return send_locked(c, iov, 2);
 }
 
-/* The header of a successful read reply: its size. */
-static size_t read_reply_hdr(const struct conn *c, const struct nbd_request *r,
-			     uint8_t hdr[NBD_MAX_REPLY_HDR_SIZE + 8])
-{
-	size_t n;
-
-	if (reply_mode(c) == NBD_MODE_SIMPLE)
-		return nbd_build_simple_reply(hdr, 0, r->cookie);
-	n = nbd_build_chunk(hdr, reply_mode(c), NBD_REPLY_FLAG_DONE,
-			    NBD_REPLY_TYPE_OFFSET_DATA, r->cookie, r->off,
-			    8 + r->len);
-	nbd_put64(hdr + n, r->off);
-	return n + 8;
-}
-
 static int reply_read(struct conn *c, const struct nbd_request *r,
 		      const void *data)
 {
 	uint8_t hdr[NBD_MAX_REPLY_HDR_SIZE + 8];
 	struct iovec iov[2];
+	size_t n;
 
+	if (reply_mode(c) == NBD_MODE_SIMPLE) {
+		n = nbd_build_simple_reply(hdr, 0, r->cookie);
+	} else {
+		n = nbd_build_chunk(hdr, reply_mode(c), NBD_REPLY_FLAG_DONE,
+				    NBD_REPLY_TYPE_OFFSET_DATA, r->cookie,
+				    r->off, 8 + r->len);
+		nbd_put64(hdr + n, r->off);
+		n += 8;
+	}
 	iov[0].iov_base = hdr;
-	iov[0].iov_len = read_reply_hdr(c, r, hdr);
+	iov[0].iov_len = n;
 	iov[1].iov_base = (void *)data;
 	iov[1].iov_len = r->len;
 	return send_locked(c, iov, 2);
-}
-
-/*
- * Send the replies the reader gathered, from the reader thread. It must not
- * block in send, or a client that sends all its requests before it reads a
- * reply would wait for us while we wait for it: what the socket does not
- * take now (all of it, while earlier replies wait) is left to the reaper,
- * woken through the engine's eventfd.
- */
-static void flush_batch(struct conn *c)
-{
-	struct iovec iov[2 * BATCH_MAX];
-	struct msghdr mh = { .msg_iov = iov };
-	unsigned n = c->nbatch, i = 0;
-	ssize_t sent = 0;
-	int err = 0;
-
-	if (!n)
-		return;
-	c->nbatch = 0;
-	c->batch_bytes = 0;
-	for (unsigned k = 0; k < n; k++)
-		mh.msg_iovlen += later_iov(c->batch[k], 0, iov + mh.msg_iovlen);
-	pthread_mutex_lock(&c->send_lock);
-	if (c->send_failed || atomic_load(&c->gone)) {
-		err = EPIPE;
-	} else if (!c->later_head) {
-		sent = sendmsg(c->fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
-		if (sent < 0) {
-			err = errno;
-			sent = 0;
-		}
-		if (err == EAGAIN || err == EWOULDBLOCK || err == EINTR)
-			err = 0;
-		else if (err)
-			c->send_failed = true;
-	}
-	/* Replies the socket took whole are done; with an error, all are. */
-	for (; i < n; i++) {
-		size_t len = c->batch[i]->hdr_len + c->batch[i]->r.len;
-
-		if (!err && (size_t)sent < len)
-			break;
-		sent -= err ? 0 : (ssize_t)len;
-	}
-	for (unsigned k = i; k < n; k++) {
-		struct job *j = c->batch[k];
-
-		j->next = NULL;
-		if (c->later_tail) {
-			c->later_tail->next = j;
-		} else {
-			c->later_head = j;
-			c->head_sent = (size_t)sent;
-		}
-		c->later_tail = j;
-		c->later_bytes += j->hdr_len + j->r.len;
-	}
-	pthread_mutex_unlock(&c->send_lock);
-	for (unsigned k = 0; k < i; k++)
-		job_finish(c->batch[k]);
-	if (err)
-		conn_abandon(c);
-	if (i < n)
-		wake_reaper(c);
-}
-
-/*
- * The reader thread's reply to a read it completed at once. Replies are
- * gathered and sent together (flush_batch) when no further request is
- * already read from the socket, before the reader may wait, or when
- * BATCH_MAX or LATER_MAX is reached: a client at queue depth 32 has several
- * requests in each read from its socket (measured with fio: about 6).
- */
-static void reply_read_now(struct conn *c, struct job *j)
-{
-	j->hdr_len = read_reply_hdr(c, &j->r, j->hdr);
-	c->batch[c->nbatch++] = j;
-	c->batch_bytes += j->hdr_len + j->r.len;
-	if (c->nbatch == BATCH_MAX || c->batch_bytes >= LATER_MAX)
-		flush_batch(c);
 }
 
 /* The whole read range reads as zeroes: one hole chunk. */
@@ -691,48 +491,22 @@ static void conn_release(struct conn *c, uint64_t bytes)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* The reply to j is out (or never will be): let go of it. */
-static void job_finish(struct job *j)
-{
-	struct conn *c = j->c;
-	uint64_t bytes = j->bytes;
-
-	buf_put(c, j->buf, j->r.len);
-	free(j);
-	conn_release(c, bytes);
-}
-
 static void job_done(struct img_aio_req *req, int ret)
 {
 	struct job *j = (struct job *)req;
 	struct conn *c = j->c;
 
-	if (ret >= 0 && j->r.type == NBD_CMD_READ &&
-	    pthread_equal(pthread_self(), c->reader)) {
-		reply_read_now(c, j);
-		return;
-	}
+	uint64_t bytes = j->bytes;
+
 	if (ret < 0)
 		reply_status(c, &j->r, nbd_errno(ret), req->error);
 	else if (j->r.type == NBD_CMD_READ)
 		reply_read(c, &j->r, j->buf);
 	else
 		reply_status(c, &j->r, 0, NULL);
-	job_finish(j);
-}
-
-/* The reader waits on cond (with lock held), unless it has replies to send
- * first: those may be what it waits for. The caller checks again. */
-static void reader_wait(struct conn *c, pthread_cond_t *cond,
-			pthread_mutex_t *lock)
-{
-	if (!c->nbatch) {
-		pthread_cond_wait(cond, lock);
-		return;
-	}
-	pthread_mutex_unlock(lock);
-	flush_batch(c);
-	pthread_mutex_lock(lock);
+	buf_put(c, j->buf, j->r.len);
+	free(j);
+	conn_release(c, bytes);
 }
 
 /* Wait until the connection, then the server, may take one more request of
@@ -742,7 +516,7 @@ static void conn_reserve(struct conn *c, uint64_t bytes)
 	pthread_mutex_lock(&c->lock);
 	while (c->inflight >= CONN_MAX_INFLIGHT ||
 	       (c->inflight && c->inflight_bytes + bytes > CONN_MAX_BYTES))
-		reader_wait(c, &c->cond, &c->lock);
+		pthread_cond_wait(&c->cond, &c->lock);
 	c->inflight++;
 	c->inflight_bytes += bytes;
 	pthread_mutex_unlock(&c->lock);
@@ -763,28 +537,6 @@ static void conn_abandon(struct conn *c)
 	shutdown(c->fd, SHUT_RDWR);
 	if (c->aio)
 		img_aio_cancel(c->aio, c);
-	pthread_mutex_lock(&c->send_lock);
-	pthread_cond_broadcast(&c->later_sent);
-	pthread_mutex_unlock(&c->send_lock);
-}
-
-/*
- * Before the reader starts a read: while the socket has refused
- * LATER_MAX bytes of replies, wait until the client takes them (or goes).
- * Reads of the page cache are done as fast as requests come, so without
- * this a client that queues reads and never takes the replies would have
- * all of them read for nothing, and one that closes would find them read
- * before its reset is seen. Like conn_reserve, this stops reading
- * requests: a client that sends all its requests before it reads a reply
- * is stuck only once the socket buffers both ways are full.
- */
-static void wait_for_client(struct conn *c)
-{
-	pthread_mutex_lock(&c->send_lock);
-	while (c->later_bytes >= LATER_MAX && !atomic_load(&c->gone) &&
-	       !c->send_failed)
-		reader_wait(c, &c->later_sent, &c->send_lock);
-	pthread_mutex_unlock(&c->send_lock);
 }
 
 /* The client has closed or reset the connection: checked before a large
@@ -880,12 +632,7 @@ static void submit(struct conn *c, const struct nbd_request *r,
 	j->req.start = job_start;
 	/* Only reads are cancelled (see above). */
 	j->req.opaque = op == IMG_AIO_READ ? c : NULL;
-	/* A read the page cache holds completes here, its reply sent from
-	 * this thread: no hand-off to the reaper (measured: about half the
-	 * server CPU of a cached 4 KiB read). */
-	ret = r->type == NBD_CMD_READ ?
-		      img_aio_submit_now(c->aio, c->exp->img, &j->req) :
-		      img_aio_submit(c->aio, c->exp->img, &j->req);
+	ret = img_aio_submit(c->aio, c->exp->img, &j->req);
 	if (ret < 0) {
 		j->req.error = img_last_error();
 		job_done(&j->req, ret);
@@ -1075,7 +822,6 @@ static int dispatch(struct conn *c, const struct nbd_request *r)
 	case NBD_CMD_READ:
 		if (r->type == NBD_CMD_READ && read_is_hole(c, r))
 			return reply_hole(c, r) < 0 ? -EPIPE : 1;
-		wait_for_client(c);
 		conn_reserve(c, r->len);
 		buf = buf_get(c, r->len);
 		if (!buf) {
@@ -1172,10 +918,6 @@ static void transmission(struct conn *c)
 
 		if (atomic_load(&c->gone))
 			break;
-		/* The replies gathered go out before the reader may wait for
-		 * the client's next request. */
-		if (c->rlen - c->rpos < hdr_size)
-			flush_batch(c);
 		if (conn_read(c, hdr, hdr_size) < 0) {
 			if (!atomic_load(&c->srv->stopping))
 				conn_abandon(c);
@@ -1213,7 +955,6 @@ static void transmission(struct conn *c)
 		if (ret <= 0)
 			break;
 	}
-	flush_batch(c);
 }
 
 /* ---- handshake ---- */
@@ -1639,10 +1380,8 @@ static void *reaper_thread(void *arg)
 		if (poll(&p, 1, -1) < 0 && errno != EINTR)
 			break;
 		img_aio_poll(c->aio);
-		send_later(c);
 	}
 	img_aio_poll(c->aio);
-	send_later(c);
 	return NULL;
 }
 
@@ -1668,10 +1407,14 @@ static void engine_start(struct conn *c)
 /* Called once no request is in flight. */
 static void engine_stop(struct conn *c)
 {
+	uint64_t one = 1;
+
 	if (!c->aio)
 		return;
 	atomic_store(&c->reaper_stop, true);
-	wake_reaper(c);
+	if (write(img_aio_fd(c->aio), &one, sizeof(one)) < 0) {
+		/* The counter is not zero: the reaper wakes anyway. */
+	}
 	pthread_join(c->reaper, NULL);
 	img_aio_free(c->aio);
 	c->aio = NULL;
@@ -1700,7 +1443,6 @@ static void *conn_thread(void *arg)
 		pthread_mutex_lock(&s->lock);
 		s->served = true;
 		pthread_mutex_unlock(&s->lock);
-		c->reader = pthread_self();
 		engine_start(c);
 		transmission(c);
 	}
@@ -1736,7 +1478,6 @@ static void *conn_thread(void *arg)
 	pthread_mutex_destroy(&c->send_lock);
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->cond);
-	pthread_cond_destroy(&c->later_sent);
 	free(c->opt_buf);
 	for (int i = 0; i < BUF_CACHE_SLOTS; i++)
 		free(c->bufs[i]);
@@ -1749,7 +1490,7 @@ static void start_conn(struct nbd_server *s, int fd)
 	pthread_attr_t attr;
 	pthread_t tid;
 	struct conn *c;
-	int one = 1, lowat = LATER_MAX;
+	int one = 1;
 
 	pthread_mutex_lock(&s->lock);
 	if (s->n_conns >= s->opts.max_conns) {
@@ -1767,13 +1508,11 @@ static void start_conn(struct nbd_server *s, int fd)
 		return;
 	}
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat));
 	c->srv = s;
 	c->fd = fd;
 	pthread_mutex_init(&c->send_lock, NULL);
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_cond_init(&c->cond, NULL);
-	pthread_cond_init(&c->later_sent, NULL);
 
 	pthread_mutex_lock(&s->lock);
 	c->next = s->conns;
