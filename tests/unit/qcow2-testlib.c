@@ -7,11 +7,14 @@
  * mem-backed images and a borrowing I/O wrapper. Self-contained: it uses only
  * the public and I/O APIs so every unit test binary links with it.
  */
+#include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "qcow2-testlib.h"
 
@@ -489,4 +492,14 @@ int qt_qemu_check(const char *path)
 	if (st == -1 || !WIFEXITED(st))
 		return 1;
 	return WEXITSTATUS(st) == 0 ? 0 : 1;
+}
+
+int qt_write_file(const char *path, const uint8_t *data, uint64_t len)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	bool ok = fd >= 0 && pwrite(fd, data, len, 0) == (ssize_t)len;
+
+	if (fd >= 0)
+		close(fd);
+	return ok ? 0 : -EIO;
 }

@@ -128,5 +128,8 @@ bool qt_compare(struct img *img, const uint8_t *ref, uint64_t off, uint64_t len,
 		const char *what);
 /* "qemu-img check" on path: 0 clean, 1 problems, 77 not installed. */
 int qt_qemu_check(const char *path);
+/* Write len bytes of data as the file path (created or truncated): 0 or
+ * -EIO. */
+int qt_write_file(const char *path, const uint8_t *data, uint64_t len);
 
 #endif

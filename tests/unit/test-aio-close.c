@@ -348,16 +348,6 @@ static void close_then_reuse(const char *path, const char *fmt,
 	CHECK_OK(img_close(img2));
 }
 
-static int write_file(const char *path, const uint8_t *data, uint64_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	bool ok = fd >= 0 && pwrite(fd, data, len, 0) == (ssize_t)len;
-
-	if (fd >= 0)
-		close(fd);
-	return ok ? 0 : -EIO;
-}
-
 /* One mode on a fresh image of format fmt (a fresh qcow2 allocates on
  * every write), then the image against the model, closed, by qemu-img. */
 static void run_image(const char *fmt, enum mode m, struct qt_rng *r)
@@ -385,10 +375,10 @@ static void run_image(const char *fmt, enum mode m, struct qt_rng *r)
 	CHECK(qt_compare(img, model, 0, IMG_SIZE, fmt));
 	CHECK_OK(img_close(img));
 	if (m == M_COUNT - 1) {
-		CHECK_OK(write_file(other, pool, SLOT));
+		CHECK_OK(qt_write_file(other, pool, SLOT));
 		close_then_reuse(path, fmt, other);
 	}
-	CHECK_OK(write_file(ref, model, IMG_SIZE));
+	CHECK_OK(qt_write_file(ref, model, IMG_SIZE));
 	if (!qt_have_qemu_img())
 		return;
 	fflush(stdout);

@@ -464,16 +464,6 @@ static bool run_round(struct ctx *c, struct qt_rng *r, unsigned roundno)
 	return settle(c, roundno);
 }
 
-static int write_file(const char *path, const uint8_t *data, uint64_t len)
-{
-	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-	bool ok = fd >= 0 && pwrite(fd, data, len, 0) == (ssize_t)len;
-
-	if (fd >= 0)
-		close(fd);
-	return ok ? 0 : -EIO;
-}
-
 static void run_variant(const struct variant *v, struct qt_rng *r)
 {
 	char name[96], csz[32];
@@ -517,7 +507,7 @@ static void run_variant(const struct variant *v, struct qt_rng *r)
 	if (v->backing) {
 		qt_fill(r, c.back, c.size);
 		memcpy(c.model, c.back, c.size);
-		CHECK_OK(write_file(back_path, c.back, c.size));
+		CHECK_OK(qt_write_file(back_path, c.back, c.size));
 		co.backing_file = back_path;
 		co.backing_fmt = "raw";
 	}
@@ -541,7 +531,7 @@ static void run_variant(const struct variant *v, struct qt_rng *r)
 	test_note("%s: %u rounds, %lu requests, up to %u in flight, %lu "
 		  "wrong bytes",
 		  v->name, roundno, c.nreqs, c.max_inflight, c.bad_bytes);
-	CHECK_OK(write_file(ref_path, c.model, c.size));
+	CHECK_OK(qt_write_file(ref_path, c.model, c.size));
 	if (qt_have_qemu_img()) {
 		fflush(stdout);
 		CHECK_EQ(qt_qemu_check(path), 0);
